@@ -1,0 +1,55 @@
+"""Command line: convert a Hugging Face BERT directory and write it back as one.
+
+    python -m mtbert_jax.convert --checkpoint DIR --out DIR
+
+`--checkpoint default` is the embedded all-MiniLM-L6-v2. The output is config.json,
+model.safetensors and the tokenizer files; it is read back and compared with the converted
+parameters before the command reports success. (Once training exists, a training checkpoint
+is accepted here too.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from mtbert_jax.bert_config import UnsupportedConfigError
+from mtbert_jax.hf_checkpoint import (CheckpointError, export_hf_checkpoint, load_hf_checkpoint,
+                                      resolve_checkpoint_dir)
+
+
+def _max_difference(a, b) -> float:
+    fa, fb = traverse_util.flatten_dict(a), traverse_util.flatten_dict(b)
+    if fa.keys() != fb.keys():
+        return float("inf")
+    return max(float(np.max(np.abs(np.asarray(fa[k]) - np.asarray(fb[k])))) for k in fa)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default="default",
+                        help="a Hugging Face BERT directory, or 'default' for the embedded MiniLM")
+    parser.add_argument("--out", required=True, help="directory to write the Hugging Face files to")
+    args = parser.parse_args(argv)
+    try:
+        source = resolve_checkpoint_dir(args.checkpoint)
+        config, params, report = load_hf_checkpoint(source)
+        print(report.summary())
+        export_hf_checkpoint(params, config, args.out, tokenizer_dir=source)
+        _, reread, _ = load_hf_checkpoint(args.out)
+    except (CheckpointError, UnsupportedConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    difference = _max_difference(jax.device_get(params), reread)
+    n = sum(np.size(x) for x in jax.tree_util.tree_leaves(params))
+    print(f"wrote {args.out}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+          f"{n:,} parameters; read back, max abs difference {difference:g}")
+    return 0 if difference == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
