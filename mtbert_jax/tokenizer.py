@@ -23,7 +23,11 @@ class TokenizedTexts:
 
     input_ids: list[np.ndarray]
     token_type_ids: list[np.ndarray]
-    num_truncated: int  # records cut to max_length
+    truncated: np.ndarray  # [n] bool: the record was cut to max_length
+
+    @property
+    def num_truncated(self) -> int:
+        return int(self.truncated.sum())
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -74,7 +78,7 @@ class BertTextTokenizer:
         return TokenizedTexts(
             input_ids=[np.asarray(e.ids, np.int32) for e in encodings],
             token_type_ids=[np.asarray(e.type_ids, np.int32) for e in encodings],
-            num_truncated=sum(1 for e in encodings if e.overflowing))
+            truncated=np.asarray([bool(e.overflowing) for e in encodings], bool))
 
     def __call__(self, texts: Sequence[str], text_pairs: Optional[Sequence[str]] = None,
                  max_length: int = 128, pad_to: Optional[int] = None) -> PaddedBatch:

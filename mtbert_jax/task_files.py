@@ -1,0 +1,192 @@
+"""Readers for the CS224N task files: tab-separated, a header line, an index column.
+
+Columns are found by their header names, so the unlabelled *-test-student files (whose header
+has an extra leading field) read like the others. Quoted fields with doubled quotes parse as
+the csv module does. In a training file a record with a missing or unparseable label or the
+wrong number of fields is skipped and counted; in an evaluation file it is an error naming the
+file and line. A label out of range and bytes that are not UTF-8 are always errors.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+DATA_DIR_ENV = "MTBERT_DATA_DIR"
+SPLITS = ("train", "dev", "test")
+_SPLIT_SUFFIX = {"train": "train", "dev": "dev", "test": "test-student"}
+
+
+class TaskFileError(ValueError):
+    """A task file cannot be read; the message names the file, line and field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """One task's files and labels."""
+
+    name: str
+    file_stem: str  # files are {file_stem}-train.csv, -dev.csv, -test-student.csv
+    text_columns: tuple[str, ...]  # one column (a sentence) or two (a pair)
+    label_column: str
+    num_classes: Optional[int]  # classes 0..num_classes-1; None for a regression score
+    score_range: tuple[float, float] = (0.0, 0.0)  # for a regression score
+
+    @property
+    def is_pair(self) -> bool:
+        return len(self.text_columns) == 2
+
+    def file_name(self, split: str) -> str:
+        if split not in _SPLIT_SUFFIX:
+            raise ValueError(f"split {split!r}: expected one of {SPLITS}")
+        return f"{self.file_stem}-{_SPLIT_SUFFIX[split]}.csv"
+
+    def parse_label(self, text: str) -> float:
+        """'3' / '1.0' / '4.6' -> a number; ValueError when unparseable; TaskFileError when out of range."""
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"not a finite number: {text!r}")
+        if self.num_classes is not None:
+            if value != int(value):
+                raise ValueError(f"not a class number: {text!r}")
+            if not 0 <= value < self.num_classes:
+                raise _OutOfRange(f"{self.label_column}={text!r} is outside the task's classes "
+                                  f"0..{self.num_classes - 1}")
+        elif not self.score_range[0] <= value <= self.score_range[1]:
+            raise _OutOfRange(f"{self.label_column}={text!r} is outside "
+                              f"{self.score_range[0]:g}-{self.score_range[1]:g}")
+        return value
+
+
+class _OutOfRange(Exception):
+    pass
+
+
+TASKS: dict[str, TaskSpec] = {
+    "sst": TaskSpec("sst", "ids-sst", ("sentence",), "sentiment", num_classes=5),
+    "cfimdb": TaskSpec("cfimdb", "ids-cfimdb", ("sentence",), "sentiment", num_classes=2),
+    "quora": TaskSpec("quora", "quora", ("sentence1", "sentence2"), "is_duplicate", num_classes=2),
+    "sts": TaskSpec("sts", "sts", ("sentence1", "sentence2"), "similarity", num_classes=None,
+                    score_range=(0.0, 5.0)),
+}
+
+
+@dataclasses.dataclass
+class TaskRecords:
+    """The records of one task file, in file order."""
+
+    task: str
+    path: Path
+    record_ids: list[str]
+    texts: list[list[str]]  # texts[column][record]: one list per text column
+    labels: Optional[np.ndarray]  # int32 classes or float32 scores; None when unlabelled
+    skipped: list[tuple[int, str]]  # (line, reason) of each skipped record
+
+    def __len__(self) -> int:
+        return len(self.record_ids)
+
+    def skip_summary(self, first: int = 5) -> str:
+        if not self.skipped:
+            return f"{self.path.name}: {len(self)} records"
+        shown = "; ".join(f"line {line}: {why}" for line, why in self.skipped[:first])
+        more = f" (and {len(self.skipped) - first} more)" if len(self.skipped) > first else ""
+        return (f"{self.path.name}: {len(self)} records, {len(self.skipped)} skipped: "
+                f"{shown}{more}")
+
+
+def resolve_data_dir(data_dir: Optional[str] = None) -> Path:
+    """The `data_dir` config field if set, else $MTBERT_DATA_DIR, else ../shared/data."""
+    if data_dir:
+        return Path(data_dir).expanduser()
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV]).expanduser()
+    beside_project = Path(__file__).resolve().parents[2] / "shared" / "data"
+    if beside_project.is_dir():
+        return beside_project
+    raise TaskFileError(f"no data directory: set the data_dir config field or ${DATA_DIR_ENV} "
+                        "to the folder holding the task CSV files")
+
+
+def task_file_paths(data_dir: str | Path, tasks: Sequence[str], split: str) -> dict[str, Path]:
+    """Paths of the tasks' files for a split; one error listing every file that is missing."""
+    data_dir = Path(data_dir)
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise TaskFileError(f"unknown task(s) {unknown}: expected some of {sorted(TASKS)}")
+    paths = {t: data_dir / TASKS[t].file_name(split) for t in tasks}
+    missing = [p.name for p in paths.values() if not p.is_file()]
+    if missing:
+        raise TaskFileError(f"{data_dir}: missing task file(s) for split {split!r}: "
+                            f"{', '.join(missing)} (expected names: "
+                            f"{', '.join(p.name for p in paths.values())})")
+    return paths
+
+
+def _decode(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise TaskFileError(f"{path}: line {line}: bytes that are not UTF-8 "
+                            f"({data[e.start:e.end]!r}); expected UTF-8 text") from None
+
+
+def read_task_file(path: str | Path, task: str, lenient: bool = False) -> TaskRecords:
+    """Reads one task file. `lenient` (training files): skip and count bad records.
+
+    Labels are read when the header has the label column (train and dev files); the
+    test-student files have none.
+    """
+    path, spec = Path(path), TASKS[task]
+    if not path.is_file():
+        raise TaskFileError(f"{path}: file not found")
+    reader = csv.reader(io.StringIO(_decode(path), newline=""), delimiter="\t")
+    header = next(reader, None)
+    if header is None:
+        raise TaskFileError(f"{path}: empty file; expected a header line")
+    wanted = ("id",) + spec.text_columns
+    absent = [c for c in wanted if c not in header]
+    if absent:
+        raise TaskFileError(f"{path}: line 1: header {header} lacks column(s) {absent}; "
+                            f"a {task} file has columns {list(wanted) + [spec.label_column]}")
+    columns = [header.index(c) for c in wanted]
+    label_at = header.index(spec.label_column) if spec.label_column in header else None
+
+    record_ids, texts, labels, skipped = [], [[] for _ in spec.text_columns], [], []
+    end_line = 1  # csv's line_num: lines consumed so far (a quoted field may span lines)
+    for fields in reader:
+        line, end_line = end_line + 1, reader.line_num
+        if not fields:
+            continue  # a blank line holds no record
+        problem = None
+        if len(fields) != len(header):
+            problem = f"{len(fields)} fields, expected {len(header)} as in the header"
+        elif label_at is not None:
+            try:
+                labels.append(spec.parse_label(fields[label_at]))
+            except _OutOfRange as e:
+                raise TaskFileError(f"{path}: line {line}: {e}") from None
+            except ValueError:
+                problem = (f"{spec.label_column}={fields[label_at]!r} is "
+                           f"{'empty' if not fields[label_at].strip() else 'not a number'}")
+        if problem:
+            if not lenient:
+                raise TaskFileError(f"{path}: line {line}: {problem}")
+            skipped.append((line, problem))
+            continue
+        record_ids.append(fields[columns[0]])
+        for column_texts, at in zip(texts, columns[1:]):
+            column_texts.append(fields[at])
+    label_array = None
+    if label_at is not None:
+        dtype = np.int32 if spec.num_classes is not None else np.float32
+        label_array = np.asarray(labels, dtype=dtype)
+    return TaskRecords(task, path, record_ids, texts, label_array, skipped)
