@@ -40,3 +40,27 @@ def save_torch_bert(directory: Path, model_class: str = "BertModel", seed: int =
     if tokenizer_from is not None:
         shutil.copyfile(tokenizer_from / "vocab.txt", directory / "vocab.txt")
     return directory
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real task files: $MTBERT_DATA_DIR, else ../shared/data beside the project."""
+    from mtbert_jax.task_files import TaskFileError, resolve_data_dir
+    try:
+        path = resolve_data_dir()
+    except TaskFileError:
+        pytest.skip("no task data: set MTBERT_DATA_DIR")
+    if not path.is_dir():
+        pytest.skip(f"{path}: no task data directory")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer(minilm_dir):
+    from mtbert_jax.tokenizer import BertTextTokenizer
+    return BertTextTokenizer(minilm_dir)
+
+
+def write_tsv(path: Path, lines: list[str], encoding: str = "utf-8") -> Path:
+    path.write_bytes(("\n".join(lines) + "\n").encode(encoding))
+    return path

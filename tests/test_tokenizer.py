@@ -4,11 +4,6 @@ import pytest
 from mtbert_jax.tokenizer import BertTextTokenizer, pad
 
 
-@pytest.fixture(scope="module")
-def tokenizer(minilm_dir):
-    return BertTextTokenizer(minilm_dir)
-
-
 def test_single_sentences(tokenizer):
     batch = tokenizer(["Hello world", ""], max_length=16)
     cls, sep = tokenizer.hf.cls_token_id, tokenizer.hf.sep_token_id
