@@ -92,14 +92,6 @@ class TaskRecords:
     def __len__(self) -> int:
         return len(self.record_ids)
 
-    def skip_summary(self, first: int = 5) -> str:
-        if not self.skipped:
-            return f"{self.path.name}: {len(self)} records"
-        shown = "; ".join(f"line {line}: {why}" for line, why in self.skipped[:first])
-        more = f" (and {len(self.skipped) - first} more)" if len(self.skipped) > first else ""
-        return (f"{self.path.name}: {len(self)} records, {len(self.skipped)} skipped: "
-                f"{shown}{more}")
-
 
 def resolve_data_dir(data_dir: Optional[str] = None) -> Path:
     """The `data_dir` config field if set, else $MTBERT_DATA_DIR, else ../shared/data."""

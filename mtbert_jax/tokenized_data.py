@@ -65,6 +65,15 @@ class TaskData:
     def __len__(self) -> int:
         return len(self.record_ids)
 
+    def summary(self, first: int = 5) -> str:
+        """One line for the run's log: records, skipped records (first lines), truncated records."""
+        text = f"{self.task} {self.split}: {len(self)} records, {self.num_truncated} truncated"
+        if self.skipped:
+            shown = "; ".join(f"line {line}: {why}" for line, why in self.skipped[:first])
+            more = f"; and {len(self.skipped) - first} more" if len(self.skipped) > first else ""
+            text += f", {len(self.skipped)} skipped ({shown}{more})"
+        return text
+
     @property
     def lengths(self) -> np.ndarray:
         """[n] the longest segment of each record: what its padded length must hold."""

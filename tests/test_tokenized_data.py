@@ -68,4 +68,6 @@ def test_skips_survive_the_cache(tmp_path, tokenizer):
 def test_real_quora_train(data_dir, tokenizer, tmp_path):
     data = load_task_data("quora", "train", data_dir, tokenizer, 128, cache_dir=tmp_path)
     assert len(data) == 15957 and len(data.skipped) == 2
+    assert data.summary() == ("quora train: 15957 records, 4 truncated, 2 skipped "
+                              "(line 2014: is_duplicate='' is empty; line 11201: is_duplicate='' is empty)")
     assert set(np.unique(data.labels)) == {0, 1}
