@@ -170,8 +170,9 @@ def load_hf_checkpoint(checkpoint: str | Path | None = None, compute_dtype: str 
     config = BertConfig.from_json_file(directory / "config.json").replace(compute_dtype=compute_dtype)
     raw, source = read_hf_tensors(directory)
     tensors = _strip_prefix(raw)
+    # Shapes only: initialising bert-base just to overwrite it would cost seconds.
     template = traverse_util.flatten_dict(
-        jax.device_get(init_params(config, jax.random.PRNGKey(0))))
+        jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0))))
 
     params, used, missing, mismatched, initialised = {}, set(), [], [], []
     for path, init_value in template.items():
@@ -179,7 +180,6 @@ def load_hf_checkpoint(checkpoint: str | Path | None = None, compute_dtype: str 
         found = next((n for n in _alternative_names(name) if n in tensors), None)
         if found is None:
             if path[0] == "pooler":  # sentence-embedding checkpoints often drop it
-                params[path] = np.asarray(init_value)
                 initialised.append(name)
             else:
                 missing.append(name)
@@ -187,13 +187,16 @@ def load_hf_checkpoint(checkpoint: str | Path | None = None, compute_dtype: str 
         used.add(found)
         value = _hf_to_flax(path[-1], np.asarray(tensors[found]))
         if value.shape != init_value.shape:
-            expected = init_value.T.shape if path[-1] == "kernel" else init_value.shape
+            expected = init_value.shape[::-1] if path[-1] == "kernel" else init_value.shape
             mismatched.append(f"{found}: checkpoint has shape {tuple(tensors[found].shape)}, "
                               f"config.json implies {tuple(expected)}")
             continue
         params[path] = value.astype(np.float32)
     if missing:
         raise CheckpointError(f"{source}: {len(missing)} encoder tensor(s) missing: " + ", ".join(missing))
+    if initialised:
+        fresh = traverse_util.flatten_dict(jax.device_get(init_params(config, jax.random.PRNGKey(0))))
+        params.update({path: np.asarray(fresh[path]) for path in fresh if path[0] == "pooler"})
     if mismatched:
         raise CheckpointError(f"{source}: shape mismatch: " + "; ".join(mismatched))
     unused = sorted(k for k in tensors if k not in used)
