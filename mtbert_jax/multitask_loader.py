@@ -89,10 +89,10 @@ class MultiTaskLoader:
         """Position in training, as int arrays (fit for a checkpoint)."""
         state = {"epoch": np.int64(self.epoch), "step": np.int64(self.step)}
         for task, stream in self.streams.items():
-            state[f"stream/{task}"] = np.asarray(stream.state(), np.int64)
+            state[f"stream_{task}"] = np.asarray(stream.state(), np.int64)
         return state
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         for task, stream in self.streams.items():
-            stream.restore(*(int(x) for x in state[f"stream/{task}"]))
+            stream.restore(*(int(x) for x in state[f"stream_{task}"]))

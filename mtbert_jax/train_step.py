@@ -1,0 +1,135 @@
+"""The data-parallel train step: per-task loss-and-gradient functions, then one update.
+
+Per task, a pmapped function computes the gradient of that task's loss on its batch (split on
+a leading device axis), summed over micro-batches (gradient accumulation) and over devices
+(psum), and divided by the number of real examples: exactly the gradient of the mean loss over
+the global batch, so 1 device and N devices, or accumulation 1 and k, take the same step. It
+is compiled once per task and batch shape. The per-task gradients of a step are stacked on a
+leading task axis and handed to the optimizer chain ([task combiner] -> clip -> AdamW) in one
+pmapped update, compiled once per number of tasks in a step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mtbert_jax.losses import per_example_loss
+from mtbert_jax.multitask_model import MultiTaskModel
+from mtbert_jax.optimizer import Optimizer
+from mtbert_jax.task_combiners import PCGradState
+
+AXIS = "devices"
+PyTree = Any
+
+
+class TrainState(NamedTuple):
+    params: PyTree
+    opt_state: PyTree
+    step: jax.Array  # int32 scalar: updates done so far
+
+
+def make_task_grad(model: MultiTaskModel, task: str, task_index: int, accumulation: int = 1,
+                   deterministic: bool = False) -> Callable:
+    """pmapped (params, batch, step, key) -> (gradient of the mean loss, mean loss, real rows).
+
+    params are replicated, batch leaves are [devices, rows, ...] with rows divisible by
+    `accumulation`; step and key are shared. Dropout keys are folded per step, task, device and
+    micro-batch.
+    """
+
+    def loss_sum(params, micro, key):
+        out = model.apply({"params": params}, task, micro, deterministic=deterministic,
+                          rngs={"dropout": key})
+        losses = per_example_loss(task, out.prediction, micro["labels"])
+        return (losses * micro["weights"]).sum(), micro["weights"].sum()
+
+    value_and_grad = jax.value_and_grad(loss_sum, has_aux=True)
+
+    def per_device(params, batch, step, key):
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, step), task_index),
+                                 jax.lax.axis_index(AXIS))
+        rows = batch["weights"].shape[0]
+        micro = jax.tree_util.tree_map(
+            lambda x: x.reshape((accumulation, rows // accumulation) + x.shape[1:]), batch)
+
+        def accumulate(totals, inputs):
+            index, mb = inputs
+            (loss, count), grad = value_and_grad(params, mb, jax.random.fold_in(key, index))
+            total_grad, total_loss, total_count = totals
+            return (jax.tree_util.tree_map(jnp.add, total_grad, grad), total_loss + loss,
+                    total_count + count), None
+
+        zeros = (jax.tree_util.tree_map(jnp.zeros_like, params), jnp.zeros(()), jnp.zeros(()))
+        totals, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accumulation), micro))
+        grad, loss, count = jax.lax.psum(totals, AXIS)
+        denominator = jnp.maximum(count, 1.0)
+        return jax.tree_util.tree_map(lambda g: g / denominator, grad), loss / denominator, count
+
+    return jax.pmap(per_device, axis_name=AXIS, in_axes=(0, 0, None, None))
+
+
+def make_update(optimizer: Optimizer) -> Callable:
+    """pmapped (state, per-task gradients, loss weights [T]) -> (state, metrics).
+
+    The gradients (a tuple, one tree per task, already averaged over devices) are weighted,
+    stacked on a leading task axis and run through the chain. GSE then applies a second,
+    plain summed-gradient update through the chain's base.
+    """
+
+    def per_device(state: TrainState, grads: Sequence[PyTree], loss_weights: jax.Array):
+        stacked = jax.tree_util.tree_map(
+            lambda *g: jnp.stack(g) * loss_weights.reshape((-1,) + (1,) * g[0].ndim), *grads)
+        updates, opt_state = optimizer.tx.update(stacked, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"grad_norm": _norm(stacked), "update_norm": optax.global_norm(updates)}
+        if optimizer.gse:
+            summed = jax.tree_util.tree_map(lambda g: g.sum(0), stacked)
+            combiner_state, base_state = opt_state
+            second, base_state = optimizer.base.update(summed, base_state, params)
+            params = optax.apply_updates(params, second)
+            opt_state = (combiner_state, base_state)
+        combiner_state = opt_state[0]
+        if isinstance(combiner_state, PCGradState):
+            metrics |= {"pcgrad_conflicts": combiner_state.num_conflicts,
+                        "pcgrad_cosines": combiner_state.cosines}
+        metrics["param_norm"] = optax.global_norm(params)
+        return TrainState(params, opt_state, state.step + 1), metrics
+
+    return jax.pmap(per_device, axis_name=AXIS, donate_argnums=(0,))
+
+
+def _norm(stacked: PyTree) -> jax.Array:
+    """[T] gradient norm of each task."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(g.reshape(g.shape[0], -1)), axis=1)
+                        for g in jax.tree_util.tree_leaves(stacked)))
+
+
+class StepRunner:
+    """Runs steps: {task: device-split batch} -> per-task gradients -> update."""
+
+    def __init__(self, model: MultiTaskModel, optimizer: Optimizer, tasks: Sequence[str],
+                 loss_weights: Mapping[str, float], accumulation: int = 1, deterministic: bool = False):
+        self.tasks = tuple(tasks)
+        self.loss_weights = dict(loss_weights)
+        self.grad_fns = {t: make_task_grad(model, t, i, accumulation, deterministic)
+                         for i, t in enumerate(self.tasks)}
+        self.update = make_update(optimizer)
+
+    def __call__(self, state: TrainState, batches: Mapping[str, PyTree], step: int, key: jax.Array):
+        """state replicated; batches {task: leaves [devices, rows, ...]} -> (state, metrics)."""
+        tasks = [t for t in self.tasks if t in batches]  # a fixed order: PCGrad's task indices
+        grads, losses = [], {}
+        for task in tasks:
+            grad, loss, _ = self.grad_fns[task](state.params, batches[task], step, key)
+            grads.append(grad)
+            losses[task] = loss
+        weights = jnp.asarray([[self.loss_weights.get(t, 1.0) for t in tasks]] * len(jax.local_devices()),
+                              jnp.float32)
+        state, metrics = self.update(state, tuple(grads), weights)
+        metrics["loss"] = losses
+        metrics["tasks"] = tasks
+        return state, metrics

@@ -1,0 +1,31 @@
+"""Train a multi-task BERT: python train.py --config configs/default.py --workdir runs/NAME
+
+--config.FIELD=VALUE overrides a field; configs/FILE.py:PRESET picks a preset. Re-running the
+same command resumes from the latest checkpoint in the workdir.
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", "configs/default.py", "Training configuration file.")
+flags.DEFINE_string("workdir", "runs/default", "Directory for checkpoints, metrics and plots.")
+
+
+def main(argv):
+    del argv
+    from mtbert_jax import distributed
+    from mtbert_jax.train_loop import TrainingError, train_and_evaluate
+
+    distributed.initialize_from_env()
+    try:
+        train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    except (TrainingError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
