@@ -6,7 +6,7 @@ same command resumes from the latest checkpoint in the workdir.
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", "configs/default.py", "Training configuration file.")
@@ -15,6 +15,7 @@ flags.DEFINE_string("workdir", "runs/default", "Directory for checkpoints, metri
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax reports every save at INFO
     from mtbert_jax import distributed
     from mtbert_jax.train_loop import TrainingError, train_and_evaluate
 

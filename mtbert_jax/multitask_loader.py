@@ -87,7 +87,7 @@ class MultiTaskLoader:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Position in training, as int arrays (fit for a checkpoint)."""
-        state = {"epoch": np.int64(self.epoch), "step": np.int64(self.step)}
+        state = {"epoch": np.asarray(self.epoch, np.int64), "step": np.asarray(self.step, np.int64)}
         for task, stream in self.streams.items():
             state[f"stream_{task}"] = np.asarray(stream.state(), np.int64)
         return state

@@ -104,8 +104,15 @@ class MultiTaskModel(nn.Module):
         return TaskOutput(score, vectors)
 
     def all_tasks(self, batches: Mapping[str, Mapping[str, Array]]) -> dict[str, TaskOutput]:
-        """Every task on its batch: what `init` calls so that every head and adapter exists."""
-        return {task: self(task, batches[task]) for task in self.config.tasks}
+        """Every task on its batch: what `init` calls so that every head and adapter exists.
+
+        The pooler is created even when the pooling does not use it, so the encoder's
+        parameters always match (and export to) a Hugging Face BertModel.
+        """
+        outputs = {task: self(task, batches[task]) for task in self.config.tasks}
+        if self.config.pooling != "pooler":
+            self.bert.pool(jnp.zeros((1, 1, self.bert_config.hidden_size), self.bert_config.dtype))
+        return outputs
 
 
 def example_batch(config: ModelConfig, task: str, batch_size: int = 2, seq_len: int = 8) -> dict:

@@ -191,7 +191,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         stage_end = stage_ends[stage]
         bar = tqdm(total=loader.steps_in_epoch(), initial=loader.step, disable=not is_main,
                    desc=f"epoch {epoch + 1}/{total_epochs}", unit="step")
-        window_examples, window_start = 0.0, time.perf_counter()
+        window_examples, window_start, window_losses = 0.0, time.perf_counter(), {}
         for batches in loader:
             sharded = {t: distributed.split_for_devices(distributed.process_shard(b)) for t, b in batches.items()}
             replicated, metrics = runner(replicated, sharded, step, dropout_key)
@@ -202,10 +202,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                     raise TrainingError(f"the {task} loss is {value} at step {step} (epoch {epoch + 1}); "
                                         "stopping without saving (try a lower learning rate)")
             window_examples += sum(float(b["weights"].sum()) for b in batches.values())
+            for task, value in losses.items():
+                window_losses.setdefault(task, []).append(value)
             bar.update(1)
             if step % config.log_every_steps == 0 or step == stage_end:
                 elapsed = time.perf_counter() - window_start
-                record = {"step": step, "epoch": epoch + 1, "loss": losses,
+                mean_losses = {t: float(np.mean(v)) for t, v in sorted(window_losses.items())}
+                record = {"step": step, "epoch": epoch + 1, "loss": mean_losses,
                           "examples_per_second": window_examples / max(elapsed, 1e-9),
                           "grad_norm": np.asarray(metrics["grad_norm"][0]).tolist(),
                           "padding_efficiency": loader.padding.efficiency}
@@ -213,9 +216,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                     record["pcgrad_conflicts"] = int(metrics["pcgrad_conflicts"][0])
                     record["pcgrad_cosines"] = np.asarray(metrics["pcgrad_cosines"][0]).round(4).tolist()
                 metrics_log.write(record)
-                bar.set_postfix({**{t: f"{v:.3f}" for t, v in losses.items()},
+                bar.set_postfix({**{t: f"{v:.3f}" for t, v in mean_losses.items()},
                                  "ex/s": f"{record['examples_per_second']:.1f}"})
-                window_examples, window_start = 0.0, time.perf_counter()
+                window_examples, window_start, window_losses = 0.0, time.perf_counter(), {}
             if step % config.checkpoint_every_steps == 0:
                 save()
             if step >= stage_end:

@@ -85,7 +85,7 @@ def make_update(optimizer: Optimizer) -> Callable:
             lambda *g: jnp.stack(g) * loss_weights.reshape((-1,) + (1,) * g[0].ndim), *grads)
         updates, opt_state = optimizer.tx.update(stacked, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"grad_norm": _norm(stacked), "update_norm": optax.global_norm(updates)}
+        metrics = {"grad_norm": _norm(stacked), "update_norm": optax.tree.norm(updates)}
         if optimizer.gse:
             summed = jax.tree_util.tree_map(lambda g: g.sum(0), stacked)
             combiner_state, base_state = opt_state
@@ -96,7 +96,7 @@ def make_update(optimizer: Optimizer) -> Callable:
         if isinstance(combiner_state, PCGradState):
             metrics |= {"pcgrad_conflicts": combiner_state.num_conflicts,
                         "pcgrad_cosines": combiner_state.cosines}
-        metrics["param_norm"] = optax.global_norm(params)
+        metrics["param_norm"] = optax.tree.norm(params)
         return TrainState(params, opt_state, state.step + 1), metrics
 
     return jax.pmap(per_device, axis_name=AXIS, donate_argnums=(0,))

@@ -64,3 +64,83 @@ def tokenizer(minilm_dir):
 def write_tsv(path: Path, lines: list[str], encoding: str = "utf-8") -> Path:
     path.write_bytes(("\n".join(lines) + "\n").encode(encoding))
     return path
+
+
+SENTIMENT_WORDS = ["awful", "bad", "okay", "good", "great"]
+OTHER_WORDS = ["car", "road", "tree", "bird", "cloud"]
+TINY_WORDS = ["film", "movie", "plot", "actor", "scene", "music", "story", "city", "river", "house"]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, minilm_dir) -> Path:
+    """A 2-layer, hidden-32 BERT with the MiniLM vocabulary, as a Hugging Face directory."""
+    import jax
+
+    from mtbert_jax.bert_config import BertConfig
+    from mtbert_jax.encoder import init_params
+    from mtbert_jax.hf_checkpoint import export_hf_checkpoint
+
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64)
+    return export_hf_checkpoint(init_params(config, jax.random.PRNGKey(0)), config,
+                                tmp_path_factory.mktemp("tiny") / "bert", tokenizer_dir=minilm_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> Path:
+    """Small synthetic task files with a learnable signal, in the course's formats."""
+    import random
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    rng = random.Random(0)
+
+    def sentence(n=4):
+        return " ".join(rng.choice(TINY_WORDS) for _ in range(n))
+
+    for split, n in (("train", 48), ("dev", 24)):
+        rows = ["\tid\tsentence\tsentiment"]
+        for i in range(n):
+            label = i % 5
+            rows.append(f"{i}\tsst{split}{i}\t{SENTIMENT_WORDS[label]} {sentence(3)}\t{label}")
+        write_tsv(root / f"ids-sst-{split}.csv", rows)
+        rows = ["\tid\tsentence1\tsentence2\tis_duplicate"]
+        for i in range(n):
+            a = sentence()
+            dup = i % 2
+            b = a if dup else " ".join(rng.choice(OTHER_WORDS) for _ in range(4))
+            rows.append(f"{i}\tq{split}{i}\t{a}?\t{b}?\t{float(dup)}")
+        write_tsv(root / f"quora-{split}.csv", rows)
+        rows = ["\tid\tsentence1\tsentence2\tsimilarity"]
+        for i in range(n):
+            words = sentence(5).split()
+            keep = i % 6
+            other = words[:keep] + sentence(5 - keep).split() if keep < 5 else words
+            rows.append(f"{i}\ts{split}{i}\t{' '.join(words)}\t{' '.join(other)}\t{float(keep)}")
+        write_tsv(root / f"sts-{split}.csv", rows)
+    return root
+
+
+def tiny_training_config(checkpoint: Path, data_dir: Path, cache_dir: Path, **changes):
+    """configs/default.py shrunk to seconds per epoch."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("default_config", Path(__file__).parents[1] / "configs" / "default.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    c.checkpoint, c.data_dir, c.cache_dir = str(checkpoint), str(data_dir), str(cache_dir)
+    c.max_length, c.bucket_step, c.eval_batch_size = 32, 16, 16
+    c.num_epochs, c.log_every_steps, c.checkpoint_every_steps = 3, 1, 4
+    c.schedule.batch_size = 8
+    c.optimizer.encoder_lr, c.optimizer.task_lr = 2e-3, 1e-2
+    # A random tiny encoder learns slowly: mean pooling lets heads see the words from the
+    # start, and a small STS weight keeps its large squared errors from drowning the others.
+    c.model.pooling = "mean"
+    c.loss_weights.sts = 0.1
+    for dotted, value in changes.items():
+        target = c
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return c
