@@ -1,0 +1,14 @@
+"""Seed 001's recipe: gradient surgery (PCGrad, summed) on super batches that stop when the
+smallest task is exhausted (their Method 3), bi-encoder pair heads."""
+
+from configs import default
+
+
+def get_config(preset: str = ""):
+    c = default.get_config(preset)
+    c.model.pair_heads.quora = "bi_concat"
+    c.model.pair_heads.sts = "bi_concat"
+    c.schedule.kind = "method3"
+    c.optimizer.combiner = "pcgrad"
+    c.optimizer.pcgrad_reduction = "sum"
+    return c

@@ -1,0 +1,14 @@
+"""Seed 002's best: GSE (a PCGrad update, then a plain summed update, each step) with three
+times the smallest-task epoch of iterations, bi-encoder [u; v] pair heads."""
+
+from configs import default
+
+
+def get_config(preset: str = ""):
+    c = default.get_config(preset)
+    c.model.pair_heads.quora = "bi_concat"
+    c.model.pair_heads.sts = "bi_concat"
+    c.schedule.kind = "method3"
+    c.schedule.iterations_multiplier = 3.0
+    c.optimizer.combiner = "gse"
+    return c

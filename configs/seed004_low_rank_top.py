@@ -1,0 +1,14 @@
+"""Seed 004's best: low-rank adapters (d_s = 256) plus a task-specific top layer, small
+tasks oversampled up to 5x, a curriculum that starts with Quora alone."""
+
+from configs import default
+
+
+def get_config(preset: str = ""):
+    c = default.get_config(preset)
+    c.model.adapter = "low_rank_top_layer"
+    c.model.adapter_size = 256
+    c.schedule.kind = "round_robin"
+    c.schedule.oversample_max = 5.0
+    c.schedule.curriculum_epochs = 1
+    return c
