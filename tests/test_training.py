@@ -155,3 +155,25 @@ def test_gradient_accumulation_equals_the_full_batch(tmp_path):
     full, accumulated = _data_parallel(1, tmp_path / "k1.npz"), _data_parallel(1, tmp_path / "k2.npz", 2)
     for name in full:
         np.testing.assert_allclose(accumulated[name], full[name], atol=1e-5, err_msg=name)
+
+
+def test_two_processes_on_localhost_agree(tmp_path):
+    """jax.distributed across two processes (CPU, gloo): each feeds half of every batch."""
+    import socket
+
+    with socket.socket() as s:  # a free port on the loopback interface
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    script = str(ROOT / "tests" / "helpers" / "two_process_steps.py")
+    processes = [subprocess.Popen([sys.executable, script, str(i), "2", str(port), str(tmp_path / f"p{i}.npz")],
+                                  env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for i in range(2)]
+    for p in processes:
+        output, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, output[-3000:]
+    first, second = (dict(np.load(tmp_path / f"p{i}.npz")) for i in range(2))
+    one = _data_parallel(1, tmp_path / "one.npz")
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+        np.testing.assert_allclose(first[name], one[name], atol=1e-5, err_msg=name)

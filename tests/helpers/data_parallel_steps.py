@@ -7,18 +7,15 @@ Run as a separate process: the device count must be set before JAX starts its ba
 import sys
 
 import jax
+import numpy as np
+from flax import traverse_util
 
-jax.config.update("jax_num_cpu_devices", int(sys.argv[1]))
-
-import numpy as np  # noqa: E402
-from flax import traverse_util  # noqa: E402
-
-from mtbert_jax import distributed  # noqa: E402
-from mtbert_jax.bert_config import BertConfig  # noqa: E402
-from mtbert_jax.model_config import ModelConfig  # noqa: E402
-from mtbert_jax.multitask_model import init_model  # noqa: E402
-from mtbert_jax.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
-from mtbert_jax.train_step import StepRunner, TrainState  # noqa: E402
+from mtbert_jax import distributed
+from mtbert_jax.bert_config import BertConfig
+from mtbert_jax.model_config import ModelConfig
+from mtbert_jax.multitask_model import init_model
+from mtbert_jax.optimizer import OptimizerConfig, make_optimizer
+from mtbert_jax.train_step import StepRunner, TrainState
 
 TASKS = ("sst", "quora", "sts")
 
@@ -39,6 +36,7 @@ def batches(step, rows=8, seq=16):
 
 def main():
     devices, out_path = int(sys.argv[1]), sys.argv[2]
+    jax.config.update("jax_num_cpu_devices", devices)  # before anything starts the backend
     accumulation = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     assert jax.local_device_count() == devices, jax.devices()
     bert = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
