@@ -65,3 +65,31 @@ class Checkpoints:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+def restore_trained(workdir: str | Path, which: str = "best") -> tuple[dict, PyTree, int]:
+    """(the run's config as a dict, its parameters, the step) from a training workdir.
+
+    which: "best" (by dev overall score), "latest", or a step number.
+    """
+    workdir = Path(workdir)
+    folder = workdir / ("best" if which == "best" else "checkpoints")
+    steps = sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit()) if folder.is_dir() else []
+    if not steps:
+        raise CheckpointError(f"{folder}: no checkpoint (expected a training workdir with "
+                              "checkpoints/ and best/ written by train.py)")
+    manager = _manager(folder, keep=len(steps), best=(which == "best"))
+    try:
+        if which in ("best", "latest"):
+            step = (manager.best_step() if which == "best" else None) or manager.latest_step()
+        else:
+            step = int(which)
+            if step not in steps:
+                raise CheckpointError(f"{folder}: no checkpoint at step {step}; have {steps}")
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    except (ValueError, OSError, KeyError) as e:
+        raise CheckpointError(f"{folder}: cannot restore ({type(e).__name__}: {e})") from None
+    finally:
+        manager.close()
+    return restored.meta["config"], restored.state["train"]["params"], step

@@ -2,10 +2,10 @@
 
     python -m mtbert_jax.convert --checkpoint DIR --out DIR
 
-`--checkpoint default` is the embedded all-MiniLM-L6-v2. The output is config.json,
-model.safetensors and the tokenizer files; it is read back and compared with the converted
-parameters before the command reports success. (Once training exists, a training checkpoint
-is accepted here too.)
+`--checkpoint default` is the embedded all-MiniLM-L6-v2; a training workdir (runs/NAME, with
+`--which best|latest|STEP`) exports its fine-tuned encoder. The output is config.json,
+model.safetensors and the tokenizer files; it is read back and compared with the parameters
+before the command reports success.
 """
 
 from __future__ import annotations
@@ -17,7 +17,11 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from mtbert_jax.bert_config import UnsupportedConfigError
+from pathlib import Path
+
+from mtbert_jax.bert_config import BertConfig, UnsupportedConfigError
+from mtbert_jax.checkpointing import CheckpointError as TrainedCheckpointError
+from mtbert_jax.checkpointing import restore_trained
 from mtbert_jax.hf_checkpoint import (CheckpointError, export_hf_checkpoint, load_hf_checkpoint,
                                       resolve_checkpoint_dir)
 
@@ -34,14 +38,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default="default",
                         help="a Hugging Face BERT directory, or 'default' for the embedded MiniLM")
     parser.add_argument("--out", required=True, help="directory to write the Hugging Face files to")
+    parser.add_argument("--which", default="best",
+                        help="for a training workdir: best, latest or a step number")
     args = parser.parse_args(argv)
     try:
-        source = resolve_checkpoint_dir(args.checkpoint)
-        config, params, report = load_hf_checkpoint(source)
-        print(report.summary())
+        if (Path(args.checkpoint) / "checkpoints").is_dir():  # a training workdir
+            run_config, trained, step = restore_trained(args.checkpoint, args.which)
+            source = resolve_checkpoint_dir(run_config["checkpoint"])
+            config = BertConfig.from_json_file(source / "config.json")
+            params = trained["bert"]
+            print(f"fine-tuned encoder of {args.checkpoint} at step {step}")
+        else:
+            source = resolve_checkpoint_dir(args.checkpoint)
+            config, params, report = load_hf_checkpoint(source)
+            print(report.summary())
         export_hf_checkpoint(params, config, args.out, tokenizer_dir=source)
         _, reread, _ = load_hf_checkpoint(args.out)
-    except (CheckpointError, UnsupportedConfigError, FileNotFoundError) as e:
+    except (CheckpointError, TrainedCheckpointError, UnsupportedConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     difference = _max_difference(jax.device_get(params), reread)

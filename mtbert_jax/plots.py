@@ -26,8 +26,9 @@ def plot_training_curves(metrics_path: str | Path, out_dir: str | Path) -> Path:
     train = [r for r in records if "loss" in r]
     for task in sorted({t for r in train for t in r["loss"]}):
         points = [(r["step"], r["loss"][task]) for r in train if task in r["loss"]]
-        left.plot(*zip(*points), label=task)
-    left.set(xlabel="step", ylabel="training loss", title="Training loss per task")
+        left.plot(*zip(*points), marker=".", label=task)
+    left.set(xlabel="step", ylabel="training loss (log scale)", title="Training loss per task",
+             yscale="log")  # squared errors (STS) and cross-entropies differ in scale
     dev = [r for r in records if "dev" in r]
     for task in sorted({t for r in dev for t in r["dev"]}):
         points = [(r["step"], next(iter(r["dev"][task].values()))) for r in dev if task in r["dev"]]
@@ -44,3 +45,33 @@ def plot_training_curves(metrics_path: str | Path, out_dir: str | Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_confusion_matrix(matrix, title: str, path: str | Path) -> Path:
+    """A confusion matrix (rows: gold class, columns: predicted class) with counts."""
+    import numpy as np
+
+    matrix = np.asarray(matrix)
+    fig, axis = plt.subplots(figsize=(4.5, 4))
+    axis.imshow(matrix, cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix):
+        axis.text(j, i, str(count), ha="center", va="center",
+                  color="white" if count > matrix.max() / 2 else "black")
+    axis.set(xlabel="predicted", ylabel="gold", title=title,
+             xticks=range(matrix.shape[1]), yticks=range(matrix.shape[0]))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_scatter(predicted, gold, title: str, path: str | Path) -> Path:
+    """Predicted against gold scores (STS)."""
+    fig, axis = plt.subplots(figsize=(4.5, 4))
+    axis.scatter(gold, predicted, s=6, alpha=0.5)
+    axis.plot([0, 5], [0, 5], "k--", lw=1)
+    axis.set(xlabel="gold similarity", ylabel="predicted", title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

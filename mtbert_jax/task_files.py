@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import math
 import os
+import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -121,26 +121,28 @@ def task_file_paths(data_dir: str | Path, tasks: Sequence[str], split: str) -> d
     return paths
 
 
-def _decode(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise TaskFileError(f"{path}: line {line}: bytes that are not UTF-8 "
-                            f"({data[e.start:e.end]!r}); expected UTF-8 text") from None
+def _lines(path: Path) -> Iterator[str]:
+    """The file's lines, decoded one at a time (bounded memory); non-UTF-8 names its line."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise TaskFileError(f"{path}: line {number}: bytes that are not UTF-8 "
+                                    f"({raw[e.start:e.end]!r}); expected UTF-8 text") from None
 
 
-def read_task_file(path: str | Path, task: str, lenient: bool = False) -> TaskRecords:
-    """Reads one task file. `lenient` (training files): skip and count bad records.
+def iter_task_file(path: str | Path, task: str, lenient: bool = False,
+                   chunk_size: int = 10_000) -> Iterator[TaskRecords]:
+    """Reads a task file in chunks of at most `chunk_size` records (bounded memory).
 
-    Labels are read when the header has the label column (train and dev files); the
-    test-student files have none.
+    `lenient` (training files): skip and count bad records. Labels are read when the header
+    has the label column (train and dev files); the test-student files have none.
     """
     path, spec = Path(path), TASKS[task]
     if not path.is_file():
         raise TaskFileError(f"{path}: file not found")
-    reader = csv.reader(io.StringIO(_decode(path), newline=""), delimiter="\t")
+    reader = csv.reader(_lines(path), delimiter="\t")
     header = next(reader, None)
     if header is None:
         raise TaskFileError(f"{path}: empty file; expected a header line")
@@ -152,7 +154,11 @@ def read_task_file(path: str | Path, task: str, lenient: bool = False) -> TaskRe
     columns = [header.index(c) for c in wanted]
     label_at = header.index(spec.label_column) if spec.label_column in header else None
 
-    record_ids, texts, labels, skipped = [], [[] for _ in spec.text_columns], [], []
+    def empty():
+        return [], [[] for _ in spec.text_columns], [], []
+
+    record_ids, texts, labels, skipped = empty()
+    yielded = False
     end_line = 1  # csv's line_num: lines consumed so far (a quoted field may span lines)
     for fields in reader:
         line, end_line = end_line + 1, reader.line_num
@@ -177,8 +183,22 @@ def read_task_file(path: str | Path, task: str, lenient: bool = False) -> TaskRe
         record_ids.append(fields[columns[0]])
         for column_texts, at in zip(texts, columns[1:]):
             column_texts.append(fields[at])
+        if len(record_ids) == chunk_size:
+            yield _records(task, path, record_ids, texts, labels if label_at is not None else None, skipped)
+            record_ids, texts, labels, skipped = empty()
+            yielded = True
+    if record_ids or skipped or not yielded:
+        yield _records(task, path, record_ids, texts, labels if label_at is not None else None, skipped)
+
+
+def _records(task, path, record_ids, texts, labels, skipped) -> TaskRecords:
     label_array = None
-    if label_at is not None:
-        dtype = np.int32 if spec.num_classes is not None else np.float32
+    if labels is not None:
+        dtype = np.int32 if TASKS[task].num_classes is not None else np.float32
         label_array = np.asarray(labels, dtype=dtype)
     return TaskRecords(task, path, record_ids, texts, label_array, skipped)
+
+
+def read_task_file(path: str | Path, task: str, lenient: bool = False) -> TaskRecords:
+    """The whole file as one TaskRecords (see iter_task_file)."""
+    return next(iter_task_file(path, task, lenient, chunk_size=sys.maxsize))

@@ -29,6 +29,7 @@ from mtbert_jax.model_config import ModelConfig
 from mtbert_jax.multitask_loader import MultiTaskLoader
 from mtbert_jax.multitask_model import init_model
 from mtbert_jax.optimizer import OptimizerConfig, make_optimizer
+from mtbert_jax.param_groups import parameter_report
 from mtbert_jax.schedules import ALL_TASK_KINDS, Schedule, ScheduleConfig
 from mtbert_jax.task_files import resolve_data_dir
 from mtbert_jax.tokenized_data import Segments, TaskData, load_task_data
@@ -74,19 +75,37 @@ def _take(data: TaskData, n: int) -> TaskData:
 
 
 class MetricsLog:
-    """metrics.jsonl in the workdir; on resume, entries past the restored step are dropped."""
+    """metrics.jsonl in the workdir (and TensorBoard events when tensorboardX is installed);
+    on resume, entries past the restored step are dropped."""
 
     def __init__(self, path: Path, resume_step: int, enabled: bool):
-        self.path, self.enabled = path, enabled
+        self.path, self.enabled, self.tensorboard = path, enabled, None
         if enabled and path.exists():
             kept = [line for line in path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= resume_step]
             path.write_text("".join(line + "\n" for line in kept))
+        if enabled:
+            try:
+                from tensorboardX import SummaryWriter
+                self.tensorboard = SummaryWriter(str(path.parent / "tensorboard"))
+            except ImportError:
+                pass
 
     def write(self, record: dict) -> None:
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            for group in ("loss", "dev"):
+                for task, value in record.get(group, {}).items():
+                    for name, number in (value.items() if isinstance(value, dict) else [("", value)]):
+                        self.tensorboard.add_scalar(f"{group}/{task}{'/' + name if name else ''}",
+                                                    number, record["step"])
+            for name in ("examples_per_second", "dev_overall", "pcgrad_conflicts"):
+                if name in record:
+                    self.tensorboard.add_scalar(name, record[name], record["step"])
+            self.tensorboard.flush()
 
 
 def evaluate(predict_fn, params, datasets: dict[str, TaskData], batch_size: int, buckets) -> dict:
@@ -134,6 +153,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     key = jax.random.PRNGKey(config.seed)
     init_key, dropout_key, pcgrad_key = jax.random.split(key, 3)
     model, params = init_model(bert_config, model_config, init_key, bert_params)
+    log(parameter_report(params))
     tasks = tuple(t for t in model_config.tasks if t in schedule.tasks)
     loss_weights = dict(config.loss_weights.to_dict())
     if config.schedule.kind == "method1":

@@ -45,6 +45,18 @@ def test_end_to_end_with_pcgrad(tiny_checkpoint, tiny_data_dir, tmp_path):
     assert sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())[-1] == 60
     assert len([p for p in (run / "best").iterdir() if p.name.isdigit()]) == 1
 
+    # The fine-tuned encoder exports to a Hugging Face directory that transformers loads.
+    from mtbert_jax import convert
+    from mtbert_jax.checkpointing import restore_trained
+    from mtbert_jax.encoder import BertModel
+    from mtbert_jax.hf_checkpoint import load_hf_checkpoint
+    assert convert.main(["--checkpoint", str(run), "--out", str(tmp_path / "hf")]) == 0
+    _, trained, _ = restore_trained(run, "best")
+    bert_config, exported, _ = load_hf_checkpoint(tmp_path / "hf")
+    ids = np.array([[101, 2204, 3185, 102]], np.int32)
+    ours = BertModel(bert_config).apply({"params": trained["bert"]}, ids).pooled_output
+    np.testing.assert_array_equal(ours, BertModel(bert_config).apply({"params": exported}, ids).pooled_output)
+
 
 def test_two_stage_recipe_freezes_the_encoder(tiny_checkpoint, tiny_data_dir, tmp_path):
     config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache",

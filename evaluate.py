@@ -1,0 +1,84 @@
+"""Evaluate a trained run from its checkpoint.
+
+python evaluate.py --workdir runs/NAME [--checkpoint best|latest|STEP] [--split dev|test|both]
+python evaluate.py --workdir runs/NAME --task-file dev:sts=my-sts.csv      # any file in the format
+python evaluate.py --workdir runs/NAME --sentence "A gripping film." --pair "How old are you?" "What is your age?"
+python evaluate.py --workdir runs/NAME --input-file texts.tsv              # a sentence or a tab-separated pair a line
+python evaluate.py --workdir runs/NAME --export-hf runs/NAME/hf            # the fine-tuned encoder as a HF directory
+
+Writes WORKDIR/eval/: metrics.json, predictions/{sst,para,sts,cfimdb}-{split}-output.csv in the
+course's format, plots/ (training curves, confusion matrices, STS scatter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--workdir", required=True, help="the training run's directory")
+    parser.add_argument("--checkpoint", default="best", help="best, latest or a step number")
+    parser.add_argument("--split", default="dev", choices=["dev", "test", "both"])
+    parser.add_argument("--task-file", action="append", default=[], metavar="SPLIT:TASK=PATH",
+                        help="evaluate TASK on this file instead of the data directory's")
+    parser.add_argument("--out", help="output directory (default WORKDIR/eval)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--sentence", action="append", default=[], help="score a sentence (sentiment tasks)")
+    parser.add_argument("--pair", nargs=2, action="append", default=[], metavar=("A", "B"),
+                        help="score a sentence pair (paraphrase, similarity)")
+    parser.add_argument("--input-file", help="lines to score: a sentence, or two tab-separated sentences")
+    parser.add_argument("--export-hf", metavar="DIR", help="write the fine-tuned encoder as a HF directory")
+    args = parser.parse_args(argv)
+
+    from mtbert_jax.bert_config import UnsupportedConfigError
+    from mtbert_jax.checkpointing import CheckpointError
+    from mtbert_jax.hf_checkpoint import CheckpointError as HFCheckpointError
+    from mtbert_jax.run_evaluation import evaluate_run, format_table, load_trained, score_texts
+    from mtbert_jax.task_files import TaskFileError
+
+    try:
+        if args.export_hf:
+            from mtbert_jax import convert
+            return convert.main(["--checkpoint", args.workdir, "--which", args.checkpoint, "--out", args.export_hf])
+        sentences, pairs = list(args.sentence), [tuple(p) for p in args.pair]
+        if args.input_file:
+            for line in Path(args.input_file).read_text(encoding="utf-8").splitlines():
+                parts = line.split("\t")
+                if len(parts) == 2:
+                    pairs.append((parts[0], parts[1]))
+                elif line.strip():
+                    sentences.append(line)
+        if sentences or pairs:
+            trained = load_trained(args.workdir, args.checkpoint)
+            for entry in score_texts(trained, sentences, pairs):
+                print(json.dumps(entry))
+            return 0
+        task_files: dict = {}
+        for spec in args.task_file:
+            try:
+                split_task, path = spec.split("=", 1)
+                split, task = split_task.split(":", 1)
+            except ValueError:
+                parser.error(f"--task-file {spec!r}: expected SPLIT:TASK=PATH, e.g. dev:sts=my-sts.csv")
+            task_files.setdefault(split, {})[task] = Path(path)
+        splits = ("dev", "test") if args.split == "both" else (args.split,)
+        results = evaluate_run(args.workdir, args.checkpoint, splits, task_files,
+                               Path(args.out) if args.out else None, args.batch_size)
+    except (CheckpointError, HFCheckpointError, TaskFileError, UnsupportedConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(results))
+    print(f"written to {Path(args.out) if args.out else Path(args.workdir) / 'eval'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
