@@ -60,6 +60,26 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     # Loss weights per task (Method 1 schedules use their own).
     c.loss_weights = ml_collections.ConfigDict({"sst": 1.0, "quora": 1.0, "sts": 1.0})
 
+    # SMART (mtbert_jax/smart.py), on for the tasks listed.
+    c.smart = ml_collections.ConfigDict()
+    c.smart.tasks = ()
+    c.smart.lambda_s = 1.0
+    c.smart.mu = 1.0
+    c.smart.sigma = 1e-5
+    c.smart.eta = 1e-3
+    c.smart.eps = 1e-5
+    # Multiple negatives ranking loss for these pair tasks (bi-encoder heads), added with a
+    # weight or alone, on positive pairs (STS: similarity >= sts_threshold).
+    c.mnrl = ml_collections.ConfigDict()
+    c.mnrl.tasks = ()
+    c.mnrl.weight = 1.0
+    c.mnrl.only = False
+    c.mnrl.sts_threshold = 4.0
+    # "mse", or "cosine_embedding" (seed 002; bi-encoder STS head).
+    c.sts_loss = "mse"
+    # Learned uncertainty weighting of the task losses (Kendall et al. 2018).
+    c.uncertainty_weighting = False
+
     # The optimizer (mtbert_jax/optimizer.py).
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.encoder_lr = 5e-5

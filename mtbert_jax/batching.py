@@ -43,7 +43,8 @@ class PaddingStats:
 class TaskBatcher:
     """Makes padded batches of one task's records."""
 
-    def __init__(self, data: TaskData, batch_size: int, buckets: tuple[int, ...], pad_id: int = 0):
+    def __init__(self, data: TaskData, batch_size: int, buckets: tuple[int, ...], pad_id: int = 0,
+                 unique_texts: bool = False):
         if batch_size <= 0:
             raise ValueError(f"{data.task}: batch size must be positive, got {batch_size}")
         longest = int(data.lengths.max(initial=0))
@@ -51,6 +52,7 @@ class TaskBatcher:
             raise ValueError(f"{data.task} {data.split}: a record has {longest} tokens, more than "
                              f"the largest bucket {buckets[-1]}; tokenize with that max length")
         self.data, self.batch_size, self.buckets, self.pad_id = data, batch_size, buckets, pad_id
+        self.unique_texts = unique_texts  # in-batch negatives (MNRL): no text twice in a batch
         self.stats = PaddingStats()
 
     @property
@@ -89,8 +91,31 @@ class TaskBatcher:
         order = rng.permutation(len(self.data))
         bucket = np.searchsorted(self.buckets, self.data.lengths[order])
         order = order[np.argsort(bucket, kind="stable")]
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.unique_texts:
+            batches = self._unique_batches(order)
+        else:
+            batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         return [batches[i] for i in rng.permutation(len(batches))]
+
+    def _texts(self, i: int) -> list[bytes]:
+        return [segments.get(i)[0].tobytes() for segments in self.data.segments]
+
+    def _unique_batches(self, order: np.ndarray) -> list[np.ndarray]:
+        """Batches in which no text (of either side of a pair) appears twice: a record whose
+        text is already in the batch waits for a later one. Every record still appears once."""
+        batches, waiting = [], list(order)
+        while waiting:
+            batch, seen, deferred = [], set(), []
+            for i in waiting:
+                texts = self._texts(i)
+                if len(batch) < self.batch_size and not seen.intersection(texts):
+                    batch.append(i)
+                    seen.update(texts)
+                else:
+                    deferred.append(i)
+            batches.append(np.asarray(batch))
+            waiting = deferred
+        return batches
 
     def in_file_order(self) -> Iterator[Batch]:
         """Evaluation: batches in the file's order, so predictions line up with record ids."""

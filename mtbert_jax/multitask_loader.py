@@ -48,13 +48,15 @@ class MultiTaskLoader:
     """Yields, step by step, {task: batch} for the tasks the schedule puts in each step."""
 
     def __init__(self, datasets: Mapping[str, TaskData], schedule: Schedule,
-                 buckets: tuple[int, ...], seed: int = 0, pad_id: int = 0):
+                 buckets: tuple[int, ...], seed: int = 0, pad_id: int = 0,
+                 unique_text_tasks: tuple[str, ...] = ()):
         missing = set(schedule.tasks) - set(datasets)
         if missing:
             raise ValueError(f"the schedule trains {sorted(missing)} but no data was given for them")
         sizes = schedule.batch_sizes()
         self.schedule = schedule
-        self.streams = {t: _TaskStream(TaskBatcher(datasets[t], sizes[t], buckets, pad_id), seed, i)
+        self.streams = {t: _TaskStream(TaskBatcher(datasets[t], sizes[t], buckets, pad_id,
+                                                   unique_texts=t in unique_text_tasks), seed, i)
                         for i, t in enumerate(sorted(datasets)) if t in schedule.tasks}
         self.epoch, self.step = 0, 0
         self._plan_epoch, self._plan = None, None

@@ -55,8 +55,8 @@ def _decay_mask(params):
 
 def shared_parameters(params: Mapping, tasks: Sequence[str]) -> dict:
     """True for parameters that two or more tasks use (what PCGrad projects): everything but
-    a single task's heads and adapters."""
-    own = [rf"^(heads|adapters)_{t}/" for t in tasks]
+    a single task's heads, adapters and uncertainty weight."""
+    own = [rf"^(heads|adapters|uncertainty)_{t}(/|$)" for t in tasks]
     return jax.tree_util.tree_map(lambda label: label == "shared",
                                   label_tree(params, [(p, "own") for p in own], "shared"))
 

@@ -49,6 +49,7 @@ def load_trained(workdir: str | Path, which: str = "best") -> TrainedModel:
     """Restores a run's config and parameters; refuses parameters that do not fit the model
     its config describes."""
     config, params, step = restore_trained(workdir, which)
+    params = {k: v for k, v in params.items() if not k.startswith("uncertainty_")}  # training only
     try:
         model_config = ModelConfig(**config["model"])
     except (TypeError, ModelConfigError) as e:

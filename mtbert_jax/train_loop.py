@@ -28,7 +28,9 @@ from mtbert_jax.hf_checkpoint import load_hf_checkpoint, resolve_checkpoint_dir
 from mtbert_jax.model_config import ModelConfig
 from mtbert_jax.multitask_loader import MultiTaskLoader
 from mtbert_jax.multitask_model import init_model
+from mtbert_jax.objectives import ObjectiveConfig, positives, uncertainty_name
 from mtbert_jax.optimizer import OptimizerConfig, make_optimizer
+from mtbert_jax.smart import SmartConfig
 from mtbert_jax.param_groups import parameter_report
 from mtbert_jax.schedules import ALL_TASK_KINDS, Schedule, ScheduleConfig
 from mtbert_jax.task_files import resolve_data_dir
@@ -62,6 +64,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.schedule.batch_size % divisor:
         raise TrainingError(f"schedule.batch_size={config.schedule.batch_size} must divide by "
                             f"devices x accumulation_steps = {divisor}")
+
+
+def objective_config_from(config: ml_collections.ConfigDict) -> ObjectiveConfig:
+    return ObjectiveConfig(
+        smart=SmartConfig(**{**config.smart.to_dict(), "tasks": tuple(config.smart.tasks)}),
+        mnrl_tasks=tuple(config.mnrl.tasks), mnrl_weight=config.mnrl.weight, mnrl_only=config.mnrl.only,
+        mnrl_sts_threshold=config.mnrl.sts_threshold, sts_loss=config.sts_loss,
+        uncertainty_weighting=config.uncertainty_weighting)
+
+
+def _positive_pairs(data: TaskData, objective: ObjectiveConfig) -> TaskData:
+    keep = np.flatnonzero(np.asarray(positives(data.task, data.labels, objective.mnrl_sts_threshold)))
+    segments = tuple(Segments.from_lists([s.get(i)[0] for i in keep], [s.get(i)[1] for i in keep])
+                     for s in data.segments)
+    return dataclasses.replace(data, record_ids=data.record_ids[keep], labels=data.labels[keep],
+                               segments=segments)
 
 
 def _take(data: TaskData, n: int) -> TaskData:
@@ -134,7 +152,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     load = lambda task, split: load_task_data(  # noqa: E731
         task, split, data_dir, tokenizer, config.max_length, model_config.pair_encoding(task),
         cache_dir=config.cache_dir or None)
+    objective = objective_config_from(config)
     train_data = {t: _take(load(t, "train"), config.max_train_records) for t in model_config.tasks}
+    if objective.mnrl_only:  # MNRL alone trains on the positive pairs only
+        train_data = {t: _positive_pairs(d, objective) if t in objective.mnrl_tasks else d
+                      for t, d in train_data.items()}
     dev_data = {t: load(t, "dev") for t in model_config.tasks}
     log = print if is_main else (lambda *a, **k: None)
     log(report.summary())
@@ -145,7 +167,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     total_epochs = config.num_epochs + config.frozen_epochs
     schedule = Schedule(ScheduleConfig(**config.schedule.to_dict()), {t: len(d) for t, d in train_data.items()},
                         total_epochs, config.seed)
-    loader = MultiTaskLoader(train_data, schedule, buckets, config.seed)
+    loader = MultiTaskLoader(train_data, schedule, buckets, config.seed,
+                             unique_text_tasks=tuple(objective.mnrl_tasks))
     steps_per_epoch = [loader.steps_in_epoch(e) for e in range(total_epochs)]
     stage_ends = [sum(steps_per_epoch[:config.num_epochs]), sum(steps_per_epoch)]
     if config.max_steps:
@@ -153,7 +176,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     key = jax.random.PRNGKey(config.seed)
     init_key, dropout_key, pcgrad_key = jax.random.split(key, 3)
     model, params = init_model(bert_config, model_config, init_key, bert_params)
+    if objective.uncertainty_weighting:
+        params |= {uncertainty_name(t): jnp.zeros((), jnp.float32) for t in model_config.tasks}
     log(parameter_report(params))
+    # SMART's Bregman term needs a moving-average teacher of the weights.
+    use_teacher = bool(objective.smart.tasks) and objective.smart.mu > 0
     tasks = tuple(t for t in model_config.tasks if t in schedule.tasks)
     loss_weights = dict(config.loss_weights.to_dict())
     if config.schedule.kind == "method1":
@@ -166,7 +193,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         if stage == 1:
             opt_config = dataclasses.replace(opt_config, freeze_encoder=True)
         optimizer = make_optimizer(opt_config, params, tasks, max(steps, 1), tasks_per_step, pcgrad_key)
-        runner = StepRunner(model, optimizer, tasks, loss_weights, config.accumulation_steps)
+        runner = StepRunner(model, optimizer, tasks, loss_weights, config.accumulation_steps,
+                            objective=objective, total_steps=stage_ends[-1])
         return optimizer, runner
 
     # --- resume
@@ -177,7 +205,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         meta = checkpoints.meta(checkpoints.latest, latest)
         stage, best_score = meta["stage"], meta["best_score"]
     optimizer, runner = build(stage)
-    state = TrainState(params, optimizer.tx.init(params), jnp.zeros((), jnp.int32))
+    state = TrainState(params, optimizer.tx.init(params), jnp.zeros((), jnp.int32),
+                       params if use_teacher else None)
     if latest is not None:
         restored = checkpoints.restore(checkpoints.latest, latest,
                                        {"train": state, "loader": loader.state_dict()})
@@ -204,9 +233,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         if stage == 0 and (epoch >= config.num_epochs or step >= stage_ends[0]):
             stage = 1  # two-stage recipe: continue with the encoder frozen, fresh optimizer state
             optimizer, runner = build(stage)
-            params_now = distributed.unreplicate(replicated).params
-            replicated = distributed.replicate(
-                TrainState(params_now, optimizer.tx.init(params_now), jnp.asarray(step, jnp.int32)))
+            current = distributed.unreplicate(replicated)
+            replicated = distributed.replicate(TrainState(
+                current.params, optimizer.tx.init(current.params), jnp.asarray(step, jnp.int32), current.teacher))
             log(f"epoch {epoch + 1}: encoder frozen from here on")
         stage_end = stage_ends[stage]
         bar = tqdm(total=loader.steps_in_epoch(), initial=loader.step, disable=not is_main,

@@ -11,14 +11,15 @@ pmapped update, compiled once per number of tasks in a step.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from mtbert_jax.losses import per_example_loss
 from mtbert_jax.multitask_model import MultiTaskModel
+from mtbert_jax.objectives import ObjectiveConfig, make_objective
+from mtbert_jax.smart import update_teacher
 from mtbert_jax.optimizer import Optimizer
 from mtbert_jax.task_combiners import PCGradState
 
@@ -30,26 +31,21 @@ class TrainState(NamedTuple):
     params: PyTree
     opt_state: PyTree
     step: jax.Array  # int32 scalar: updates done so far
+    teacher: PyTree = None  # SMART's moving average of the parameters, when SMART is on
 
 
 def make_task_grad(model: MultiTaskModel, task: str, task_index: int, accumulation: int = 1,
-                   deterministic: bool = False) -> Callable:
-    """pmapped (params, batch, step, key) -> (gradient of the mean loss, mean loss, real rows).
+                   deterministic: bool = False, objective: Optional[ObjectiveConfig] = None) -> Callable:
+    """pmapped (params, teacher, batch, step, key) -> (gradient of the mean loss, mean loss, real rows).
 
-    params are replicated, batch leaves are [devices, rows, ...] with rows divisible by
-    `accumulation`; step and key are shared. Dropout keys are folded per step, task, device and
-    micro-batch.
+    params (and SMART's teacher, or None) are replicated, batch leaves are [devices, rows, ...]
+    with rows divisible by `accumulation`; step and key are shared. Dropout keys are folded per
+    step, task, device and micro-batch.
     """
-
-    def loss_sum(params, micro, key):
-        out = model.apply({"params": params}, task, micro, deterministic=deterministic,
-                          rngs={"dropout": key})
-        losses = per_example_loss(task, out.prediction, micro["labels"])
-        return (losses * micro["weights"]).sum(), micro["weights"].sum()
-
+    loss_sum = make_objective(model, task, objective or ObjectiveConfig(), deterministic)
     value_and_grad = jax.value_and_grad(loss_sum, has_aux=True)
 
-    def per_device(params, batch, step, key):
+    def per_device(params, teacher, batch, step, key):
         key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, step), task_index),
                                  jax.lax.axis_index(AXIS))
         rows = batch["weights"].shape[0]
@@ -58,7 +54,7 @@ def make_task_grad(model: MultiTaskModel, task: str, task_index: int, accumulati
 
         def accumulate(totals, inputs):
             index, mb = inputs
-            (loss, count), grad = value_and_grad(params, mb, jax.random.fold_in(key, index))
+            (loss, count), grad = value_and_grad(params, teacher, mb, jax.random.fold_in(key, index))
             total_grad, total_loss, total_count = totals
             return (jax.tree_util.tree_map(jnp.add, total_grad, grad), total_loss + loss,
                     total_count + count), None
@@ -69,10 +65,10 @@ def make_task_grad(model: MultiTaskModel, task: str, task_index: int, accumulati
         denominator = jnp.maximum(count, 1.0)
         return jax.tree_util.tree_map(lambda g: g / denominator, grad), loss / denominator, count
 
-    return jax.pmap(per_device, axis_name=AXIS, in_axes=(0, 0, None, None))
+    return jax.pmap(per_device, axis_name=AXIS, in_axes=(0, 0, 0, None, None))
 
 
-def make_update(optimizer: Optimizer) -> Callable:
+def make_update(optimizer: Optimizer, total_steps: int = 1) -> Callable:
     """pmapped (state, per-task gradients, loss weights [T]) -> (state, metrics).
 
     The gradients (a tuple, one tree per task, already averaged over devices) are weighted,
@@ -97,7 +93,10 @@ def make_update(optimizer: Optimizer) -> Callable:
             metrics |= {"pcgrad_conflicts": combiner_state.num_conflicts,
                         "pcgrad_cosines": combiner_state.cosines}
         metrics["param_norm"] = optax.tree.norm(params)
-        return TrainState(params, opt_state, state.step + 1), metrics
+        teacher = state.teacher
+        if teacher is not None:
+            teacher = update_teacher(teacher, params, state.step, total_steps)
+        return TrainState(params, opt_state, state.step + 1, teacher), metrics
 
     return jax.pmap(per_device, axis_name=AXIS, donate_argnums=(0,))
 
@@ -112,19 +111,20 @@ class StepRunner:
     """Runs steps: {task: device-split batch} -> per-task gradients -> update."""
 
     def __init__(self, model: MultiTaskModel, optimizer: Optimizer, tasks: Sequence[str],
-                 loss_weights: Mapping[str, float], accumulation: int = 1, deterministic: bool = False):
+                 loss_weights: Mapping[str, float], accumulation: int = 1, deterministic: bool = False,
+                 objective: Optional[ObjectiveConfig] = None, total_steps: int = 1):
         self.tasks = tuple(tasks)
         self.loss_weights = dict(loss_weights)
-        self.grad_fns = {t: make_task_grad(model, t, i, accumulation, deterministic)
+        self.grad_fns = {t: make_task_grad(model, t, i, accumulation, deterministic, objective)
                          for i, t in enumerate(self.tasks)}
-        self.update = make_update(optimizer)
+        self.update = make_update(optimizer, total_steps)
 
     def __call__(self, state: TrainState, batches: Mapping[str, PyTree], step: int, key: jax.Array):
         """state replicated; batches {task: leaves [devices, rows, ...]} -> (state, metrics)."""
         tasks = [t for t in self.tasks if t in batches]  # a fixed order: PCGrad's task indices
         grads, losses = [], {}
         for task in tasks:
-            grad, loss, _ = self.grad_fns[task](state.params, batches[task], step, key)
+            grad, loss, _ = self.grad_fns[task](state.params, state.teacher, batches[task], step, key)
             grads.append(grad)
             losses[task] = loss
         weights = jnp.asarray([[self.loss_weights.get(t, 1.0) for t in tasks]] * len(jax.local_devices()),
