@@ -74,22 +74,23 @@ def objective_config_from(config: ml_collections.ConfigDict) -> ObjectiveConfig:
         uncertainty_weighting=config.uncertainty_weighting)
 
 
-def _positive_pairs(data: TaskData, objective: ObjectiveConfig) -> TaskData:
-    keep = np.flatnonzero(np.asarray(positives(data.task, data.labels, objective.mnrl_sts_threshold)))
+def _subset(data: TaskData, keep: np.ndarray) -> TaskData:
+    """The records at indices `keep`, in that order."""
     segments = tuple(Segments.from_lists([s.get(i)[0] for i in keep], [s.get(i)[1] for i in keep])
                      for s in data.segments)
-    return dataclasses.replace(data, record_ids=data.record_ids[keep], labels=data.labels[keep],
-                               segments=segments)
+    labels = None if data.labels is None else data.labels[keep]
+    return dataclasses.replace(data, record_ids=data.record_ids[keep], labels=labels, segments=segments)
+
+
+def _positive_pairs(data: TaskData, objective: ObjectiveConfig) -> TaskData:
+    """MNRL alone trains on the positive pairs only."""
+    return _subset(data, np.flatnonzero(np.asarray(
+        positives(data.task, data.labels, objective.mnrl_sts_threshold))))
 
 
 def _take(data: TaskData, n: int) -> TaskData:
     """The first n records (quick runs)."""
-    if not n or n >= len(data):
-        return data
-    segments = tuple(Segments(s.ids[:s.offsets[n]], s.types[:s.offsets[n]], s.offsets[:n + 1])
-                     for s in data.segments)
-    labels = None if data.labels is None else data.labels[:n]
-    return dataclasses.replace(data, record_ids=data.record_ids[:n], labels=labels, segments=segments)
+    return data if not n or n >= len(data) else _subset(data, np.arange(n))
 
 
 class MetricsLog:

@@ -11,6 +11,7 @@ pmapped update, compiled once per number of tasks in a step.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
@@ -119,6 +120,12 @@ class StepRunner:
                          for i, t in enumerate(self.tasks)}
         self.update = make_update(optimizer, total_steps)
 
+    @functools.lru_cache(maxsize=None)
+    def _weights(self, tasks: tuple[str, ...]) -> jax.Array:
+        """[devices, T] loss weights, made once per task set rather than every step."""
+        row = [self.loss_weights.get(t, 1.0) for t in tasks]
+        return jnp.asarray([row] * jax.local_device_count(), jnp.float32)
+
     def __call__(self, state: TrainState, batches: Mapping[str, PyTree], step: int, key: jax.Array):
         """state replicated; batches {task: leaves [devices, rows, ...]} -> (state, metrics)."""
         tasks = [t for t in self.tasks if t in batches]  # a fixed order: PCGrad's task indices
@@ -127,9 +134,7 @@ class StepRunner:
             grad, loss, _ = self.grad_fns[task](state.params, state.teacher, batches[task], step, key)
             grads.append(grad)
             losses[task] = loss
-        weights = jnp.asarray([[self.loss_weights.get(t, 1.0) for t in tasks]] * len(jax.local_devices()),
-                              jnp.float32)
-        state, metrics = self.update(state, tuple(grads), weights)
+        state, metrics = self.update(state, tuple(grads), self._weights(tuple(tasks)))
         metrics["loss"] = losses
         metrics["tasks"] = tasks
         return state, metrics
