@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from mtbert_jax.bert_config import BertConfig
-from mtbert_jax.encoder import BertLayer
+from mtbert_jax.encoder import BertLayer, gelu
 from mtbert_jax.model_config import ModelConfig
 
 Array = jax.Array
@@ -81,7 +81,7 @@ class TaskAdapter(nn.Module):
         x = self.down(h)
         if self.config.adapter == "pals":
             x = self.attention[self.layer_indices.index(layer)](x, bias)
-        return nn.gelu(self.up(x), approximate=False)
+        return gelu(self.up(x))
 
     def top(self, sequence: Array, bias: Array, deterministic: bool) -> Array:
         return self.top_layer(sequence, bias, deterministic) if self.has_top_layer else sequence

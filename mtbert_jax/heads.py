@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtbert_jax.dropout import Dropout
+
 Array = jax.Array
 COSINE_SCALE = 20.0  # s = 20 cos(.,.): seed 002's "d features" head, MNRL's scale
 STS_MAX = 5.0
@@ -59,7 +61,7 @@ class LinearHead(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool) -> Array:
-        x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+        x = Dropout(self.dropout)(x, deterministic=deterministic)
         return nn.Dense(self.outputs, kernel_init=nn.initializers.normal(0.02),
                         dtype=jnp.float32, name="dense")(x.astype(jnp.float32))
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from mtbert_jax.adapters import TaskAdapter
 from mtbert_jax.bert_config import BertConfig
-from mtbert_jax.encoder import BertModel, attention_bias
+from mtbert_jax.encoder import BertModel, attention_bias, gelu
 from mtbert_jax.heads import STS_MAX, CosineHead, LinearHead, pair_features, pool
 from mtbert_jax.model_config import ModelConfig
 from mtbert_jax.task_files import TASKS
@@ -97,7 +97,7 @@ class MultiTaskModel(nn.Module):
         else:
             x = vectors[0] if mode == "cross" else pair_features(mode, *vectors)
             if self.config.shared_pair_hidden:
-                x = nn.gelu(self.pair_hidden(x), approximate=False)
+                x = gelu(self.pair_hidden(x))
             score = head(x, deterministic)[:, 0]
         if task == "sts" and mode == "cosine":
             score = STS_MAX * jax.nn.sigmoid(score)

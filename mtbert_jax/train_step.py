@@ -60,8 +60,12 @@ def make_task_grad(model: MultiTaskModel, task: str, task_index: int, accumulati
             return (jax.tree_util.tree_map(jnp.add, total_grad, grad), total_loss + loss,
                     total_count + count), None
 
-        zeros = (jax.tree_util.tree_map(jnp.zeros_like, params), jnp.zeros(()), jnp.zeros(()))
-        totals, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accumulation), micro))
+        if accumulation == 1:  # no zero-filled accumulators: a full pass over the params saved
+            (loss, count), grad = value_and_grad(params, teacher, batch, jax.random.fold_in(key, 0))
+            totals = (grad, loss, count)
+        else:
+            zeros = (jax.tree_util.tree_map(jnp.zeros_like, params), jnp.zeros(()), jnp.zeros(()))
+            totals, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accumulation), micro))
         grad, loss, count = jax.lax.psum(totals, AXIS)
         denominator = jnp.maximum(count, 1.0)
         return jax.tree_util.tree_map(lambda g: g / denominator, grad), loss / denominator, count
