@@ -117,7 +117,9 @@ class TaskBatcher:
             waiting = deferred
         return batches
 
-    def in_file_order(self) -> Iterator[Batch]:
-        """Evaluation: batches in the file's order, so predictions line up with record ids."""
-        for start in range(0, len(self.data), self.batch_size):
-            yield self.make_batch(np.arange(start, min(start + self.batch_size, len(self.data))))
+    def by_length(self) -> Iterator[Batch]:
+        """Evaluation: every record once, in batches of similar length (least padding); each
+        batch's "index" says which records it holds, so outputs go back to file order."""
+        order = np.argsort(self.data.lengths, kind="stable")
+        for start in range(0, len(order), self.batch_size):
+            yield self.make_batch(order[start:start + self.batch_size])

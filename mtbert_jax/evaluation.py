@@ -22,14 +22,17 @@ def make_predict(model: MultiTaskModel):
 
 def predict(predict_fn, params, data: TaskData, batch_size: int, buckets: tuple[int, ...]) -> np.ndarray:
     """Head outputs for every record of `data`, in file order (memory: one batch at a time plus
-    the outputs)."""
+    the outputs). Records are batched by length, so batches carry little padding."""
     batcher = TaskBatcher(data, batch_size, buckets)
-    outputs = []
-    for batch in batcher.in_file_order():
+    outputs = None
+    for batch in batcher.by_length():
         inputs = {k: v for k, v in batch.items() if k.startswith(("input_ids", "token_type_ids", "attention_mask"))}
-        out = np.asarray(predict_fn(params, data.task, inputs))
-        outputs.append(out[batch["weights"] > 0])
-    return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
+        real = batch["weights"] > 0
+        out = np.asarray(predict_fn(params, data.task, inputs))[real]
+        if outputs is None:
+            outputs = np.zeros((len(data),) + out.shape[1:], out.dtype)
+        outputs[batch["index"][real]] = out
+    return outputs if outputs is not None else np.zeros((0,), np.float32)
 
 
 def labels_from_outputs(task: str, outputs: np.ndarray) -> np.ndarray:

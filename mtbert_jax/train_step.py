@@ -86,7 +86,7 @@ def make_update(optimizer: Optimizer, total_steps: int = 1) -> Callable:
             lambda *g: jnp.stack(g) * loss_weights.reshape((-1,) + (1,) * g[0].ndim), *grads)
         updates, opt_state = optimizer.tx.update(stacked, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"grad_norm": _norm(stacked), "update_norm": optax.tree.norm(updates)}
+        metrics = {"grad_norm": _norm(stacked)}
         if optimizer.gse:
             summed = jax.tree_util.tree_map(lambda g: g.sum(0), stacked)
             combiner_state, base_state = opt_state
@@ -97,7 +97,6 @@ def make_update(optimizer: Optimizer, total_steps: int = 1) -> Callable:
         if isinstance(combiner_state, PCGradState):
             metrics |= {"pcgrad_conflicts": combiner_state.num_conflicts,
                         "pcgrad_cosines": combiner_state.cosines}
-        metrics["param_norm"] = optax.tree.norm(params)
         teacher = state.teacher
         if teacher is not None:
             teacher = update_teacher(teacher, params, state.step, total_steps)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mtbert_jax.batching import TaskBatcher, bucket_lengths
+from mtbert_jax.evaluation import predict
 from mtbert_jax.multitask_loader import MultiTaskLoader
 from mtbert_jax.schedules import Schedule, ScheduleConfig
 from mtbert_jax.tokenized_data import Segments, TaskData, load_task_data
@@ -55,10 +56,15 @@ def test_bucketing_beats_padding_to_the_max():
     assert batcher.stats.efficiency > data.lengths.sum() / (2000 * 64) + 0.2
 
 
-def test_evaluation_keeps_file_order():
-    batcher = TaskBatcher(_synthetic("t", 21), 8, BUCKETS)
-    indices = [b["index"][b["weights"] > 0] for b in batcher.in_file_order()]
-    assert np.concatenate(indices).tolist() == list(range(21))
+def test_evaluation_batches_by_length_and_predictions_return_to_file_order():
+    data = _synthetic("t", 21)
+    batches = list(TaskBatcher(data, 8, BUCKETS).by_length())
+    indices = np.concatenate([b["index"][b["weights"] > 0] for b in batches])
+    assert sorted(indices.tolist()) == list(range(21))
+    assert np.all(np.diff(data.lengths[indices]) >= 0)
+    # predict() puts each output back at its record: here the output is the sum of its ids.
+    outputs = predict(lambda params, task, b: b["input_ids"].sum(1), None, data, 8, BUCKETS)
+    assert outputs.tolist() == [int(data.segments[0].get(i)[0].sum()) for i in range(21)]
 
 
 def test_record_longer_than_largest_bucket_is_refused():
