@@ -1,20 +1,21 @@
-"""Step time and peak memory of the train step with SMART, PCGrad and both, against the plain
+"""Step time and peak memory of the train step with PCGrad, SMART and both, against the plain
 (summed-gradient) step, on the default model (embedded MiniLM), three tasks per step.
 
-python benchmarks/step_variants.py [--batch 32] [--seq 64] [--steps 5]
-Each variant runs in its own process (peak resident memory is per process). Prints a table
-and a JSON line. Times are medians over the measured steps, after two warm-up steps.
+python benchmarks/step_variants.py [--batch 32] [--seq 64] [--steps 8] [--rounds 2]
+Each variant runs in its own process (peak resident memory is per process); the variants run
+in turn, `rounds` times over, and each variant's time is the median of all its measured steps
+(after two warm-up steps per process), so slow drift of the machine's load hits all alike.
+Prints a table and a JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
-import sys
 import time
+
+import common
 
 VARIANTS = {"plain": dict(combiner="sum", smart=False), "pcgrad": dict(combiner="pcgrad", smart=False),
             "smart": dict(combiner="sum", smart=True), "smart+pcgrad": dict(combiner="pcgrad", smart=True)}
@@ -65,34 +66,41 @@ def run_variant(name: str, batch: int, seq: int, steps: int) -> dict:
         jax.block_until_ready(state.params)
         if step >= 2:
             times.append(time.perf_counter() - start)
-    return {"variant": name, "step_seconds": statistics.median(times),
-            "examples_per_second": 3 * batch / statistics.median(times),
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"variant": name, "times": times, "peak_rss_mib": common.peak_rss_mib(),
+            "machine": common.machine()}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
         print(json.dumps(run_variant(args.variant, args.batch, args.seq, args.steps)))
         return
-    rows = []
-    for name in VARIANTS:
-        out = subprocess.run([sys.executable, __file__, "--variant", name, "--batch", str(args.batch),
-                              "--seq", str(args.seq), "--steps", str(args.steps)],
-                             capture_output=True, text=True, check=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    times = {name: [] for name in VARIANTS}
+    rss = {name: 0.0 for name in VARIANTS}
+    for _ in range(args.rounds):
+        for name in VARIANTS:
+            out = common.run_side(__file__, ["--variant", name, "--batch", str(args.batch),
+                                             "--seq", str(args.seq), "--steps", str(args.steps)])
+            machine = out["machine"]
+            times[name] += out["times"]
+            rss[name] = max(rss[name], out["peak_rss_mib"])
+    rows = [{"variant": name, "step_seconds": statistics.median(t), "steps_measured": len(t),
+             "examples_per_second": 3 * args.batch / statistics.median(t), "peak_rss_mib": rss[name],
+             "times": t} for name, t in times.items()]
     plain = rows[0]["step_seconds"]
-    print(f"{'variant':<14} {'step s':>8} {'x plain':>8} {'ex/s':>8} {'peak RSS MiB':>13}")
     for r in rows:
         r["ratio_to_plain"] = r["step_seconds"] / plain
-        print(f"{r['variant']:<14} {r['step_seconds']:>8.3f} {r['ratio_to_plain']:>8.2f} "
-              f"{r['examples_per_second']:>8.1f} {r['peak_rss_mib']:>13.0f}")
-    print(json.dumps({"batch": args.batch, "seq": args.seq, "tasks": TASKS, "results": rows}))
+    common.print_table([("variant", "variant", "s"), ("step_seconds", "step s", ".3f"),
+                        ("ratio_to_plain", "x plain", ".3f"), ("examples_per_second", "ex/s", ".1f"),
+                        ("peak_rss_mib", "peak RSS MiB", ".0f")], rows)
+    common.print_json("step_variants", {"batch": args.batch, "seq": args.seq, "tasks": TASKS,
+                                        "results": rows}, machine)
 
 
 if __name__ == "__main__":

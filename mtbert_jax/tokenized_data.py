@@ -79,6 +79,13 @@ class TaskData:
         """[n] the longest segment of each record: what its padded length must hold."""
         return np.max([s.lengths for s in self.segments], axis=0)
 
+    def subset(self, keep: np.ndarray) -> "TaskData":
+        """The records at indices `keep`, in that order."""
+        segments = tuple(Segments.from_lists([s.get(i)[0] for i in keep], [s.get(i)[1] for i in keep])
+                         for s in self.segments)
+        labels = None if self.labels is None else self.labels[keep]
+        return dataclasses.replace(self, record_ids=self.record_ids[keep], labels=labels, segments=segments)
+
 
 def default_cache_dir() -> Path:
     if os.environ.get(CACHE_DIR_ENV):

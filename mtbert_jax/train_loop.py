@@ -34,7 +34,7 @@ from mtbert_jax.smart import SmartConfig
 from mtbert_jax.param_groups import parameter_report
 from mtbert_jax.schedules import ALL_TASK_KINDS, Schedule, ScheduleConfig
 from mtbert_jax.task_files import resolve_data_dir
-from mtbert_jax.tokenized_data import Segments, TaskData, load_task_data
+from mtbert_jax.tokenized_data import TaskData, load_task_data
 from mtbert_jax.tokenizer import BertTextTokenizer
 from mtbert_jax.train_step import StepRunner, TrainState
 
@@ -74,23 +74,15 @@ def objective_config_from(config: ml_collections.ConfigDict) -> ObjectiveConfig:
         uncertainty_weighting=config.uncertainty_weighting)
 
 
-def _subset(data: TaskData, keep: np.ndarray) -> TaskData:
-    """The records at indices `keep`, in that order."""
-    segments = tuple(Segments.from_lists([s.get(i)[0] for i in keep], [s.get(i)[1] for i in keep])
-                     for s in data.segments)
-    labels = None if data.labels is None else data.labels[keep]
-    return dataclasses.replace(data, record_ids=data.record_ids[keep], labels=labels, segments=segments)
-
-
 def _positive_pairs(data: TaskData, objective: ObjectiveConfig) -> TaskData:
     """MNRL alone trains on the positive pairs only."""
-    return _subset(data, np.flatnonzero(np.asarray(
+    return data.subset(np.flatnonzero(np.asarray(
         positives(data.task, data.labels, objective.mnrl_sts_threshold))))
 
 
 def _take(data: TaskData, n: int) -> TaskData:
     """The first n records (quick runs)."""
-    return data if not n or n >= len(data) else _subset(data, np.arange(n))
+    return data if not n or n >= len(data) else data.subset(np.arange(n))
 
 
 class MetricsLog:

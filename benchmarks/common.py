@@ -1,0 +1,164 @@
+"""What the benchmark scripts share: model shapes, matmul FLOP counts, timing, the plain-matmul
+limit, the machine's description, subprocess runs and the printed table + JSON line.
+
+Both sides of every comparison run in the same invocation, one after the other, each in its
+own process (so peak resident memory is per side); ratios are what to compare, absolute
+times vary with the machine's load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+# Encoder shapes (vocabulary 30,522, 512 positions, 2 token types, as bert-base-uncased).
+SHAPES = {
+    "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+    "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+}
+
+# Dense peak throughput (FLOP/s) of accelerators by name fragment, for utilisation figures.
+# Sources: NVIDIA datasheets (dense, no sparsity; SXM parts).
+DEVICE_PEAKS = {
+    "H100": {"float32": 67e12, "bfloat16": 989e12},
+    "H200": {"float32": 67e12, "bfloat16": 989e12},
+    "A100": {"float32": 19.5e12, "bfloat16": 312e12},
+}
+
+
+def encoder_matmul_flops(shape: dict, batch: int, seq: int) -> float:
+    """Forward matmul FLOPs of the encoder plus pooler on [batch, seq] tokens (2 per multiply-add):
+    Q, K, V, output projections and the feed-forward pair per layer, the two attention products."""
+    h, i, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    tokens = batch * seq
+    per_layer = 2 * tokens * (4 * h * h + 2 * h * i) + 2 * 2 * batch * seq * seq * h
+    return layers * per_layer + 2 * batch * h * h
+
+
+def train_step_flops(shape: dict, batch: int, seq: int) -> float:
+    """Matmul FLOPs of one training step: the forward and a backward of twice its cost."""
+    return 3 * encoder_matmul_flops(shape, batch, seq)
+
+
+def median_seconds(fn: Callable[[], object], warmup: int, repeats: int) -> tuple[float, list[float]]:
+    """Calls fn (which must block until its work is done) warmup + repeats times."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def torch_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def jax_matmul_gflops(n: int, dtype: str = "float32", repeats: int = 5) -> float:
+    """GFLOP/s of one n x n x n matmul through XLA on jax's default device."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.dtype(dtype))
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.dtype(dtype))
+    mm = jax.jit(jnp.dot)
+    seconds, _ = median_seconds(lambda: mm(a, b).block_until_ready(), 2, repeats)
+    return 2 * n ** 3 / seconds / 1e9
+
+
+def torch_matmul_gflops(n: int, dtype: str = "float32", repeats: int = 5) -> float:
+    import torch
+
+    device = torch_device()
+    a = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+    b = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+
+    def run():
+        torch.mm(a, b)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    seconds, _ = median_seconds(run, 2, repeats)
+    return 2 * n ** 3 / seconds / 1e9
+
+
+def device_peak_flops(dtype: str) -> float | None:
+    """The datasheet peak of jax's first device when it is a known accelerator, else None."""
+    import jax
+
+    kind = jax.devices()[0].device_kind
+    for name, peaks in DEVICE_PEAKS.items():
+        if name in kind:
+            return peaks.get(dtype)
+    return None
+
+
+def machine() -> dict:
+    """Where the numbers came from."""
+    import jax
+
+    info = {"platform": platform.platform(), "python": platform.python_version(),
+            "cpu": _cpu_model(), "cpu_cores": os.cpu_count(), "jax": jax.__version__,
+            "jax_device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
+            "jax_device_count": jax.device_count()}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        info["torch_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        info["torch"] = None
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def run_side(script: str, args: Sequence[str]) -> dict:
+    """Runs `python script args` in a fresh process; its last stdout line is a JSON object."""
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{script} {' '.join(args)} failed ({out.returncode}):\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def print_table(columns: Sequence[tuple[str, str, str]], rows: Sequence[dict]) -> None:
+    """columns: (key, header, format) e.g. ("ratio", "ours/torch", ".2f")."""
+    cells = [[format(r[k], f) if r.get(k) is not None else "-" for k, _, f in columns] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (_, h, _) in enumerate(columns)]
+    print("  ".join(h.rjust(w) for (_, h, _), w in zip(columns, widths)))
+    for c in cells:
+        print("  ".join(x.rjust(w) for x, w in zip(c, widths)))
+
+
+def print_json(name: str, payload: dict, machine_info: dict) -> None:
+    """The machine-readable result: one line, last on stdout."""
+    print(json.dumps({"benchmark": name, "machine": machine_info, **payload}))

@@ -1,0 +1,184 @@
+"""A real training epoch over the SST, Quora and STS training files: ours against the course's
+PyTorch reference loop.
+
+Ours: the embedded MiniLM through mtbert_jax's StepRunner on bucketed batches (records grouped
+by length, padded to a multiple of 16). Reference: the same checkpoint in transformers'
+BertModel with the starter code's batching (random batches padded to the longest record in the
+batch), a linear head per task, torch.optim.AdamW. Same token ids, records, batch size, one
+task per step in the same task order, dropout on, no clipping. Times include everything
+after the data is tokenized, compilation too (ours compiles once per task and bucket length).
+
+python benchmarks/epoch.py                              # the whole training files (slow on a CPU)
+python benchmarks/epoch.py --examples-per-task 1024     # a random subset of each file
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import common
+
+TASKS = ("sst", "quora", "sts")
+MAX_LENGTH, BUCKET_STEP, SEED = 128, 16, 0
+
+
+def load_data(examples_per_task: int, checkpoint: str) -> dict:
+    import numpy as np
+
+    from mtbert_jax.task_files import resolve_data_dir
+    from mtbert_jax.tokenized_data import load_task_data
+    from mtbert_jax.tokenizer import BertTextTokenizer
+
+    tokenizer = BertTextTokenizer(checkpoint)
+    data = {}
+    for task in TASKS:
+        full = load_task_data(task, "train", resolve_data_dir(None), tokenizer, MAX_LENGTH, "cross")
+        if examples_per_task and examples_per_task < len(full):
+            keep = np.sort(np.random.default_rng(SEED).choice(len(full), examples_per_task, replace=False))
+            full = full.subset(keep)
+        data[task] = full
+    return data
+
+
+def task_order(num_batches: dict) -> list:
+    """The same shuffled sequence of task names (one per step) for both sides."""
+    import numpy as np
+
+    order = [t for t in TASKS for _ in range(num_batches[t])]
+    return [order[i] for i in np.random.default_rng(SEED).permutation(len(order))]
+
+
+def run_ours(examples_per_task: int, batch_size: int, checkpoint: str) -> dict:
+    import jax
+    import numpy as np
+
+    from mtbert_jax import distributed
+    from mtbert_jax.batching import TaskBatcher, bucket_lengths
+    from mtbert_jax.hf_checkpoint import load_hf_checkpoint
+    from mtbert_jax.model_config import ModelConfig
+    from mtbert_jax.multitask_model import init_model
+    from mtbert_jax.optimizer import OptimizerConfig, make_optimizer
+    from mtbert_jax.train_step import StepRunner, TrainState
+
+    data = load_data(examples_per_task, checkpoint)
+    start = time.perf_counter()
+    bert_config, bert_params, _ = load_hf_checkpoint(checkpoint)
+    model, params = init_model(bert_config, ModelConfig(tasks=TASKS), jax.random.PRNGKey(0), bert_params)
+    batchers = {t: TaskBatcher(d, batch_size, bucket_lengths(MAX_LENGTH, BUCKET_STEP)) for t, d in data.items()}
+    rng = np.random.default_rng(SEED)
+    pending = {t: b.pass_order(rng) for t, b in batchers.items()}
+    order = task_order({t: len(p) for t, p in pending.items()})
+    optimizer = make_optimizer(OptimizerConfig(max_grad_norm=0.0), params, TASKS, len(order), 1)
+    runner = StepRunner(model, optimizer, TASKS, {}, total_steps=len(order))
+    state = distributed.replicate(TrainState(params, optimizer.tx.init(params), np.zeros((), np.int32)))
+    key, shapes, examples = jax.random.PRNGKey(1), set(), 0
+    for step, task in enumerate(order):
+        batch = batchers[task].make_batch(pending[task].pop())
+        batch.pop("index")
+        shapes.add((task, batch["input_ids"].shape))
+        examples += int(batch["weights"].sum())
+        state, metrics = runner(state, {task: distributed.split_for_devices(batch)}, step, key)
+    jax.block_until_ready(state.params)
+    seconds = time.perf_counter() - start
+    real = sum(b.stats.real_tokens for b in batchers.values())
+    padded = sum(b.stats.padded_tokens for b in batchers.values())
+    return {"seconds": seconds, "examples": examples, "steps": len(order),
+            "padding_efficiency": real / padded, "compiled_shapes": len(shapes),
+            "peak_rss_mib": common.peak_rss_mib()}
+
+
+def run_torch(examples_per_task: int, batch_size: int, checkpoint: str) -> dict:
+    import numpy as np
+    import torch
+    from transformers import BertModel
+
+    from mtbert_jax.hf_checkpoint import resolve_checkpoint_dir
+    from mtbert_jax.task_files import TASKS as SPECS
+
+    data = load_data(examples_per_task, checkpoint)
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    device = common.torch_device()
+    model = BertModel.from_pretrained(str(resolve_checkpoint_dir(checkpoint)), add_pooling_layer=True)
+    model = model.to(device).train()
+    hidden = model.config.hidden_size
+    heads = torch.nn.ModuleDict({t: torch.nn.Linear(hidden, SPECS[t].num_classes if t == "sst" else 1)
+                                 for t in TASKS}).to(device)
+    optimizer = torch.optim.AdamW(list(model.parameters()) + list(heads.parameters()), lr=1e-5,
+                                  weight_decay=0.01)
+    rng = np.random.default_rng(SEED)
+    pending = {}
+    for task, d in data.items():
+        perm = rng.permutation(len(d))
+        pending[task] = [perm[i:i + batch_size] for i in range(0, len(perm), batch_size)]
+    order = task_order({t: len(p) for t, p in pending.items()})
+    real = padded = examples = 0
+    for task in order:
+        indices, d = pending[task].pop(), data[task]
+        segments = d.segments[0]
+        longest = int(segments.lengths[indices].max())
+        ids = np.zeros((len(indices), longest), np.int64)
+        types = np.zeros_like(ids)
+        mask = np.zeros_like(ids)
+        for row, i in enumerate(indices):
+            x, t = segments.get(i)
+            ids[row, :len(x)], types[row, :len(x)], mask[row, :len(x)] = x, t, 1
+        real, padded, examples = real + int(mask.sum()), padded + mask.size, examples + len(indices)
+        pooled = model(input_ids=torch.from_numpy(ids).to(device), token_type_ids=torch.from_numpy(types).to(device),
+                       attention_mask=torch.from_numpy(mask).to(device)).pooler_output
+        out = heads[task](torch.nn.functional.dropout(pooled, 0.1, training=True))
+        labels = torch.from_numpy(d.labels[indices]).to(device)
+        if task == "sst":
+            loss = torch.nn.functional.cross_entropy(out, labels.long())
+        elif task == "quora":
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(out[:, 0], labels.float())
+        else:
+            loss = torch.nn.functional.mse_loss(out[:, 0], labels.float())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "examples": examples, "steps": len(order),
+            "padding_efficiency": real / padded, "peak_rss_mib": common.peak_rss_mib(),
+            "attention": model.config._attn_implementation, "machine": common.machine()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--examples-per-task", type=int, default=0, help="0: every training record")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--checkpoint", default="default")
+    parser.add_argument("--side", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    side_args = ["--examples-per-task", str(args.examples_per_task), "--batch", str(args.batch),
+                 "--checkpoint", args.checkpoint]
+    if args.side:
+        run = {"ours": run_ours, "torch": run_torch}[args.side]
+        print(json.dumps(run(args.examples_per_task, args.batch, args.checkpoint)))
+        return
+    ours = common.run_side(__file__, ["--side", "ours", *side_args])
+    ref = common.run_side(__file__, ["--side", "torch", *side_args])
+    machine = ref.pop("machine")
+    rows = []
+    for name, r in (("mtbert_jax (bucketed)", ours), ("PyTorch reference loop", ref)):
+        rows.append({"side": name, "examples": r["examples"], "steps": r["steps"], "seconds": r["seconds"],
+                     "examples_per_second": r["examples"] / r["seconds"],
+                     "padding_efficiency": r["padding_efficiency"], "peak_rss_mib": r["peak_rss_mib"]})
+    ratio = rows[0]["examples_per_second"] / rows[1]["examples_per_second"]
+    common.print_table([("side", "side", "s"), ("examples", "examples", "d"), ("steps", "steps", "d"),
+                        ("seconds", "seconds", ".1f"), ("examples_per_second", "ex/s", ".1f"),
+                        ("padding_efficiency", "real/padded tokens", ".3f"),
+                        ("peak_rss_mib", "peak RSS MiB", ".0f")], rows)
+    print(f"ours / reference: {ratio:.2f}x examples/s; ours compiled {ours['compiled_shapes']} "
+          f"(task, shape) pairs, included in its time")
+    common.print_json("epoch", {"batch": args.batch, "examples_per_task": args.examples_per_task,
+                                "checkpoint": args.checkpoint, "ratio": ratio,
+                                "compiled_shapes": ours["compiled_shapes"], "results": rows}, machine)
+
+
+if __name__ == "__main__":
+    main()

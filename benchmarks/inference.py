@@ -1,0 +1,129 @@
+"""Evaluation throughput over the SST, Quora and STS dev files: ours against PyTorch inference.
+
+Ours: what evaluate.py and the training loop's dev evaluation do (mtbert_jax.evaluation.predict:
+records batched by length, padded to a multiple of 16, jitted forward, outputs back in file
+order). Reference: transformers' BertModel in eval mode under torch.no_grad(), batches in file
+order padded to the longest record in the batch (the starter code's way), and, for a fairer
+view, the same model on length-sorted batches. Same checkpoint, token ids and batch size.
+Ours is timed twice: the first pass includes compilation, the second does not.
+
+python benchmarks/inference.py [--batch 64] [--checkpoint default]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import common
+
+TASKS = ("sst", "quora", "sts")
+MAX_LENGTH = 128
+
+
+def load_dev(checkpoint: str) -> dict:
+    from mtbert_jax.task_files import resolve_data_dir
+    from mtbert_jax.tokenized_data import load_task_data
+    from mtbert_jax.tokenizer import BertTextTokenizer
+
+    tokenizer = BertTextTokenizer(checkpoint)
+    return {t: load_task_data(t, "dev", resolve_data_dir(None), tokenizer, MAX_LENGTH, "cross") for t in TASKS}
+
+
+def run_ours(batch_size: int, checkpoint: str) -> dict:
+    import jax
+
+    from mtbert_jax.batching import bucket_lengths
+    from mtbert_jax.evaluation import make_predict, predict
+    from mtbert_jax.hf_checkpoint import load_hf_checkpoint
+    from mtbert_jax.model_config import ModelConfig
+    from mtbert_jax.multitask_model import init_model
+
+    data = load_dev(checkpoint)
+    bert_config, bert_params, _ = load_hf_checkpoint(checkpoint)
+    model, params = init_model(bert_config, ModelConfig(tasks=TASKS), jax.random.PRNGKey(0), bert_params)
+    predict_fn, buckets = make_predict(model), bucket_lengths(MAX_LENGTH, 16)
+    passes = []
+    for _ in range(2):
+        start = time.perf_counter()
+        for task, d in data.items():
+            predict(predict_fn, params, d, batch_size, buckets)
+        passes.append(time.perf_counter() - start)
+    return {"examples": sum(len(d) for d in data.values()), "first_pass_seconds": passes[0],
+            "seconds": passes[1], "peak_rss_mib": common.peak_rss_mib()}
+
+
+def run_torch(batch_size: int, checkpoint: str) -> dict:
+    import numpy as np
+    import torch
+    from transformers import BertModel
+
+    from mtbert_jax.hf_checkpoint import resolve_checkpoint_dir
+
+    data = load_dev(checkpoint)
+    device = common.torch_device()
+    model = BertModel.from_pretrained(str(resolve_checkpoint_dir(checkpoint))).to(device).eval()
+    heads = {t: torch.nn.Linear(model.config.hidden_size, 5 if t == "sst" else 1).to(device).eval() for t in TASKS}
+
+    def run(sort: bool) -> float:
+        start = time.perf_counter()
+        with torch.no_grad():
+            for task, d in data.items():
+                segments = d.segments[0]
+                order = np.argsort(segments.lengths, kind="stable") if sort else np.arange(len(d))
+                outputs = []
+                for lo in range(0, len(order), batch_size):
+                    indices = order[lo:lo + batch_size]
+                    longest = int(segments.lengths[indices].max())
+                    ids = np.zeros((len(indices), longest), np.int64)
+                    types, mask = np.zeros_like(ids), np.zeros_like(ids)
+                    for row, i in enumerate(indices):
+                        x, t = segments.get(i)
+                        ids[row, :len(x)], types[row, :len(x)], mask[row, :len(x)] = x, t, 1
+                    pooled = model(input_ids=torch.from_numpy(ids).to(device),
+                                   token_type_ids=torch.from_numpy(types).to(device),
+                                   attention_mask=torch.from_numpy(mask).to(device)).pooler_output
+                    outputs.append(heads[task](pooled).cpu().numpy())
+        return time.perf_counter() - start
+
+    run(False)  # warm-up (first-call allocations)
+    return {"examples": sum(len(d) for d in data.values()), "seconds": run(False), "sorted_seconds": run(True),
+            "peak_rss_mib": common.peak_rss_mib(), "machine": common.machine()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--checkpoint", default="default")
+    parser.add_argument("--side", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        run = {"ours": run_ours, "torch": run_torch}[args.side]
+        print(json.dumps(run(args.batch, args.checkpoint)))
+        return
+    side_args = ["--batch", str(args.batch), "--checkpoint", args.checkpoint]
+    ours = common.run_side(__file__, ["--side", "ours", *side_args])
+    ref = common.run_side(__file__, ["--side", "torch", *side_args])
+    machine = ref.pop("machine")
+    n = ours["examples"]
+    rows = [{"side": "mtbert_jax predict (compiled)", "seconds": ours["seconds"]},
+            {"side": "mtbert_jax predict (1st pass, compiling)", "seconds": ours["first_pass_seconds"]},
+            {"side": "PyTorch, file order (starter code)", "seconds": ref["seconds"]},
+            {"side": "PyTorch, length-sorted batches", "seconds": ref["sorted_seconds"]}]
+    for r in rows:
+        r["examples_per_second"] = n / r["seconds"]
+        r["ours_speedup"] = r["seconds"] / ours["seconds"]
+    common.print_table([("side", "side", "s"), ("seconds", "seconds", ".2f"),
+                        ("examples_per_second", "ex/s", ".1f"), ("ours_speedup", "ours (compiled) x", ".2f")], rows)
+    print(f"{n} dev examples (SST, Quora, STS), batch {args.batch}; peak RSS ours "
+          f"{ours['peak_rss_mib']:.0f} MiB, torch {ref['peak_rss_mib']:.0f} MiB")
+    common.print_json("inference", {"batch": args.batch, "examples": n, "checkpoint": args.checkpoint,
+                                    "ratio_vs_starter": ref["seconds"] / ours["seconds"],
+                                    "ratio_vs_sorted": ref["sorted_seconds"] / ours["seconds"],
+                                    "ours_peak_rss_mib": ours["peak_rss_mib"],
+                                    "torch_peak_rss_mib": ref["peak_rss_mib"], "results": rows}, machine)
+
+
+if __name__ == "__main__":
+    main()

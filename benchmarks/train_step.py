@@ -1,0 +1,175 @@
+"""Train step against PyTorch: examples/s, matmul GFLOP/s (and their share of a plain matmul's),
+peak resident memory.
+
+One step = forward, backward and AdamW with dropout on, a linear 5-class head on the pooled
+output, batch 32 of random token ids. Ours is mtbert_jax's own StepRunner (pmapped loss-and-grad,
+then the optax chain) on an SST model; the reference is transformers' BertModel + nn.Linear +
+torch.optim.AdamW, same shapes, same weight decay, no clipping on either side.
+
+python benchmarks/train_step.py                                   # minilm and bert-base, seq 64 and 128
+python benchmarks/train_step.py --shapes minilm --seqs 64 --steps 10
+python benchmarks/train_step.py --dtype bfloat16                  # accelerators: bf16 matmuls (torch autocast)
+
+The plain-matmul limit is a 2048^3 (CPU) or 8192^3 (accelerator) matmul measured in the same
+run; on an accelerator utilisation is also given against the datasheet peak (common.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import common
+
+BATCH, CLASSES, DROPOUT = 32, 5, 0.1
+
+
+def run_ours(shape_name: str, seq: int, steps: int, dtype: str) -> dict:
+    import jax
+    import numpy as np
+
+    from mtbert_jax import distributed
+    from mtbert_jax.bert_config import BertConfig
+    from mtbert_jax.model_config import ModelConfig
+    from mtbert_jax.multitask_model import init_model
+    from mtbert_jax.optimizer import OptimizerConfig, make_optimizer
+    from mtbert_jax.train_step import StepRunner, TrainState
+
+    tasks = ("sst",)
+    bert_config = BertConfig(**common.SHAPES[shape_name], compute_dtype=dtype)
+    model, params = init_model(bert_config, ModelConfig(tasks=tasks), jax.random.PRNGKey(0))
+    optimizer = make_optimizer(OptimizerConfig(max_grad_norm=0.0), params, tasks, 1000, 1)
+    runner = StepRunner(model, optimizer, tasks, {}, total_steps=1000)
+    state = distributed.replicate(TrainState(params, optimizer.tx.init(params), np.zeros((), np.int32)))
+    rng = np.random.default_rng(0)
+    batch = {"sst": distributed.split_for_devices({
+        "input_ids": rng.integers(1000, 30000, (BATCH, seq)).astype(np.int32),
+        "token_type_ids": np.zeros((BATCH, seq), np.int32),
+        "attention_mask": np.ones((BATCH, seq), np.int32),
+        "labels": rng.integers(0, CLASSES, BATCH).astype(np.int32),
+        "weights": np.ones(BATCH, np.float32)})}
+    box = {"state": state, "step": 0}
+    key = jax.random.PRNGKey(1)
+
+    def step():
+        box["state"], _ = runner(box["state"], batch, box["step"], key)
+        box["step"] += 1
+        jax.block_until_ready(box["state"].params)
+
+    seconds, times = common.median_seconds(step, 2, steps)
+    return {"step_seconds": seconds, "times": times, "peak_rss_mib": common.peak_rss_mib()}
+
+
+def run_torch(shape_name: str, seq: int, steps: int, dtype: str) -> dict:
+    import contextlib
+
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    device = common.torch_device()
+    shape = common.SHAPES[shape_name]
+    config = BertConfig(**shape, hidden_dropout_prob=DROPOUT, attention_probs_dropout_prob=DROPOUT)
+    model = BertModel(config).to(device).train()
+    head = torch.nn.Linear(shape["hidden_size"], CLASSES).to(device)
+    optimizer = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=1e-5,
+                                  weight_decay=0.01)
+    ids = torch.randint(1000, 30000, (BATCH, seq), device=device)
+    mask = torch.ones_like(ids)
+    labels = torch.randint(0, CLASSES, (BATCH,), device=device)
+    autocast = (torch.autocast(device, dtype=torch.bfloat16) if dtype == "bfloat16"
+                else contextlib.nullcontext())
+
+    def step():
+        with autocast:
+            pooled = model(input_ids=ids, attention_mask=mask).pooler_output
+            logits = head(torch.nn.functional.dropout(pooled, DROPOUT, training=True))
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    seconds, times = common.median_seconds(step, 2, steps)
+    return {"step_seconds": seconds, "times": times, "peak_rss_mib": common.peak_rss_mib(),
+            "attention": model.config._attn_implementation}
+
+
+def run_matmul(dtype: str) -> dict:
+    import jax
+
+    accelerator = jax.devices()[0].platform != "cpu"
+    size = 8192 if accelerator else 2048
+    return {"size": size, "jax_gflops": common.jax_matmul_gflops(size, dtype),
+            "torch_gflops": common.torch_matmul_gflops(size, dtype),
+            "device_peak_flops": common.device_peak_flops(dtype) if accelerator else None,
+            "machine": common.machine()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", nargs="+", default=list(common.SHAPES), choices=list(common.SHAPES))
+    parser.add_argument("--seqs", nargs="+", type=int, default=[64, 128])
+    parser.add_argument("--steps", type=int, default=5, help="measured steps per side (after 2 warm-up)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--side", help=argparse.SUPPRESS)  # internal: run one side, print JSON
+    parser.add_argument("--shape", help=argparse.SUPPRESS)
+    parser.add_argument("--seq", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        import json
+
+        runners = {"ours": run_ours, "torch": run_torch}
+        if args.side == "matmul":
+            print(json.dumps(run_matmul(args.dtype)))
+        else:
+            print(json.dumps(runners[args.side](args.shape, args.seq, args.steps, args.dtype)))
+        return
+
+    # Every measurement runs in a child process: this one never starts jax or torch (on an
+    # accelerator it would hold device memory the children need).
+    limit = common.run_side(__file__, ["--side", "matmul", "--dtype", args.dtype])
+    size, peak = limit["size"], limit["device_peak_flops"]
+    rows = []
+    for shape in args.shapes:
+        for seq in args.seqs:
+            side_args = ["--shape", shape, "--seq", str(seq), "--steps", str(args.steps), "--dtype", args.dtype]
+            ours = common.run_side(__file__, ["--side", "ours", *side_args])
+            ref = common.run_side(__file__, ["--side", "torch", *side_args])
+            flops = common.train_step_flops(common.SHAPES[shape], BATCH, seq)
+            row = {"shape": shape, "seq": seq, "batch": BATCH,
+                   "ours_examples_per_second": BATCH / ours["step_seconds"],
+                   "torch_examples_per_second": BATCH / ref["step_seconds"],
+                   "ratio": ref["step_seconds"] / ours["step_seconds"],
+                   "ours_gflops": flops / ours["step_seconds"] / 1e9,
+                   "torch_gflops": flops / ref["step_seconds"] / 1e9,
+                   "ours_rss_mib": ours["peak_rss_mib"], "torch_rss_mib": ref["peak_rss_mib"],
+                   "ours_step_times": ours["times"], "torch_step_times": ref["times"],
+                   "torch_attention": ref["attention"], "matmul_flops": flops}
+            row["ours_fraction_of_matmul"] = row["ours_gflops"] / limit["jax_gflops"]
+            row["torch_fraction_of_matmul"] = row["torch_gflops"] / limit["torch_gflops"]
+            if peak:
+                row["ours_mfu"] = row["ours_gflops"] * 1e9 / peak
+                row["torch_mfu"] = row["torch_gflops"] * 1e9 / peak
+            rows.append(row)
+            print(f"  measured {shape} seq {seq}", file=sys.stderr)
+    print(f"plain {size}^3 {args.dtype} matmul: jax {limit['jax_gflops']:.0f} GFLOP/s, "
+          f"torch {limit['torch_gflops']:.0f} GFLOP/s" + (f"; device peak {peak / 1e9:.0f}" if peak else ""))
+    columns = [("shape", "shape", "s"), ("seq", "seq", "d"),
+               ("ours_examples_per_second", "ours ex/s", ".1f"),
+               ("torch_examples_per_second", "torch ex/s", ".1f"), ("ratio", "ours/torch", ".2f"),
+               ("ours_gflops", "ours GFLOP/s", ".0f"), ("torch_gflops", "torch GFLOP/s", ".0f"),
+               ("ours_fraction_of_matmul", "ours/matmul", ".2f"),
+               ("torch_fraction_of_matmul", "torch/matmul", ".2f"),
+               ("ours_rss_mib", "ours RSS MiB", ".0f"), ("torch_rss_mib", "torch RSS MiB", ".0f")]
+    if peak:
+        columns += [("ours_mfu", "ours MFU", ".3f"), ("torch_mfu", "torch MFU", ".3f")]
+    common.print_table(columns, rows)
+    machine = limit.pop("machine")
+    common.print_json("train_step", {"dtype": args.dtype, "steps": args.steps, "matmul_limit": limit,
+                                     "results": rows}, machine)
+
+
+if __name__ == "__main__":
+    main()
