@@ -4,7 +4,7 @@ Same behaviour as flax's nn.Dropout (keep with probability 1 - rate, scale kept 
 1 / (1 - rate), a "dropout" rng stream), but much cheaper on CPU: jax.random's threefry is
 lowered as a rolled loop over the whole mask and cost this project's train step about 15%;
 lax.rng_bit_generator (ThreeFry too, keyed by the flax rng) makes the same 32-bit decisions
-about 4x faster (benchmarks/README.md). Masks are deterministic given the key and shape.
+about 4x faster (README, Performance). Masks are deterministic given the key and shape.
 """
 
 from __future__ import annotations
