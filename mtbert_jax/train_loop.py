@@ -186,8 +186,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         if stage == 1:
             opt_config = dataclasses.replace(opt_config, freeze_encoder=True)
         optimizer = make_optimizer(opt_config, params, tasks, max(steps, 1), tasks_per_step, pcgrad_key)
+        # A frozen encoder is not differentiated at all (its update would be zero anyway).
         runner = StepRunner(model, optimizer, tasks, loss_weights, config.accumulation_steps,
-                            objective=objective, total_steps=stage_ends[-1])
+                            objective=objective, total_steps=stage_ends[-1],
+                            frozen=("bert",) if opt_config.freeze_encoder else ())
         return optimizer, runner
 
     # --- resume

@@ -36,15 +36,29 @@ class TrainState(NamedTuple):
 
 
 def make_task_grad(model: MultiTaskModel, task: str, task_index: int, accumulation: int = 1,
-                   deterministic: bool = False, objective: Optional[ObjectiveConfig] = None) -> Callable:
+                   deterministic: bool = False, objective: Optional[ObjectiveConfig] = None,
+                   frozen: Sequence[str] = ()) -> Callable:
     """pmapped (params, teacher, batch, step, key) -> (gradient of the mean loss, mean loss, real rows).
 
     params (and SMART's teacher, or None) are replicated, batch leaves are [devices, rows, ...]
     with rows divisible by `accumulation`; step and key are shared. Dropout keys are folded per
-    step, task, device and micro-batch.
+    step, task, device and micro-batch. `frozen` names top-level parameter groups (such as
+    "bert") that are not differentiated at all: their gradient is returned as zeros, and the
+    backward pass stops where they begin (a frozen encoder costs a forward pass only).
     """
     loss_sum = make_objective(model, task, objective or ObjectiveConfig(), deterministic)
-    value_and_grad = jax.value_and_grad(loss_sum, has_aux=True)
+    frozen = tuple(frozen)
+
+    def loss_of_trainable(trainable, fixed, teacher, batch, key):
+        return loss_sum({**trainable, **fixed}, teacher, batch, key)
+
+    grad_of_trainable = jax.value_and_grad(loss_of_trainable, has_aux=True)
+
+    def value_and_grad(params, teacher, batch, key):
+        trainable = {k: v for k, v in params.items() if k not in frozen}
+        fixed = {k: jax.lax.stop_gradient(params[k]) for k in frozen if k in params}
+        value, grad = grad_of_trainable(trainable, fixed, teacher, batch, key)
+        return value, {**grad, **jax.tree_util.tree_map(jnp.zeros_like, fixed)}
 
     def per_device(params, teacher, batch, step, key):
         key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, step), task_index),
@@ -116,10 +130,11 @@ class StepRunner:
 
     def __init__(self, model: MultiTaskModel, optimizer: Optimizer, tasks: Sequence[str],
                  loss_weights: Mapping[str, float], accumulation: int = 1, deterministic: bool = False,
-                 objective: Optional[ObjectiveConfig] = None, total_steps: int = 1):
+                 objective: Optional[ObjectiveConfig] = None, total_steps: int = 1,
+                 frozen: Sequence[str] = ()):
         self.tasks = tuple(tasks)
         self.loss_weights = dict(loss_weights)
-        self.grad_fns = {t: make_task_grad(model, t, i, accumulation, deterministic, objective)
+        self.grad_fns = {t: make_task_grad(model, t, i, accumulation, deterministic, objective, frozen)
                          for i, t in enumerate(self.tasks)}
         self.update = make_update(optimizer, total_steps)
 
