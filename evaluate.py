@@ -38,12 +38,14 @@ def main(argv=None) -> int:
     parser.add_argument("--export-hf", metavar="DIR", help="write the fine-tuned encoder as a HF directory")
     args = parser.parse_args(argv)
 
+    from mtbert_jax import compilation_cache
     from mtbert_jax.bert_config import UnsupportedConfigError
     from mtbert_jax.checkpointing import CheckpointError
     from mtbert_jax.hf_checkpoint import CheckpointError as HFCheckpointError
     from mtbert_jax.run_evaluation import evaluate_run, format_table, load_trained, score_texts
     from mtbert_jax.task_files import TaskFileError
 
+    compilation_cache.enable()
     try:
         if args.export_hf:
             from mtbert_jax import convert

@@ -43,8 +43,8 @@ def make_task_grad(model: MultiTaskModel, task: str, task_index: int, accumulati
     params (and SMART's teacher, or None) are replicated, batch leaves are [devices, rows, ...]
     with rows divisible by `accumulation`; step and key are shared. Dropout keys are folded per
     step, task, device and micro-batch. `frozen` names top-level parameter groups (such as
-    "bert") that are not differentiated at all: their gradient is returned as zeros, and the
-    backward pass stops where they begin (a frozen encoder costs a forward pass only).
+    "bert") that are not differentiated: their gradient is returned as zeros without being
+    computed (with heads only, the backward pass stops at the frozen encoder's output).
     """
     loss_sum = make_objective(model, task, objective or ObjectiveConfig(), deterministic)
     frozen = tuple(frozen)
