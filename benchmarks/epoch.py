@@ -86,7 +86,7 @@ def run_ours(examples_per_task: int, batch_size: int, checkpoint: str, xla_cache
         batch = batchers[task].make_batch(pending[task].pop())
         batch.pop("index")
         examples += int(batch["weights"].sum())
-        state, metrics = runner(state, {task: distributed.split_for_devices(batch)}, step, key)
+        state, _ = runner(state, {task: distributed.split_for_devices(batch)}, step, key)
         jax.block_until_ready(state.params)  # per-step times; the loop syncs on the loss anyway
         step_times.setdefault((task, batch["input_ids"].shape), []).append(time.perf_counter() - step_start)
     seconds = time.perf_counter() - start
@@ -105,6 +105,7 @@ def run_torch(examples_per_task: int, batch_size: int, checkpoint: str) -> dict:
 
     from mtbert_jax.hf_checkpoint import resolve_checkpoint_dir
     from mtbert_jax.task_files import TASKS as SPECS
+    from mtbert_jax.tokenizer import pad
 
     data = load_data(examples_per_task, checkpoint)
     start = time.perf_counter()
@@ -126,17 +127,11 @@ def run_torch(examples_per_task: int, batch_size: int, checkpoint: str) -> dict:
     real = padded = examples = 0
     for task in order:
         indices, d = pending[task].pop(), data[task]
-        segments = d.segments[0]
-        longest = int(segments.lengths[indices].max())
-        ids = np.zeros((len(indices), longest), np.int64)
-        types = np.zeros_like(ids)
-        mask = np.zeros_like(ids)
-        for row, i in enumerate(indices):
-            x, t = segments.get(i)
-            ids[row, :len(x)], types[row, :len(x)], mask[row, :len(x)] = x, t, 1
-        real, padded, examples = real + int(mask.sum()), padded + mask.size, examples + len(indices)
-        pooled = model(input_ids=torch.from_numpy(ids).to(device), token_type_ids=torch.from_numpy(types).to(device),
-                       attention_mask=torch.from_numpy(mask).to(device)).pooler_output
+        b = pad(*zip(*(d.segments[0].get(i) for i in indices)))  # to the longest in the batch
+        real, padded, examples = real + int(b.attention_mask.sum()), padded + b.attention_mask.size, examples + len(indices)
+        pooled = model(**{k: torch.from_numpy(v).long().to(device) for k, v in
+                          (("input_ids", b.input_ids), ("token_type_ids", b.token_type_ids),
+                           ("attention_mask", b.attention_mask))}).pooler_output
         out = heads[task](torch.nn.functional.dropout(pooled, 0.1, training=True))
         labels = torch.from_numpy(d.labels[indices]).to(device)
         if task == "sst":

@@ -60,6 +60,7 @@ def run_torch(batch_size: int, checkpoint: str) -> dict:
     from transformers import BertModel
 
     from mtbert_jax.hf_checkpoint import resolve_checkpoint_dir
+    from mtbert_jax.tokenizer import pad
 
     data = load_dev(checkpoint)
     device = common.torch_device()
@@ -74,16 +75,10 @@ def run_torch(batch_size: int, checkpoint: str) -> dict:
                 order = np.argsort(segments.lengths, kind="stable") if sort else np.arange(len(d))
                 outputs = []
                 for lo in range(0, len(order), batch_size):
-                    indices = order[lo:lo + batch_size]
-                    longest = int(segments.lengths[indices].max())
-                    ids = np.zeros((len(indices), longest), np.int64)
-                    types, mask = np.zeros_like(ids), np.zeros_like(ids)
-                    for row, i in enumerate(indices):
-                        x, t = segments.get(i)
-                        ids[row, :len(x)], types[row, :len(x)], mask[row, :len(x)] = x, t, 1
-                    pooled = model(input_ids=torch.from_numpy(ids).to(device),
-                                   token_type_ids=torch.from_numpy(types).to(device),
-                                   attention_mask=torch.from_numpy(mask).to(device)).pooler_output
+                    b = pad(*zip(*(segments.get(i) for i in order[lo:lo + batch_size])))
+                    pooled = model(**{k: torch.from_numpy(v).long().to(device) for k, v in
+                                      (("input_ids", b.input_ids), ("token_type_ids", b.token_type_ids),
+                                       ("attention_mask", b.attention_mask))}).pooler_output
                     outputs.append(heads[task](pooled).cpu().numpy())
         return time.perf_counter() - start
 

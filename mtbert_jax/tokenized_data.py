@@ -45,6 +45,16 @@ class Segments:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
+    def subset(self, keep: np.ndarray) -> "Segments":
+        """Sequences `keep`, in that order (one gather, no per-sequence loop)."""
+        keep = np.asarray(keep, np.int64)
+        lengths = self.lengths[keep]
+        offsets = np.zeros(len(keep) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        # Token j of new sequence k sits at old offset start[k] + j.
+        tokens = np.repeat(self.offsets[keep] - offsets[:-1], lengths) + np.arange(offsets[-1])
+        return Segments(self.ids[tokens], self.types[tokens], offsets)
+
     def get(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = self.offsets[i], self.offsets[i + 1]
         return self.ids[lo:hi], self.types[lo:hi]
@@ -81,8 +91,7 @@ class TaskData:
 
     def subset(self, keep: np.ndarray) -> "TaskData":
         """The records at indices `keep`, in that order."""
-        segments = tuple(Segments.from_lists([s.get(i)[0] for i in keep], [s.get(i)[1] for i in keep])
-                         for s in self.segments)
+        segments = tuple(s.subset(keep) for s in self.segments)
         labels = None if self.labels is None else self.labels[keep]
         return dataclasses.replace(self, record_ids=self.record_ids[keep], labels=labels, segments=segments)
 

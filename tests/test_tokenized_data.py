@@ -7,7 +7,7 @@ import pytest
 
 from conftest import write_tsv
 from mtbert_jax import tokenized_data
-from mtbert_jax.tokenized_data import load_task_data
+from mtbert_jax.tokenized_data import Segments, load_task_data
 
 STS = ["\tid\tsentence1\tsentence2\tsimilarity",
        "0\ta\tA man plays a guitar.\tA person plays music.\t3.5",
@@ -71,3 +71,17 @@ def test_real_quora_train(data_dir, tokenizer, tmp_path):
     assert data.summary() == ("quora train: 15957 records, 4 truncated, 2 skipped "
                               "(line 2014: is_duplicate='' is empty; line 11201: is_duplicate='' is empty)")
     assert set(np.unique(data.labels)) == {0, 1}
+
+
+def test_subset_is_the_records_in_the_given_order():
+    rng = np.random.default_rng(0)
+    ids = [rng.integers(1, 100, rng.integers(0, 9)).astype(np.int32) for _ in range(30)]
+    types = [rng.integers(0, 2, len(x)).astype(np.int8) for x in ids]
+    segments = Segments.from_lists(ids, types)
+    keep = np.array([7, 3, 3, 29, 0, 12])
+    sub = segments.subset(keep)
+    assert len(sub) == len(keep) and sub.types.dtype == np.int8
+    for k, i in enumerate(keep):
+        np.testing.assert_array_equal(sub.get(k)[0], ids[i])
+        np.testing.assert_array_equal(sub.get(k)[1], types[i])
+    assert len(segments.subset(np.array([], np.int64))) == 0
