@@ -210,8 +210,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         step = int(state.step)
         log(f"resumed from {workdir / 'checkpoints'} at step {step} (epoch {loader.epoch + 1})")
     metrics_log = MetricsLog(workdir / "metrics.jsonl", step, is_main)
-    log(f"{len(tasks)} tasks, {sum(steps_per_epoch)} steps in {total_epochs} epochs, "
-        f"{jax.device_count()} device(s)")
+    planned = f"{sum(steps_per_epoch)} steps in {total_epochs} epochs"
+    if stage_ends[-1] < sum(steps_per_epoch):
+        planned = f"{stage_ends[-1]} steps (max_steps; {planned})"
+    log(f"{len(tasks)} tasks, {planned}, {jax.device_count()} device(s)")
 
     def save(score: Optional[float] = None):
         host_state = jax.device_get(distributed.unreplicate(replicated))
