@@ -65,6 +65,9 @@ class Schedule:
         if not effective:
             raise ValueError(f"schedule: no task left to train (sizes {dict(sizes)}, weights {weights})")
         largest = max(effective.values())
+        # The curriculum's first task: the largest before oversampling, which can raise a
+        # small task to the largest's size (seed 004: SST x5 ties with Quora).
+        self.curriculum_task = max(effective, key=effective.get)
         self.sizes = {t: int(math.ceil(max(n, min(config.oversample_max * n, largest))))
                       for t, n in effective.items()}
         self.config, self.num_epochs, self.seed = config, num_epochs, seed
@@ -77,7 +80,7 @@ class Schedule:
 
     def active_tasks(self, epoch: int) -> tuple[str, ...]:
         if epoch < self.config.curriculum_epochs:
-            return (max(self.tasks, key=lambda t: self.sizes[t]),)
+            return (self.curriculum_task,)
         return self.tasks
 
     def batch_sizes(self, epoch: int = -1) -> dict[str, int]:

@@ -91,6 +91,13 @@ def test_curriculum_starts_with_the_largest_task():
     assert set(_counts(schedule.plan(2))) == {"sst", "quora", "sts"}
 
 
+def test_curriculum_starts_with_the_largest_task_before_oversampling():
+    # SST x50 and STS x50 reach Quora's 1000 records: the curriculum still starts with Quora.
+    schedule, plan = _plan("round_robin", curriculum_epochs=1, oversample_max=50)
+    assert schedule.sizes == {"sst": 1000, "quora": 1000, "sts": 1000}
+    assert _counts(plan) == {"quora": 100}
+
+
 @pytest.mark.parametrize("bad", [dict(kind="nope"), dict(batch_size=0), dict(oversample_max=0.5)])
 def test_bad_config(bad):
     with pytest.raises(ValueError):
