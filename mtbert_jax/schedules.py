@@ -15,7 +15,7 @@ Kinds (see ../shared/docs/algorithms.md; n_t = batches in task t's epoch share):
                 0.5, or 1 - 0.8 (e - 1) / (E - 1) in epoch e of E; sum n_t steps per epoch
 Modifiers: task_weights (N_t -> w_t N_t; 0 removes a task), oversample_max k (a smaller task
 grows to min(k N_t, N_max)), iterations_multiplier (steps per epoch times m), curriculum_epochs
-(the first c epochs train only the largest task).
+(the first c epochs train only the task with the most records, judged before oversampling).
 """
 
 from __future__ import annotations
