@@ -1,8 +1,9 @@
 """The optimizer chain: [task combiner] -> clip by global norm -> AdamW per parameter group.
 
 Groups by parameter name (see param_groups.py): the encoder (`bert/...`) and the task parts
-(heads, adapters) each have their own learning rate with linear warm-up and linear decay; frozen
-groups get zero updates and no optimizer state. No weight decay on LayerNorm and biases.
+(heads, adapters) each have their own learning rate with linear warm-up and linear decay, and
+task-specific top layers (whole transformer layers) may have a third; frozen groups get zero
+updates and no optimizer state. No weight decay on LayerNorm and biases.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Mapping, NamedTuple, Optional, Sequence
 import jax
 import optax
 
-from mtbert_jax.param_groups import ENCODER, label_tree, path_tree
+from mtbert_jax.param_groups import ENCODER, TOP_LAYERS, label_tree, path_tree
 from mtbert_jax.task_combiners import mean_tasks, pcgrad, sum_tasks
 
 COMBINERS = ("sum", "mean", "pcgrad", "gse")
@@ -23,6 +24,8 @@ COMBINERS = ("sum", "mean", "pcgrad", "gse")
 class OptimizerConfig:
     encoder_lr: float = 1e-5
     task_lr: float = 1e-3  # heads and adapters
+    # Task-specific top transformer layers (adapter "top_layer", "low_rank_top_layer"); None: task_lr.
+    top_layer_lr: Optional[float] = None
     warmup_fraction: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0  # 0 turns clipping off
@@ -63,7 +66,8 @@ def shared_parameters(params: Mapping, tasks: Sequence[str]) -> dict:
 
 def make_base(config: OptimizerConfig, params: Mapping, total_steps: int) -> optax.GradientTransformation:
     """Everything after the task combiner: clipping, AdamW per group, freezing."""
-    groups = label_tree(params, [(ENCODER, "frozen" if config.freeze_encoder else "encoder")], "task")
+    groups = label_tree(params, [(ENCODER, "frozen" if config.freeze_encoder else "encoder"),
+                                 (TOP_LAYERS, "top_layer")], "task")
     frozen = jax.tree_util.tree_map(lambda g: g == "frozen", groups)
 
     def adamw(peak):
@@ -75,6 +79,7 @@ def make_base(config: OptimizerConfig, params: Mapping, total_steps: int) -> opt
         parts.append(optax.clip_by_global_norm(config.max_grad_norm))
     parts.append(optax.multi_transform(
         {"encoder": adamw(config.encoder_lr), "task": adamw(config.task_lr),
+         "top_layer": adamw(config.task_lr if config.top_layer_lr is None else config.top_layer_lr),
          "frozen": optax.set_to_zero()}, groups))
     return optax.chain(*parts)
 

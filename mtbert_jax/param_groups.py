@@ -16,6 +16,7 @@ import optax
 from flax import traverse_util
 
 ENCODER = r"^bert/"
+TOP_LAYERS = r"^adapters_[^/]+/top_layer/"  # task-specific transformer layers above the encoder
 
 
 def path_tree(params: Mapping) -> dict:

@@ -1,0 +1,50 @@
+"""Learning rates per parameter group: the encoder, the task parts, the task-specific top layers."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mtbert_jax.bert_config import BertConfig
+from mtbert_jax.model_config import ModelConfig
+from mtbert_jax.multitask_model import init_model
+from mtbert_jax.optimizer import OptimizerConfig, make_base
+
+TINY = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=64, max_position_embeddings=64)
+
+
+def _moves_after_two_steps(config: OptimizerConfig) -> dict:
+    """How far each group's parameters move in two steps of a constant all-ones gradient.
+
+    With no warm-up worth the name (step 0 has rate 0) and no decay, clipping or weight decay,
+    Adam's second step moves every parameter by its group's peak rate (m / sqrt(v) = 1)."""
+    model_config = ModelConfig(tasks=("sst", "sts"), adapter="low_rank_top_layer", adapter_size=8)
+    _, params = init_model(TINY, model_config, jax.random.PRNGKey(0))
+    tx = make_base(config, params, total_steps=1000)
+    state = tx.init(params)
+    ones = jax.tree_util.tree_map(jnp.ones_like, params)
+    current = params
+    for _ in range(2):
+        updates, state = tx.update(ones, state, current)
+        current = jax.tree_util.tree_map(lambda p, u: p + u, current, updates)
+    moved = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))), params, current)
+    return {
+        "encoder": moved["bert"]["encoder"]["layer_0"]["attention"]["self"]["query"]["kernel"],
+        "head": moved["heads_sst"]["dense"]["kernel"],
+        "adapter": moved["adapters_sts"]["down"]["kernel"],
+        "top_layer": moved["adapters_sts"]["top_layer"]["attention"]["self"]["query"]["kernel"],
+    }
+
+
+@pytest.mark.parametrize("top_layer_lr, expected_top", [(None, 1e-3), (2e-5, 2e-5)])
+def test_each_group_moves_by_its_own_learning_rate(top_layer_lr, expected_top):
+    config = OptimizerConfig(encoder_lr=1e-4, task_lr=1e-3, top_layer_lr=top_layer_lr,
+                             warmup_fraction=0.0, weight_decay=0.0, max_grad_norm=0.0)
+    moves = _moves_after_two_steps(config)
+    np.testing.assert_allclose(moves["encoder"], 1e-4, rtol=1e-3)
+    np.testing.assert_allclose(moves["head"], 1e-3, rtol=1e-3)
+    np.testing.assert_allclose(moves["adapter"], 1e-3, rtol=1e-3)  # low-rank adapters: task rate
+    np.testing.assert_allclose(moves["top_layer"], expected_top, rtol=1e-3)
