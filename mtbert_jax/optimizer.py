@@ -101,5 +101,8 @@ def make_optimizer(config: OptimizerConfig, params: Mapping, tasks: Sequence[str
         combiner = mean_tasks()
     else:
         combiner = sum_tasks()
-    base = make_base(config, params, total_steps)
-    return Optimizer(optax.chain(combiner, base), base, config.combiner == "gse")
+    gse = config.combiner == "gse"
+    # GSE makes two AdamW updates per step, and each advances the schedule: fit it to 2x the
+    # steps, or the learning rate would reach zero halfway through the run.
+    base = make_base(config, params, total_steps * (2 if gse else 1))
+    return Optimizer(optax.chain(combiner, base), base, gse)

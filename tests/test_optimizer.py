@@ -1,4 +1,5 @@
-"""Learning rates per parameter group: the encoder, the task parts, the task-specific top layers."""
+"""Learning rates per parameter group (the encoder, the task parts, the task-specific top
+layers), and GSE's two updates per step."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import pytest
 from mtbert_jax.bert_config import BertConfig
 from mtbert_jax.model_config import ModelConfig
 from mtbert_jax.multitask_model import init_model
-from mtbert_jax.optimizer import OptimizerConfig, make_base
+from mtbert_jax import distributed
+from mtbert_jax.optimizer import OptimizerConfig, make_base, make_optimizer
+from mtbert_jax.train_step import TrainState, make_update
 
 TINY = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                   intermediate_size=64, max_position_embeddings=64)
@@ -48,3 +51,37 @@ def test_each_group_moves_by_its_own_learning_rate(top_layer_lr, expected_top):
     np.testing.assert_allclose(moves["head"], 1e-3, rtol=1e-3)
     np.testing.assert_allclose(moves["adapter"], 1e-3, rtol=1e-3)  # low-rank adapters: task rate
     np.testing.assert_allclose(moves["top_layer"], expected_top, rtol=1e-3)
+
+
+def _gse_moves(total_steps: int, grads: tuple) -> list:
+    """How far the parameters move in each of `total_steps` GSE steps of constant gradients."""
+    params = {"bert": {"w": jnp.zeros(3)}, "heads_a": {"w": jnp.zeros(2)}, "heads_b": {"w": jnp.zeros(2)}}
+    config = OptimizerConfig(combiner="gse", encoder_lr=1e-2, task_lr=1e-2, warmup_fraction=0.1,
+                             weight_decay=0.0, max_grad_norm=0.0)
+    optimizer = make_optimizer(config, params, ("a", "b"), total_steps, 2)
+    update = make_update(optimizer)
+    state = distributed.replicate(TrainState(params, optimizer.tx.init(params), jnp.zeros((), jnp.int32)))
+    grads, weights = distributed.replicate(grads), distributed.replicate(jnp.ones(2))
+    moves = []
+    for _ in range(total_steps):
+        before = distributed.unreplicate(state.params)
+        state, _ = update(state, grads, weights)
+        after = distributed.unreplicate(state.params)
+        moves.append({k: np.abs(np.asarray(after[k]["w"] - before[k]["w"])) for k in after})
+    return moves
+
+
+def test_gse_is_a_pcgrad_update_then_a_summed_update_each_step():
+    # Orthogonal task gradients: PCGrad leaves them as they are, so both updates of a step use
+    # the summed gradient, and each is an AdamW step of the learning rate for its update count
+    # (Adam's m / sqrt(v) is 1 for a constant gradient). 10 steps: 20 updates, 2 of warm-up.
+    grads = ({"bert": {"w": jnp.array([1.0, 0.0, 0.0])}, "heads_a": {"w": jnp.ones(2)}, "heads_b": {"w": jnp.zeros(2)}},
+             {"bert": {"w": jnp.array([0.0, 2.0, 0.0])}, "heads_a": {"w": jnp.zeros(2)}, "heads_b": {"w": jnp.ones(2)}})
+    moves = _gse_moves(10, grads)
+    rates = [0.0, 0.5e-2] + [1e-2 * (1 - k / 18) for k in range(18)]  # 2 warm-up, 18 decaying
+    for step, move in enumerate(moves):
+        expected = rates[2 * step] + rates[2 * step + 1]
+        np.testing.assert_allclose(move["bert"][:2], expected, rtol=1e-4, err_msg=f"step {step}")
+        np.testing.assert_allclose(move["heads_a"], expected, rtol=1e-4, err_msg=f"step {step}")
+        assert move["bert"][2] == 0.0  # no task moves it
+    assert moves[-1]["bert"][0] > 0  # the learning rate reaches zero only at the run's end
