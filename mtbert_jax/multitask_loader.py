@@ -87,6 +87,16 @@ class MultiTaskLoader:
             total.padded_tokens += stream.batcher.stats.padded_tokens
         return total
 
+    def padding_state(self) -> dict[str, list[int]]:
+        """Real and padded tokens batched so far per task (JSON), so that a resumed run goes on
+        reporting the padding efficiency of the whole run, as an uninterrupted one does."""
+        return {task: [stream.batcher.stats.real_tokens, stream.batcher.stats.padded_tokens]
+                for task, stream in self.streams.items()}
+
+    def load_padding_state(self, state: Mapping[str, list[int]]) -> None:
+        for task, (real, padded) in state.items():
+            self.streams[task].batcher.stats = PaddingStats(int(real), int(padded))
+
     def state_dict(self) -> dict[str, np.ndarray]:
         """Position in training, as int arrays (fit for a checkpoint)."""
         state = {"epoch": np.asarray(self.epoch, np.int64), "step": np.asarray(self.step, np.int64)}

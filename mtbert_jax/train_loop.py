@@ -207,6 +207,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                                        {"train": state, "loader": loader.state_dict()})
         state = TrainState(*restored["train"])
         loader.load_state_dict(restored["loader"])
+        loader.load_padding_state(meta.get("padding", {}))  # absent from older checkpoints
         step = int(state.step)
         log(f"resumed from {workdir / 'checkpoints'} at step {step} (epoch {loader.epoch + 1})")
     metrics_log = MetricsLog(workdir / "metrics.jsonl", step, is_main)
@@ -218,7 +219,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     def save(score: Optional[float] = None):
         host_state = jax.device_get(distributed.unreplicate(replicated))
         meta = {"stage": stage, "best_score": best_score, "epoch": loader.epoch, "step": step,
-                "config": json.loads(config.to_json_best_effort())}
+                "padding": loader.padding_state(), "config": json.loads(config.to_json_best_effort())}
         checkpoints.save(step, {"train": host_state, "loader": loader.state_dict()},
                          meta, score)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import numpy as np
 import pytest
 
@@ -120,10 +121,14 @@ def test_save_and_restore_gives_the_same_continuation(kind):
     it = iter(interrupted)
     head = [next(it) for _ in range(7)]
     state = {k: np.array(v) for k, v in interrupted.state_dict().items()}
+    padding = json.loads(json.dumps(interrupted.padding_state()))  # as the checkpoint's JSON holds it
     resumed = _loader(kind)  # as in a new process
     resumed.load_state_dict(state)
+    resumed.load_padding_state(padding)
     tail = _fingerprint(resumed) + _fingerprint(resumed)
     assert _fingerprint(head) + tail == reference
+    # The padding efficiency logged after resuming is the whole run's, not the resumed part's.
+    assert resumed.padding == uninterrupted.padding
 
 
 def test_real_files_padding_efficiency(data_dir, tokenizer, tmp_path):

@@ -148,6 +148,11 @@ def test_killed_run_resumes_to_the_same_parameters(tiny_checkpoint, tiny_data_di
         np.testing.assert_array_equal(whole[name], killed[name], err_msg=name)
     steps = [r["step"] for r in _metrics(tmp_path / "killed") if "loss" in r]
     assert steps == sorted(set(steps))  # the metrics log has no duplicated steps after resuming
+    # ... and says what the uninterrupted run's says, padding efficiency included (only the
+    # speed, a wall-clock measurement, may differ).
+    def logged(workdir):
+        return [{k: v for k, v in r.items() if k != "examples_per_second"} for r in _metrics(workdir)]
+    assert logged(tmp_path / "killed") == logged(tmp_path / "whole")
 
 
 def _data_parallel(devices: int, path: Path, accumulation: int = 1) -> dict:
