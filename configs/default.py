@@ -84,7 +84,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.encoder_lr = 5e-5
     c.optimizer.task_lr = 5e-4
-    # Task-specific top transformer layers (seed 004's adapter); unset: task_lr.
+    # Task-specific top transformer layers (seed 004's adapter); unset: task_lr. At task_lr
+    # seed 004's STS head collapsed; 5e-5 fixed it (README, Results).
     c.optimizer.top_layer_lr = ml_collections.config_dict.placeholder(float)
     c.optimizer.warmup_fraction = 0.1
     c.optimizer.weight_decay = 0.01
