@@ -38,12 +38,9 @@ def main(argv=None) -> int:
     parser.add_argument("--export-hf", metavar="DIR", help="write the fine-tuned encoder as a HF directory")
     args = parser.parse_args(argv)
 
-    from mtbert_jax import compilation_cache
-    from mtbert_jax.bert_config import UnsupportedConfigError
-    from mtbert_jax.checkpointing import CheckpointError
-    from mtbert_jax.hf_checkpoint import CheckpointError as HFCheckpointError
-    from mtbert_jax.run_evaluation import evaluate_run, format_table, load_trained, score_texts
-    from mtbert_jax.task_files import TaskFileError
+    from mtbert_jax.errors import MtbertError
+    from mtbert_jax.evaluation.run import evaluate_run, format_table, load_trained, score_texts
+    from mtbert_jax.training import compilation_cache
 
     compilation_cache.enable()
     try:
@@ -74,7 +71,7 @@ def main(argv=None) -> int:
         splits = ("dev", "test") if args.split == "both" else (args.split,)
         results = evaluate_run(args.workdir, args.checkpoint, splits, task_files,
                                Path(args.out) if args.out else None, args.batch_size)
-    except (CheckpointError, HFCheckpointError, TaskFileError, UnsupportedConfigError, FileNotFoundError) as e:
+    except (MtbertError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_table(results))

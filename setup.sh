@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Creates .venv and installs the project's pinned dependencies into it.
+# Creates .venv, installs the project's pinned dependencies and the project itself (editable).
 #   bash setup.sh          runtime (train, evaluate, convert)
 #   bash setup.sh --dev    runtime + tests (pytest, torch for the parity tests)
 set -euo pipefail
 cd "$(dirname "$0")"
 python3 -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-embedded.txt
+pip() { .venv/bin/python -m pip --quiet --disable-pip-version-check "$@"; }
+pip install -r requirements.txt
+pip install --no-deps -r requirements-embedded.txt
+pip install --no-deps --no-build-isolation -e .
 if [ "${1:-}" = "--dev" ]; then
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+  pip install -r requirements-dev.txt
 fi

@@ -16,14 +16,15 @@ flags.DEFINE_string("workdir", "runs/default", "Directory for checkpoints, metri
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax reports every save at INFO
-    from mtbert_jax import compilation_cache, distributed
-    from mtbert_jax.train_loop import TrainingError, train_and_evaluate
+    from mtbert_jax.errors import MtbertError
+    from mtbert_jax.training import compilation_cache, distributed
+    from mtbert_jax.training.loop import train_and_evaluate
 
     compilation_cache.enable()
     distributed.initialize_from_env()
     try:
         train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-    except (TrainingError, ValueError, FileNotFoundError) as e:
+    except (MtbertError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -19,9 +19,6 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 # Encoder shapes (vocabulary 30,522, 512 positions, 2 token types, as bert-base-uncased).
 SHAPES = {

@@ -31,9 +31,9 @@ MAX_LENGTH, BUCKET_STEP, SEED = 128, 16, 0
 def load_data(examples_per_task: int, checkpoint: str) -> dict:
     import numpy as np
 
-    from mtbert_jax.task_files import resolve_data_dir
-    from mtbert_jax.tokenized_data import load_task_data
-    from mtbert_jax.tokenizer import BertTextTokenizer
+    from mtbert_jax.data.task_files import resolve_data_dir
+    from mtbert_jax.data.tokenized import load_task_data
+    from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
 
     tokenizer = BertTextTokenizer(checkpoint)
     data = {}
@@ -60,13 +60,13 @@ def run_ours(examples_per_task: int, batch_size: int, checkpoint: str, xla_cache
     import jax
     import numpy as np
 
-    from mtbert_jax import compilation_cache, distributed
-    from mtbert_jax.batching import TaskBatcher, bucket_lengths
-    from mtbert_jax.hf_checkpoint import load_hf_checkpoint
-    from mtbert_jax.model_config import ModelConfig
-    from mtbert_jax.multitask_model import init_model
-    from mtbert_jax.optimizer import OptimizerConfig, make_optimizer
-    from mtbert_jax.train_step import StepRunner, TrainState
+    from mtbert_jax.training import compilation_cache, distributed
+    from mtbert_jax.data.batching import TaskBatcher, bucket_lengths
+    from mtbert_jax.checkpoints.hf import load_hf_checkpoint
+    from mtbert_jax.model.config import ModelConfig
+    from mtbert_jax.model.multitask import init_model
+    from mtbert_jax.training.optimizer import Optimizer, OptimizerConfig
+    from mtbert_jax.training.step import StepRunner, TrainState
 
     compilation_cache.enable(xla_cache)
     data = load_data(examples_per_task, checkpoint)
@@ -77,9 +77,9 @@ def run_ours(examples_per_task: int, batch_size: int, checkpoint: str, xla_cache
     rng = np.random.default_rng(SEED)
     pending = {t: b.pass_order(rng) for t, b in batchers.items()}
     order = task_order({t: len(p) for t, p in pending.items()})
-    optimizer = make_optimizer(OptimizerConfig(max_grad_norm=0.0), params, TASKS, len(order), 1)
+    optimizer = Optimizer(OptimizerConfig(max_grad_norm=0.0), params, TASKS, len(order), 1)
     runner = StepRunner(model, optimizer, TASKS, {}, total_steps=len(order))
-    state = distributed.replicate(TrainState(params, optimizer.tx.init(params), np.zeros((), np.int32)))
+    state = distributed.replicate(TrainState.create(params, optimizer))
     key, examples, step_times = jax.random.PRNGKey(1), 0, {}
     for step, task in enumerate(order):
         step_start = time.perf_counter()
@@ -103,9 +103,9 @@ def run_torch(examples_per_task: int, batch_size: int, checkpoint: str) -> dict:
     import torch
     from transformers import BertModel
 
-    from mtbert_jax.hf_checkpoint import resolve_checkpoint_dir
-    from mtbert_jax.task_files import TASKS as SPECS
-    from mtbert_jax.tokenizer import pad
+    from mtbert_jax.checkpoints.hf import resolve_checkpoint_dir
+    from mtbert_jax.tasks import TASKS as SPECS
+    from mtbert_jax.checkpoints.tokenizer import pad
 
     data = load_data(examples_per_task, checkpoint)
     start = time.perf_counter()

@@ -23,9 +23,9 @@ MAX_LENGTH = 128
 
 
 def load_dev(checkpoint: str) -> dict:
-    from mtbert_jax.task_files import resolve_data_dir
-    from mtbert_jax.tokenized_data import load_task_data
-    from mtbert_jax.tokenizer import BertTextTokenizer
+    from mtbert_jax.data.task_files import resolve_data_dir
+    from mtbert_jax.data.tokenized import load_task_data
+    from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
 
     tokenizer = BertTextTokenizer(checkpoint)
     return {t: load_task_data(t, "dev", resolve_data_dir(None), tokenizer, MAX_LENGTH, "cross") for t in TASKS}
@@ -34,11 +34,11 @@ def load_dev(checkpoint: str) -> dict:
 def run_ours(batch_size: int, checkpoint: str) -> dict:
     import jax
 
-    from mtbert_jax.batching import bucket_lengths
-    from mtbert_jax.evaluation import make_predict, predict
-    from mtbert_jax.hf_checkpoint import load_hf_checkpoint
-    from mtbert_jax.model_config import ModelConfig
-    from mtbert_jax.multitask_model import init_model
+    from mtbert_jax.data.batching import bucket_lengths
+    from mtbert_jax.evaluation.predict import make_predict, predict
+    from mtbert_jax.checkpoints.hf import load_hf_checkpoint
+    from mtbert_jax.model.config import ModelConfig
+    from mtbert_jax.model.multitask import init_model
 
     data = load_dev(checkpoint)
     bert_config, bert_params, _ = load_hf_checkpoint(checkpoint)
@@ -59,8 +59,8 @@ def run_torch(batch_size: int, checkpoint: str) -> dict:
     import torch
     from transformers import BertModel
 
-    from mtbert_jax.hf_checkpoint import resolve_checkpoint_dir
-    from mtbert_jax.tokenizer import pad
+    from mtbert_jax.checkpoints.hf import resolve_checkpoint_dir
+    from mtbert_jax.checkpoints.tokenizer import pad
 
     data = load_dev(checkpoint)
     device = common.torch_device()

@@ -26,37 +26,29 @@ def run_variant(name: str, batch: int, seq: int, steps: int) -> dict:
     import jax
     import numpy as np
 
-    from mtbert_jax import distributed
-    from mtbert_jax.hf_checkpoint import load_hf_checkpoint
-    from mtbert_jax.model_config import ModelConfig
-    from mtbert_jax.multitask_model import init_model
-    from mtbert_jax.objectives import ObjectiveConfig
-    from mtbert_jax.optimizer import OptimizerConfig, make_optimizer
-    from mtbert_jax.smart import SmartConfig
-    from mtbert_jax.train_step import StepRunner, TrainState
+    from mtbert_jax.training import distributed
+    from mtbert_jax.checkpoints.hf import load_hf_checkpoint
+    from mtbert_jax.model.config import ModelConfig
+    from mtbert_jax.model.multitask import init_model
+    from mtbert_jax.training.objectives import ObjectiveConfig
+    from mtbert_jax.synthetic import synthetic_batch
+    from mtbert_jax.training.optimizer import Optimizer, OptimizerConfig
+    from mtbert_jax.training.smart import SmartConfig
+    from mtbert_jax.training.step import StepRunner, TrainState
 
     variant = VARIANTS[name]
     bert_config, bert_params, _ = load_hf_checkpoint("default")
     model, params = init_model(bert_config, ModelConfig(tasks=TASKS), jax.random.PRNGKey(0), bert_params)
-    optimizer = make_optimizer(OptimizerConfig(combiner=variant["combiner"]), params, TASKS, 1000, 3,
-                               jax.random.PRNGKey(1))
+    optimizer = Optimizer(OptimizerConfig(combiner=variant["combiner"]), params, TASKS, 1000, 3,
+                          jax.random.PRNGKey(1))
     smart = SmartConfig(tasks=TASKS if variant["smart"] else ())
     runner = StepRunner(model, optimizer, TASKS, {}, objective=ObjectiveConfig(smart=smart), total_steps=1000)
-    state = distributed.replicate(TrainState(params, optimizer.tx.init(params), np.zeros((), np.int32),
-                                             params if variant["smart"] else None))
+    state = distributed.replicate(TrainState.create(params, optimizer, with_teacher=variant["smart"]))
     rng = np.random.default_rng(0)
 
     def batches():
-        out = {}
-        for task in TASKS:
-            out[task] = distributed.split_for_devices({
-                "input_ids": rng.integers(1000, 30000, (batch, seq)).astype(np.int32),
-                "token_type_ids": np.zeros((batch, seq), np.int32),
-                "attention_mask": np.ones((batch, seq), np.int32),
-                "labels": (rng.uniform(0, 5, batch) if task == "sts" else rng.integers(0, 2, batch)).astype(
-                    np.float32 if task == "sts" else np.int32),
-                "weights": np.ones(batch, np.float32)})
-        return out
+        return {task: distributed.split_for_devices(synthetic_batch(
+            task, batch, seq, rng, token_range=(1000, 30000), varied_lengths=False)) for task in TASKS}
 
     times = []
     for step in range(steps + 2):

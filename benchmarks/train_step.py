@@ -28,26 +28,23 @@ def run_ours(shape_name: str, seq: int, steps: int, dtype: str) -> dict:
     import jax
     import numpy as np
 
-    from mtbert_jax import distributed
-    from mtbert_jax.bert_config import BertConfig
-    from mtbert_jax.model_config import ModelConfig
-    from mtbert_jax.multitask_model import init_model
-    from mtbert_jax.optimizer import OptimizerConfig, make_optimizer
-    from mtbert_jax.train_step import StepRunner, TrainState
+    from mtbert_jax.training import distributed
+    from mtbert_jax.model.bert_config import BertConfig
+    from mtbert_jax.model.config import ModelConfig
+    from mtbert_jax.model.multitask import init_model
+    from mtbert_jax.synthetic import synthetic_batch
+    from mtbert_jax.training.optimizer import Optimizer, OptimizerConfig
+    from mtbert_jax.training.step import StepRunner, TrainState
 
     tasks = ("sst",)
     bert_config = BertConfig(**common.SHAPES[shape_name], compute_dtype=dtype)
     model, params = init_model(bert_config, ModelConfig(tasks=tasks), jax.random.PRNGKey(0))
-    optimizer = make_optimizer(OptimizerConfig(max_grad_norm=0.0), params, tasks, 1000, 1)
+    optimizer = Optimizer(OptimizerConfig(max_grad_norm=0.0), params, tasks, 1000, 1)
     runner = StepRunner(model, optimizer, tasks, {}, total_steps=1000)
-    state = distributed.replicate(TrainState(params, optimizer.tx.init(params), np.zeros((), np.int32)))
+    state = distributed.replicate(TrainState.create(params, optimizer))
     rng = np.random.default_rng(0)
-    batch = {"sst": distributed.split_for_devices({
-        "input_ids": rng.integers(1000, 30000, (BATCH, seq)).astype(np.int32),
-        "token_type_ids": np.zeros((BATCH, seq), np.int32),
-        "attention_mask": np.ones((BATCH, seq), np.int32),
-        "labels": rng.integers(0, CLASSES, BATCH).astype(np.int32),
-        "weights": np.ones(BATCH, np.float32)})}
+    batch = {"sst": distributed.split_for_devices(synthetic_batch(
+        "sst", BATCH, seq, rng, token_range=(1000, 30000), varied_lengths=False))}
     box = {"state": state, "step": 0}
     key = jax.random.PRNGKey(1)
 

@@ -2,6 +2,12 @@
 
 python train.py --config configs/default.py --workdir runs/default
 python train.py --config configs/default.py:quick --workdir runs/quick   # a few minutes
+
+This file is the one source of the defaults (mtbert_jax/config.py reads it into typed
+sections whose own defaults tests/test_configs.py keeps equal to these). Presets:
+  quick   a few minutes on 256 records per task, for trying things out
+  budget  the Results table's common budget (the default's 2,778 task batches); other
+          recipes' budget presets fit their own epochs to it
 """
 
 import ml_collections
@@ -13,85 +19,125 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.checkpoint = "default"
     # Task CSVs; empty: $MTBERT_DATA_DIR, else ../shared/data beside the project.
     c.data_dir = ""
-    # Tokenized-data cache; empty: $MTBERT_CACHE_DIR, else ~/.cache/mtbert_jax.
+    # Tokenized-data and XLA caches; empty: $MTBERT_CACHE_DIR, else ~/.cache/mtbert_jax.
     c.cache_dir = ""
-    # Seed of parameters init, data order and dropout.
+    # Seed of parameter initialisation, data order, dropout and PCGrad's task orders.
     c.seed = 0
-    # Tokens per sequence (pairs share it); batches pad to multiples of bucket_step.
+    # Tokens per sequence (a cross-encoder pair shares it); longer records are truncated.
     c.max_length = 128
+    # Batches are padded to a multiple of this many tokens (one compiled step per length).
     c.bucket_step = 16
-    # "float32", or "bfloat16" matmuls with float32 parameters.
+    # "float32", or "bfloat16" matmuls with float32 parameters, LayerNorm and softmax.
     c.compute_dtype = "float32"
-    # Epochs of fine-tuning, then epochs with the encoder frozen (seed 003's extra training).
+    # Epochs of fine-tuning ...
     c.num_epochs = 3
+    # ... then epochs with the encoder frozen (seed 003's extra training; 0: none).
     c.frozen_epochs = 0
-    # Stop after this many updates (0: no limit), for quick runs.
+    # Stop after this many steps (0: no limit); learning-rate schedules fit the cut.
     c.max_steps = 0
-    # Use only the first N training records of each task (0: all), for quick runs.
+    # Train on only the first N records of each task (0: all), for quick runs.
     c.max_train_records = 0
-    # Micro-batches per batch (gradient accumulation); batch_size must divide by it.
+    # Micro-batches per batch (gradient accumulation); schedule.batch_size must divide by it.
     c.accumulation_steps = 1
+    # Records per batch when evaluating on dev after each epoch.
     c.eval_batch_size = 128
+    # Write a metrics.jsonl record (mean losses, norms, learning rates) every N steps.
     c.log_every_steps = 50
+    # Save a checkpoint every N steps (and at each epoch's end), for resuming.
     c.checkpoint_every_steps = 500
+    # How many of the latest checkpoints to keep (best/ keeps the best by dev score apart).
     c.keep_checkpoints = 3
 
-    # The model (mtbert_jax/model_config.py).
+    # The model (mtbert_jax/model/config.py).
     c.model = ml_collections.ConfigDict()
+    # Tasks to train, each with its own head: sst, quora, sts, cfimdb.
     c.model.tasks = ("sst", "quora", "sts")
-    c.model.pooling = "pooler"  # pooler | cls | mean | max
+    # Sentence vector: pooler (BERT's tanh dense on [CLS]) | cls | mean | max.
+    c.model.pooling = "pooler"
+    # Per pair task: cross | bi_sum | bi_concat | bi_concat_diff_prod | cosine | bi_cosine_concat.
     c.model.pair_heads = ml_collections.ConfigDict({"quora": "cross", "sts": "cross"})
+    # One dense + GELU layer shared by the pair heads (seed 003); needs equal bi-encoder heads.
     c.model.shared_pair_hidden = False
-    c.model.adapter = "none"  # none | pals | low_rank | top_layer | low_rank_top_layer
+    # Task adapters: none | pals | low_rank | top_layer | low_rank_top_layer.
+    c.model.adapter = "none"
+    # d_s, the adapters' inner size (PALs: 204; seed 004's low-rank: 256).
     c.model.adapter_size = 204
+    # Attention heads of the PAL layers (adapter_size must divide by it).
     c.model.adapter_heads = 6
-    c.model.adapter_layers = "all"  # all | top | bottom
+    # Which encoder layers get adapters: all | top | bottom (half each).
+    c.model.adapter_layers = "all"
+    # Dropout before each head's linear layer.
     c.model.head_dropout = 0.1
 
-    # The multi-task schedule (mtbert_jax/schedules.py).
+    # The multi-task schedule (mtbert_jax/data/task_schedules.py).
     c.schedule = ml_collections.ConfigDict()
+    # sequential | round_robin | method1 | method2 | method3 | proportional | sqrt | annealed.
     c.schedule.kind = "sqrt"
+    # Records per task batch (every device of every process gets an equal share).
     c.schedule.batch_size = 32
+    # N_t -> w_t N_t when planning (0 removes a task); weights of untrained tasks are ignored.
     c.schedule.task_weights = ml_collections.ConfigDict({"sst": 1.0, "quora": 1.0, "sts": 1.0})
+    # A smaller task is oversampled up to this factor (never past the largest task).
     c.schedule.oversample_max = 1.0
+    # Steps per epoch times this factor (seed 002: 3x the smallest task's epoch).
     c.schedule.iterations_multiplier = 1.0
+    # The first N epochs train only the largest task (seed 004: Quora first).
     c.schedule.curriculum_epochs = 0
 
-    # Loss weights per task (Method 1 schedules use their own).
+    # Loss weight per task (Method 1 schedules use their own).
     c.loss_weights = ml_collections.ConfigDict({"sst": 1.0, "quora": 1.0, "sts": 1.0})
 
-    # SMART (mtbert_jax/smart.py), on for the tasks listed.
-    c.smart = ml_collections.ConfigDict()
-    c.smart.tasks = ()
-    c.smart.lambda_s = 1.0
-    c.smart.mu = 1.0
-    c.smart.sigma = 1e-5
-    c.smart.eta = 1e-3
-    c.smart.eps = 1e-5
-    # Multiple negatives ranking loss for these pair tasks (bi-encoder heads), added with a
-    # weight or alone, on positive pairs (STS: similarity >= sts_threshold).
-    c.mnrl = ml_collections.ConfigDict()
-    c.mnrl.tasks = ()
-    c.mnrl.weight = 1.0
-    c.mnrl.only = False
-    c.mnrl.sts_threshold = 4.0
-    # "mse", or "cosine_embedding" (seed 002; bi-encoder STS head).
-    c.sts_loss = "mse"
+    # What each task's loss is made of (mtbert_jax/training/objectives.py).
+    c.objective = ml_collections.ConfigDict()
+    # STS: "mse" on the head's score, or "cosine_embedding" on the two sentence vectors (seed 002).
+    c.objective.sts_loss = "mse"
     # Learned uncertainty weighting of the task losses (Kendall et al. 2018).
-    c.uncertainty_weighting = False
+    c.objective.uncertainty_weighting = False
+    # SMART (mtbert_jax/training/smart.py).
+    c.objective.smart = ml_collections.ConfigDict()
+    # The tasks SMART is on for, e.g. ("sst", "sts").
+    c.objective.smart.tasks = ()
+    # Weight of the adversarial smoothness term (the paper tries 1, 3, 5).
+    c.objective.smart.lambda_s = 1.0
+    # Weight of the Bregman proximal term against the moving-average teacher (0: no teacher).
+    c.objective.smart.mu = 1.0
+    # Standard deviation of the initial perturbation of the embedding outputs.
+    c.objective.smart.sigma = 1e-5
+    # Step size of the one ascent step.
+    c.objective.smart.eta = 1e-3
+    # Infinity-norm radius the perturbation is projected to.
+    c.objective.smart.eps = 1e-5
+    # Multiple negatives ranking loss (in-batch negatives, scale 20, on positive pairs).
+    c.objective.mnrl = ml_collections.ConfigDict()
+    # The pair tasks it is on for (they need bi-encoder heads), e.g. ("quora", "sts").
+    c.objective.mnrl.tasks = ()
+    # Added to the task's own loss with this weight ...
+    c.objective.mnrl.weight = 1.0
+    # ... or instead of it (the task then trains on its positive pairs only).
+    c.objective.mnrl.only = False
+    # STS pairs with similarity >= this are positives.
+    c.objective.mnrl.sts_threshold = 4.0
 
-    # The optimizer (mtbert_jax/optimizer.py).
+    # The optimizer (mtbert_jax/training/optimizer.py): AdamW with linear warm-up and decay.
     c.optimizer = ml_collections.ConfigDict()
+    # Peak learning rate of the encoder (bert/...).
     c.optimizer.encoder_lr = 5e-5
+    # Peak learning rate of the heads and adapters.
     c.optimizer.task_lr = 5e-4
     # Task-specific top transformer layers (seed 004's adapter); unset: task_lr. At task_lr
-    # seed 004's STS head collapsed; 5e-5 fixed it (README, Results).
+    # seed 004's STS head collapsed; 5e-5 fixed it (docs/results.md).
     c.optimizer.top_layer_lr = ml_collections.config_dict.placeholder(float)
+    # Fraction of the steps spent warming up from 0 to the peak rates.
     c.optimizer.warmup_fraction = 0.1
+    # AdamW's decoupled weight decay (not on LayerNorm and biases).
     c.optimizer.weight_decay = 0.01
+    # Clip the combined gradient to this global norm (0: no clipping).
     c.optimizer.max_grad_norm = 1.0
+    # Train only the task parts (heads, adapters) for the whole run.
     c.optimizer.freeze_encoder = False
-    c.optimizer.combiner = "sum"  # sum | mean | pcgrad | gse
+    # How per-task gradients combine: sum | mean | pcgrad | gse (PCGrad, then a summed update).
+    c.optimizer.combiner = "sum"
+    # PCGrad's reduction of the projected gradients: sum (the paper) | mean.
     c.optimizer.pcgrad_reduction = "sum"
 
     if preset == "quick":
@@ -100,6 +146,6 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         c.max_steps = 20
         c.log_every_steps = 5
         c.checkpoint_every_steps = 10
-    elif preset:
-        raise ValueError(f"unknown preset {preset!r}: expected '' or 'quick'")
+    elif preset not in ("", "budget"):
+        raise ValueError(f"unknown preset {preset!r}: expected '', 'quick' or 'budget'")
     return c

@@ -10,6 +10,6 @@ def get_config(preset: str = ""):
     c.model.pooling = "mean"
     c.model.pair_heads.quora = "bi_concat_diff_prod"
     c.model.pair_heads.sts = "bi_concat_diff_prod"
-    c.mnrl.tasks = ("quora", "sts")
-    c.mnrl.weight = 1.0
+    c.objective.mnrl.tasks = ("quora", "sts")
+    c.objective.mnrl.weight = 1.0
     return c

@@ -8,5 +8,5 @@ def get_config(preset: str = ""):
     c = default.get_config(preset)
     c.schedule.kind = "method2"
     c.optimizer.combiner = "pcgrad"
-    c.smart.tasks = ("sst", "quora", "sts")
+    c.objective.smart.tasks = ("sst", "quora", "sts")
     return c

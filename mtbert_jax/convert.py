@@ -19,11 +19,10 @@ from flax import traverse_util
 
 from pathlib import Path
 
-from mtbert_jax.bert_config import BertConfig, UnsupportedConfigError
-from mtbert_jax.checkpointing import CheckpointError as TrainedCheckpointError
-from mtbert_jax.checkpointing import restore_trained
-from mtbert_jax.hf_checkpoint import (CheckpointError, export_hf_checkpoint, load_hf_checkpoint,
-                                      resolve_checkpoint_dir)
+from mtbert_jax.checkpoints.hf import export_hf_checkpoint, load_hf_checkpoint, resolve_checkpoint_dir
+from mtbert_jax.errors import MtbertError
+from mtbert_jax.model.bert_config import BertConfig
+from mtbert_jax.training.checkpointing import restore_trained
 
 
 def _max_difference(a, b) -> float:
@@ -54,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             print(report.summary())
         export_hf_checkpoint(params, config, args.out, tokenizer_dir=source)
         _, reread, _ = load_hf_checkpoint(args.out)
-    except (CheckpointError, TrainedCheckpointError, UnsupportedConfigError, FileNotFoundError) as e:
+    except (MtbertError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     difference = _max_difference(jax.device_get(params), reread)

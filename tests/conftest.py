@@ -16,7 +16,7 @@ TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention
 
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
-    from mtbert_jax.hf_checkpoint import default_checkpoint_dir
+    from mtbert_jax.checkpoints.hf import default_checkpoint_dir
     return default_checkpoint_dir()
 
 
@@ -45,10 +45,10 @@ def save_torch_bert(directory: Path, model_class: str = "BertModel", seed: int =
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real task files: $MTBERT_DATA_DIR, else ../shared/data beside the project."""
-    from mtbert_jax.task_files import TaskFileError, resolve_data_dir
+    from mtbert_jax.data.task_files import DataError, resolve_data_dir
     try:
         path = resolve_data_dir()
-    except TaskFileError:
+    except DataError:
         pytest.skip("no task data: set MTBERT_DATA_DIR")
     if not path.is_dir():
         pytest.skip(f"{path}: no task data directory")
@@ -57,7 +57,7 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer(minilm_dir):
-    from mtbert_jax.tokenizer import BertTextTokenizer
+    from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
     return BertTextTokenizer(minilm_dir)
 
 
@@ -76,9 +76,9 @@ def tiny_checkpoint(tmp_path_factory, minilm_dir) -> Path:
     """A 2-layer, hidden-32 BERT with the MiniLM vocabulary, as a Hugging Face directory."""
     import jax
 
-    from mtbert_jax.bert_config import BertConfig
-    from mtbert_jax.encoder import init_params
-    from mtbert_jax.hf_checkpoint import export_hf_checkpoint
+    from mtbert_jax.model.bert_config import BertConfig
+    from mtbert_jax.model.encoder import init_params
+    from mtbert_jax.checkpoints.hf import export_hf_checkpoint
 
     config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=64)

@@ -1,39 +1,103 @@
-"""Every file in configs/ loads, passes validation and builds its model."""
+"""Every file in configs/ loads, passes validation and builds its model; configs/default.py is
+the one source of the defaults, every field of it has a comment, and saved configs of older
+runs still load."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import re
 from pathlib import Path
 
 import jax
 import pytest
 
-from mtbert_jax.bert_config import BertConfig
-from mtbert_jax.multitask_model import init_model
-from mtbert_jax.optimizer import OptimizerConfig
-from mtbert_jax.param_groups import count_parameters
-from mtbert_jax.schedules import ScheduleConfig
-from mtbert_jax.train_loop import model_config_from, validate
+from configs import default
+from mtbert_jax.config import RunConfig, upgrade
+from mtbert_jax.data.task_schedules import ScheduleConfig
+from mtbert_jax.errors import ConfigError
+from mtbert_jax.model.bert_config import BertConfig
+from mtbert_jax.model.config import ModelConfig
+from mtbert_jax.model.multitask import init_model
+from mtbert_jax.training.objectives import MnrlConfig, ObjectiveConfig
+from mtbert_jax.training.optimizer import OptimizerConfig
+from mtbert_jax.training.param_groups import count_parameters
+from mtbert_jax.training.smart import SmartConfig
 
-CONFIGS = sorted(p.stem for p in (Path(__file__).parents[1] / "configs").glob("*.py") if p.stem != "__init__")
+CONFIG_DIR = Path(__file__).parents[1] / "configs"
+CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem != "__init__")
 
 
 def test_all_recipes_are_here():
     assert {"default", "bert_base", "pals", "pcgrad", "seed001_pcgrad", "seed002_gse",
-            "seed003_round_robin_frozen", "seed004_low_rank_top"} <= set(CONFIGS)
+            "seed003_round_robin_frozen", "seed004_low_rank_top", "seed004_low_rank_top_lr"} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_loads_and_builds_its_model(name, minilm_dir):
     module = importlib.import_module(f"configs.{name}")
-    for preset in ("", "quick"):
-        config = module.get_config(preset)
-        validate(config)
-        ScheduleConfig(**config.schedule.to_dict())
-        OptimizerConfig(**config.optimizer.to_dict())
-    model_config = model_config_from(config)
+    for preset in ("", "quick", "budget"):
+        run = RunConfig.from_dict(module.get_config(preset))
     # Shapes only (no compute): the real checkpoint's config, or bert-base's for bert_base.
     bert = BertConfig() if name == "bert_base" else BertConfig.from_json_file(minilm_dir / "config.json")
-    shapes = jax.eval_shape(lambda: init_model(bert, model_config, jax.random.PRNGKey(0))[1])
+    shapes = jax.eval_shape(lambda: init_model(bert, run.model, jax.random.PRNGKey(0))[1])
     counts = count_parameters(shapes)
-    assert counts["bert"] > 0 and all(f"heads_{t}" in counts for t in model_config.tasks)
+    assert counts["bert"] > 0 and all(f"heads_{t}" in counts for t in run.model.tasks)
+
+
+def test_the_dataclasses_defaults_are_configs_default():
+    """Code that builds a section directly (tests, benchmarks) gets what a run gets."""
+    run = RunConfig.from_dict(default.get_config())
+    assert run.model == ModelConfig()
+    assert run.schedule == ScheduleConfig()
+    assert run.optimizer == OptimizerConfig()
+    assert run.objective == ObjectiveConfig()
+    assert run.objective.smart == SmartConfig() and run.objective.mnrl == MnrlConfig()
+
+
+def test_every_field_of_the_default_config_has_a_comment():
+    lines = (CONFIG_DIR / "default.py").read_text().splitlines()
+    body = lines[next(i for i, line in enumerate(lines) if line.startswith("def get_config")):]
+    body = body[:next(i for i, line in enumerate(body) if line.strip().startswith("if preset"))]
+    uncommented = []
+    for i, line in enumerate(body):
+        match = re.match(r"\s+c\.([\w.]+) = (?!ml_collections\.ConfigDict\(\)$)", line)
+        if match and "#" not in line and not body[i - 1].strip().startswith("#"):
+            uncommented.append(match.group(1))
+    assert not uncommented, uncommented
+
+
+def test_budget_presets_train_the_results_tables_budget():
+    from configs import seed001_pcgrad, seed002_gse, seed003_round_robin_frozen, seed004_low_rank_top
+
+    assert RunConfig.from_dict(seed001_pcgrad.get_config("budget")).max_steps == 926
+    gse = RunConfig.from_dict(seed002_gse.get_config("budget"))
+    assert (gse.max_steps, gse.num_epochs) == (926, 2)
+    assert RunConfig.from_dict(seed003_round_robin_frozen.get_config("budget")).num_epochs == 2
+    assert RunConfig.from_dict(seed004_low_rank_top.get_config("budget")).max_steps == 2778
+
+
+def test_unknown_fields_are_refused_by_name():
+    c = default.get_config().to_dict()
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['foo'\]"):
+        RunConfig.from_dict({**c, "foo": 1})
+    with pytest.raises(ConfigError, match=r"optimizer has no field\(s\) \['encoder_rate'\]"):
+        RunConfig.from_dict({**c, "optimizer": {**c["optimizer"], "encoder_rate": 1e-5}})
+    with pytest.raises(ConfigError, match=r"objective.smart has no field\(s\) \['lambda'\]"):
+        RunConfig.from_dict({**c, "objective": {**c["objective"], "smart": {"lambda": 1.0}}})
+    with pytest.raises(ConfigError, match="checkpoint_every_steps=0: expected a number > 0"):
+        RunConfig.from_dict({**c, "checkpoint_every_steps": 0})
+
+
+def test_a_config_saved_before_the_objective_group_still_loads():
+    """Runs written before smart, mnrl, sts_loss and uncertainty_weighting moved under
+    `objective` (their config.json and checkpoints have them at the top level)."""
+    c = default.get_config().to_dict()
+    old = {k: v for k, v in c.items() if k != "objective"}
+    old |= {"smart": {**c["objective"]["smart"], "tasks": ["sst"]}, "mnrl": c["objective"]["mnrl"],
+            "sts_loss": "mse", "uncertainty_weighting": True}
+    run = RunConfig.from_dict(old)
+    assert run.objective.smart.tasks == ("sst",) and run.objective.uncertainty_weighting
+    assert "smart" not in upgrade(old) and upgrade(c) == c
+    # ... and what a run saves reads back to the same configuration.
+    assert RunConfig.from_dict(dataclasses.asdict(run)) == run

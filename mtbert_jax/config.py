@@ -1,0 +1,114 @@
+"""A run's configuration, typed: what configs/*.py describe, checked before anything is loaded.
+
+configs/default.py is the one source of the defaults; the section dataclasses (ModelConfig,
+ScheduleConfig, ObjectiveConfig, OptimizerConfig) carry the same defaults so that code building
+them directly gets what a run gets (tests/test_configs.py keeps the two equal).
+`RunConfig.from_dict` reads a ConfigDict or a saved config.json, including those written
+before the objective's settings moved under `objective`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+from mtbert_jax.data.task_schedules import ALL_TASK_KINDS, ScheduleConfig
+from mtbert_jax.errors import ConfigError
+from mtbert_jax.model.config import ModelConfig
+from mtbert_jax.tasks import TASKS
+from mtbert_jax.training.objectives import MnrlConfig, ObjectiveConfig
+from mtbert_jax.training.optimizer import OptimizerConfig
+from mtbert_jax.training.smart import SmartConfig
+
+# Saved configs from before the `objective` group: these top-level keys moved into it.
+_OBJECTIVE_KEYS = ("smart", "mnrl", "sts_loss", "uncertainty_weighting")
+_POSITIVE = ("max_length", "bucket_step", "num_epochs", "accumulation_steps", "eval_batch_size",
+             "log_every_steps", "checkpoint_every_steps", "keep_checkpoints")
+_NON_NEGATIVE = ("frozen_epochs", "max_steps", "max_train_records")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    checkpoint: str
+    data_dir: str
+    cache_dir: str
+    seed: int
+    max_length: int
+    bucket_step: int
+    compute_dtype: str
+    num_epochs: int
+    frozen_epochs: int
+    max_steps: int
+    max_train_records: int
+    accumulation_steps: int
+    eval_batch_size: int
+    log_every_steps: int
+    checkpoint_every_steps: int
+    keep_checkpoints: int
+    loss_weights: Mapping[str, float]
+    model: ModelConfig
+    schedule: ScheduleConfig
+    objective: ObjectiveConfig
+    optimizer: OptimizerConfig
+
+    def __post_init__(self):
+        for name in _POSITIVE:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}={getattr(self, name)}: expected a number > 0")
+        for name in _NON_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)}: expected a number >= 0")
+        unknown = sorted(set(self.loss_weights) - set(TASKS))
+        if unknown:
+            raise ConfigError(f"loss_weights names unknown task(s) {unknown}: expected some of {sorted(TASKS)}")
+        combiner = self.optimizer.combiner
+        if combiner in ("pcgrad", "gse"):
+            if self.schedule.kind not in ALL_TASK_KINDS:
+                raise ConfigError(
+                    f"optimizer.combiner={combiner!r} needs a batch of every task in every step, but "
+                    f"schedule.kind={self.schedule.kind!r} trains one task per step; use one of {ALL_TASK_KINDS}")
+            if self.schedule.curriculum_epochs:
+                raise ConfigError(f"optimizer.combiner={combiner!r} cannot run with a curriculum "
+                                  "(its first epochs train one task)")
+            if len(self.model.tasks) < 2:
+                raise ConfigError(f"optimizer.combiner={combiner!r} needs two or more tasks")
+        if self.schedule.batch_size % self.accumulation_steps:
+            raise ConfigError(f"schedule.batch_size={self.schedule.batch_size} must divide by "
+                              f"accumulation_steps={self.accumulation_steps}")
+
+    @classmethod
+    def from_dict(cls, config: Any) -> "RunConfig":
+        """From a ConfigDict, or a dict such as a workdir's saved config (older layouts too)."""
+        d = upgrade(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown, missing = sorted(set(d) - fields), sorted(fields - set(d))
+        if unknown or missing:
+            raise ConfigError(f"config: unknown field(s) {unknown or 'none'}, missing field(s) "
+                              f"{missing or 'none'} (see configs/default.py)")
+        objective = dict(d["objective"])
+        _check_fields("objective.smart", SmartConfig, objective.get("smart", {}))
+        _check_fields("objective.mnrl", MnrlConfig, objective.get("mnrl", {}))
+        for name, section in (("model", ModelConfig), ("schedule", ScheduleConfig),
+                              ("objective", ObjectiveConfig), ("optimizer", OptimizerConfig)):
+            _check_fields(name, section, d[name])
+        sections = {"model": ModelConfig(**d["model"]), "schedule": ScheduleConfig(**d["schedule"]),
+                    "objective": ObjectiveConfig.from_dict(objective),
+                    "optimizer": OptimizerConfig(**d["optimizer"])}
+        return cls(**{**d, **sections, "loss_weights": dict(d["loss_weights"])})
+
+    def task_loss_weights(self, tasks) -> dict[str, float]:
+        return {t: float(self.loss_weights.get(t, 1.0)) for t in tasks}
+
+
+def _check_fields(name: str, section: type, values: Mapping) -> None:
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(section)})
+    if unknown:
+        raise ConfigError(f"config: {name} has no field(s) {unknown} (see configs/default.py)")
+
+
+def upgrade(saved: Mapping) -> dict:
+    """A saved config in today's layout: runs written before the objective group still load."""
+    d = dict(saved)
+    if any(k in d for k in _OBJECTIVE_KEYS) and "objective" not in d:
+        d["objective"] = {k: d.pop(k) for k in _OBJECTIVE_KEYS if k in d}
+    return d

@@ -1,0 +1,170 @@
+"""Task files tokenized once and cached on disk, as ragged int32 token arrays.
+
+The cache key covers the file's bytes, the tokenizer's vocabulary, the max length and the pair
+encoding, so a restarted or second run reads the cache instead of tokenizing again, and any
+change to one of them tokenizes afresh. Cache files are numpy .npz (no pickles).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from mtbert_jax.data.task_files import read_task_file, task_file_paths
+from mtbert_jax.tasks import TASKS
+from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
+
+CACHE_DIR_ENV = "MTBERT_CACHE_DIR"
+PAIR_ENCODINGS = ("cross", "bi")
+_CACHE_VERSION = 1
+
+
+@dataclasses.dataclass
+class Segments:
+    """Ragged token sequences: sequence i is ids[offsets[i]:offsets[i + 1]]."""
+
+    ids: np.ndarray  # [total_tokens] int32
+    types: np.ndarray  # [total_tokens] int8
+    offsets: np.ndarray  # [n + 1] int64
+
+    @classmethod
+    def from_lists(cls, ids: list[np.ndarray], types: list[np.ndarray]) -> "Segments":
+        offsets = np.zeros(len(ids) + 1, np.int64)
+        np.cumsum([len(x) for x in ids], out=offsets[1:])
+        flat = (lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt))
+        return cls(flat(ids, np.int32), flat(types, np.int8), offsets)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def subset(self, keep: np.ndarray) -> "Segments":
+        """Sequences `keep`, in that order (one gather, no per-sequence loop)."""
+        keep = np.asarray(keep, np.int64)
+        lengths = self.lengths[keep]
+        offsets = np.zeros(len(keep) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        # Token j of new sequence k sits at old offset start[k] + j.
+        tokens = np.repeat(self.offsets[keep] - offsets[:-1], lengths) + np.arange(offsets[-1])
+        return Segments(self.ids[tokens], self.types[tokens], offsets)
+
+    def get(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = self.offsets[i], self.offsets[i + 1]
+        return self.ids[lo:hi], self.types[lo:hi]
+
+
+@dataclasses.dataclass
+class TaskData:
+    """One task split, tokenized: one Segments (a sentence or a cross-encoded pair) or two (bi-encoder)."""
+
+    task: str
+    split: str
+    record_ids: np.ndarray  # [n] str
+    labels: Optional[np.ndarray]  # [n] int32 classes or float32 scores; None when unlabelled
+    segments: tuple[Segments, ...]
+    num_truncated: int
+    skipped: list[tuple[int, str]]  # (line, reason) of records skipped while reading
+
+    def __len__(self) -> int:
+        return len(self.record_ids)
+
+    def summary(self, first: int = 5) -> str:
+        """One line for the run's log: records, skipped records (first lines), truncated records."""
+        text = f"{self.task} {self.split}: {len(self)} records, {self.num_truncated} truncated"
+        if self.skipped:
+            shown = "; ".join(f"line {line}: {why}" for line, why in self.skipped[:first])
+            more = f"; and {len(self.skipped) - first} more" if len(self.skipped) > first else ""
+            text += f", {len(self.skipped)} skipped ({shown}{more})"
+        return text
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """[n] the longest segment of each record: what its padded length must hold."""
+        return np.max([s.lengths for s in self.segments], axis=0)
+
+    def subset(self, keep: np.ndarray) -> "TaskData":
+        """The records at indices `keep`, in that order."""
+        segments = tuple(s.subset(keep) for s in self.segments)
+        labels = None if self.labels is None else self.labels[keep]
+        return dataclasses.replace(self, record_ids=self.record_ids[keep], labels=labels, segments=segments)
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mtbert_jax"
+
+
+def tokenize_records(records, tokenizer: BertTextTokenizer, max_length: int,
+                     pair_encoding: str = "cross"):
+    """TaskRecords -> (segments, number of records truncated)."""
+    if pair_encoding not in PAIR_ENCODINGS:
+        raise ValueError(f"pair_encoding={pair_encoding!r}: expected one of {PAIR_ENCODINGS}")
+    if len(records.texts) == 1 or pair_encoding == "cross":
+        pairs = records.texts[1] if len(records.texts) == 2 else None
+        tokenized = [tokenizer.tokenize(records.texts[0], pairs, max_length)]
+    else:
+        tokenized = [tokenizer.tokenize(column, None, max_length) for column in records.texts]
+    segments = tuple(Segments.from_lists(t.input_ids, t.token_type_ids) for t in tokenized)
+    # A record counts once even when both of its sentences were cut.
+    truncated = np.logical_or.reduce([t.truncated for t in tokenized])
+    return segments, int(truncated.sum())
+
+
+def load_task_data(task: str, split: str, data_dir: str | Path, tokenizer: BertTextTokenizer,
+                   max_length: int = 128, pair_encoding: str = "cross",
+                   cache_dir: Optional[str | Path] = None, path: Optional[str | Path] = None,
+                   ) -> TaskData:
+    """Reads (training files leniently) and tokenizes a task split, through the on-disk cache.
+
+    `path` overrides the file's location (any file in the task's format).
+    """
+    path = Path(path) if path is not None else task_file_paths(data_dir, [task], split)[task]
+    pair_encoding = pair_encoding if TASKS[task].is_pair else "cross"
+    key = hashlib.sha256(repr((
+        _CACHE_VERSION, hashlib.sha256(path.read_bytes()).hexdigest(), tokenizer.fingerprint,
+        max_length, pair_encoding, split == "train")).encode()).hexdigest()[:20]
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache_file = cache_dir / f"{task}-{split}-{key}.npz"
+    if cache_file.exists():
+        return _load_cache(cache_file, task, split)
+    records = read_task_file(path, task, lenient=(split == "train"))
+    segments, num_truncated = tokenize_records(records, tokenizer, max_length, pair_encoding)
+    data = TaskData(task, split, np.asarray(records.record_ids, dtype=str), records.labels,
+                    segments, num_truncated, records.skipped)
+    _save_cache(cache_file, data)
+    return data
+
+
+def _save_cache(cache_file: Path, data: TaskData) -> None:
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"record_ids": data.record_ids, "num_truncated": np.int64(data.num_truncated),
+              "skipped_lines": np.asarray([s[0] for s in data.skipped], np.int64),
+              "skipped_reasons": np.asarray([s[1] for s in data.skipped], dtype=str)}
+    if data.labels is not None:
+        arrays["labels"] = data.labels
+    for k, seg in enumerate(data.segments):
+        arrays |= {f"ids_{k}": seg.ids, f"types_{k}": seg.types, f"offsets_{k}": seg.offsets}
+    tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, cache_file)  # atomic: a killed run never leaves half a cache file
+
+
+def _load_cache(cache_file: Path, task: str, split: str) -> TaskData:
+    with np.load(cache_file, allow_pickle=False) as z:
+        segments = []
+        while f"ids_{len(segments)}" in z:
+            k = len(segments)
+            segments.append(Segments(z[f"ids_{k}"], z[f"types_{k}"], z[f"offsets_{k}"]))
+        return TaskData(task, split, z["record_ids"], z["labels"] if "labels" in z else None,
+                        tuple(segments), int(z["num_truncated"]),
+                        list(zip(z["skipped_lines"].tolist(), z["skipped_reasons"].tolist())))

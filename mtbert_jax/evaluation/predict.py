@@ -1,0 +1,56 @@
+"""Predictions in file order: head outputs, the labels they stand for, and the metrics of
+whole datasets."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import numpy as np
+
+from mtbert_jax.data.batching import TaskBatcher
+from mtbert_jax.model.multitask import MultiTaskModel
+from mtbert_jax.data.tokenized import TaskData
+from mtbert_jax.evaluation.metrics import task_metrics
+from mtbert_jax.tasks import BINARY, MULTICLASS, TASKS
+
+
+def make_predict(model: MultiTaskModel):
+    """jitted (params, task, batch) -> head output, compiled per task and batch shape."""
+    return jax.jit(lambda params, task, batch: model.apply({"params": params}, task, batch).prediction,
+                   static_argnums=1)
+
+
+def predict(predict_fn, params, data: TaskData, batch_size: int, buckets: tuple[int, ...]) -> np.ndarray:
+    """Head outputs for every record of `data`, in file order (memory: one batch at a time plus
+    the outputs). Records are batched by length, so batches carry little padding."""
+    batcher = TaskBatcher(data, batch_size, buckets)
+    outputs = None
+    for batch in batcher.by_length():
+        inputs = {k: v for k, v in batch.items() if k.startswith(("input_ids", "token_type_ids", "attention_mask"))}
+        real = batch["weights"] > 0
+        out = np.asarray(predict_fn(params, data.task, inputs))[real]
+        if outputs is None:
+            outputs = np.zeros((len(data),) + out.shape[1:], out.dtype)
+        outputs[batch["index"][real]] = out
+    return outputs if outputs is not None else np.zeros((0,), np.float32)
+
+
+def labels_from_outputs(task: str, outputs: np.ndarray) -> np.ndarray:
+    """Sentiment: argmax class; Quora: 1 when the logit > 0; STS: the score."""
+    kind = TASKS[task].kind
+    if kind == MULTICLASS:
+        return outputs.argmax(-1)
+    if kind == BINARY:
+        return (outputs > 0).astype(np.int32)
+    return outputs
+
+
+def dataset_metrics(predict_fn, params, datasets: Mapping[str, TaskData], batch_size: int,
+                    buckets: tuple[int, ...]) -> dict[str, dict[str, float]]:
+    """{task: its metrics} over whole labelled datasets (the dev record after each epoch)."""
+    results = {}
+    for task, data in datasets.items():
+        outputs = predict(predict_fn, params, data, batch_size, buckets)
+        results[task] = task_metrics(task, labels_from_outputs(task, outputs), data.labels)
+    return results

@@ -1,0 +1,147 @@
+"""Evaluation of a trained run from its checkpoint: metrics, predictions, reports, plots.
+
+Files are read, tokenized and predicted in chunks, so memory does not grow with the file
+beyond the predictions themselves.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from mtbert_jax.data.task_files import iter_task_file
+from mtbert_jax.data.tokenized import TaskData, tokenize_records
+from mtbert_jax.evaluation.metrics import classification_report, overall_score, task_metrics
+from mtbert_jax.evaluation.plots import plot_confusion_matrix, plot_scatter
+from mtbert_jax.evaluation.predict import labels_from_outputs, predict
+from mtbert_jax.evaluation.trained import TrainedModel, load_trained
+from mtbert_jax.tasks import BINARY, MULTICLASS, REGRESSION, TASKS
+
+# The CS224N starter code's output headers (its "Similiarity" spelling included).
+_OUTPUT = {"sst": ("sst", "Predicted_Sentiment"), "cfimdb": ("cfimdb", "Predicted_Sentiment"),
+           "quora": ("para", "Predicted_Is_Paraphrase"), "sts": ("sts", "Predicted_Similiarity")}
+
+
+def predict_file(trained: TrainedModel, task: str, path: Path, batch_size: int,
+                 chunk_size: int = 10_000, out_file: Optional[Path] = None):
+    """Streams a task file: (head outputs, gold labels or None), writing the CS224N
+    prediction file (ids with predictions, in input order) as it goes."""
+    encoding = trained.model_config.pair_encoding(task)
+    outputs, gold = [], []
+    handle = open(out_file, "w") if out_file else None
+    try:
+        if handle:
+            handle.write(f"id \t {_OUTPUT[task][1]} \n")
+        for chunk in iter_task_file(path, task, lenient=False, chunk_size=chunk_size):
+            segments, truncated = tokenize_records(chunk, trained.tokenizer, trained.run.max_length, encoding)
+            data = TaskData(task, "eval", np.asarray(chunk.record_ids), chunk.labels, segments, truncated, [])
+            out = predict(trained.predict_fn, trained.params, data, batch_size, trained.buckets)
+            labels = labels_from_outputs(task, out)
+            if handle:
+                for record_id, label in zip(chunk.record_ids, labels):
+                    handle.write(f"{record_id} , {label:.4f} \n" if TASKS[task].kind == REGRESSION
+                                 else f"{record_id} , {label} \n")
+            outputs.append(out)
+            if chunk.labels is not None:
+                gold.append(chunk.labels)
+    finally:
+        if handle:
+            handle.close()
+    outputs = np.concatenate(outputs) if outputs else np.zeros(0)
+    return outputs, (np.concatenate(gold) if gold else None)
+
+
+def evaluate_run(workdir: str | Path, which: str = "best", splits: Sequence[str] = ("dev",),
+                 task_files: Optional[dict[str, dict[str, Path]]] = None, out_dir: Optional[Path] = None,
+                 batch_size: int = 128, chunk_size: int = 10_000) -> dict:
+    """Evaluates every task of a run on the given splits; writes metrics.json, predictions,
+    reports and plots under `out_dir` (default WORKDIR/eval). Returns the metrics."""
+    from mtbert_jax.data.task_files import resolve_data_dir
+    from mtbert_jax.evaluation.plots import plot_training_curves
+
+    workdir = Path(workdir)
+    trained = load_trained(workdir, which)
+    out_dir = Path(out_dir) if out_dir else workdir / "eval"
+    (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
+    (out_dir / "plots").mkdir(parents=True, exist_ok=True)
+    data_dir = None
+    results: dict = {"workdir": str(workdir), "checkpoint": which, "step": trained.step}
+    for split in splits:
+        split_results = {}
+        for task in trained.model_config.tasks:
+            path = (task_files or {}).get(split, {}).get(task)
+            if path is None:
+                data_dir = data_dir or resolve_data_dir(trained.run.data_dir or None)
+                path = data_dir / TASKS[task].file_name(split)
+                if not path.exists():
+                    print(f"{task} {split}: no file {path}; skipped")
+                    continue
+            out_file = out_dir / "predictions" / f"{_OUTPUT[task][0]}-{split}-output.csv"
+            outputs, gold = predict_file(trained, task, Path(path), batch_size, chunk_size, out_file)
+            if gold is None:
+                continue  # unlabelled (test) files: predictions only
+            predicted = labels_from_outputs(task, outputs)
+            metrics = task_metrics(task, predicted, gold)
+            spec = TASKS[task]
+            if spec.is_classification:
+                metrics |= classification_report(predicted, gold, spec.num_classes)
+                plot_confusion_matrix(metrics["confusion_matrix"], f"{task} {split}",
+                                      out_dir / "plots" / f"confusion-{task}-{split}.png")
+            else:
+                plot_scatter(predicted, gold, f"{task} {split}: r = {metrics['pearson']:.3f}",
+                             out_dir / "plots" / f"scatter-{task}-{split}.png")
+            split_results[task] = metrics
+        if split_results:
+            split_results["overall"] = overall_score(
+                {t: {k: v for k, v in m.items() if k in ("accuracy", "pearson")} for t, m in split_results.items()})
+        results[split] = split_results
+    (out_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+    if (workdir / "metrics.jsonl").exists():
+        plot_training_curves(workdir / "metrics.jsonl", out_dir / "plots")
+    return results
+
+
+def format_table(results: dict) -> str:
+    lines = [f"{'split':<6} {'task':<8} {'metric':<9} {'value':>7}"]
+    for split in ("dev", "test"):
+        for task, metrics in results.get(split, {}).items():
+            if task == "overall":
+                lines.append(f"{split:<6} {'overall':<8} {'score':<9} {metrics:>7.4f}")
+                continue
+            for name in ("accuracy", "macro_f1", "pearson", "spearman"):
+                if name in metrics:
+                    lines.append(f"{split:<6} {task:<8} {name:<9} {metrics[name]:>7.4f}")
+    return "\n".join(lines)
+
+
+def score_texts(trained: TrainedModel, sentences: Sequence[str] = (), pairs: Sequence[tuple[str, str]] = ()) -> list[dict]:
+    """Each task's output for sentences (sentiment tasks) and pairs (pair tasks), for people."""
+    from mtbert_jax.data.task_files import TaskRecords
+
+    results = []
+    for task in trained.model_config.tasks:
+        spec = TASKS[task]
+        items = list(pairs) if spec.is_pair else [(s,) for s in sentences]
+        if not items:
+            continue
+        texts = [list(column) for column in zip(*items)]
+        records = TaskRecords(task, Path("<input>"), [str(i) for i in range(len(items))], texts, None, [])
+        segments, _ = tokenize_records(records, trained.tokenizer, trained.run.max_length,
+                                       trained.model_config.pair_encoding(task))
+        data = TaskData(task, "input", np.asarray(records.record_ids), None, segments, 0, [])
+        outputs = predict(trained.predict_fn, trained.params, data, 32, trained.buckets)
+        for item, out in zip(items, outputs):
+            entry = {"task": task, "input": list(item)}
+            if spec.kind == MULTICLASS:
+                probabilities = np.exp(out - out.max())
+                probabilities /= probabilities.sum()
+                entry |= {"class": int(out.argmax()), "probabilities": [round(float(p), 4) for p in probabilities]}
+            elif spec.kind == BINARY:
+                entry["paraphrase_probability"] = round(float(1 / (1 + np.exp(-out))), 4)
+            else:
+                entry["similarity"] = round(float(out), 4)
+            results.append(entry)
+    return results

@@ -1,0 +1,64 @@
+"""A trained run restored for use: its typed configuration, model, parameters and tokenizer.
+
+The configuration is rebuilt from the checkpoint's saved config (runs written before the
+objective group moved still load), and parameters that do not fit the model it describes are
+refused by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from mtbert_jax.checkpoints.hf import resolve_checkpoint_dir
+from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
+from mtbert_jax.config import RunConfig
+from mtbert_jax.data.batching import bucket_lengths
+from mtbert_jax.errors import CheckpointError, ConfigError
+from mtbert_jax.evaluation.predict import make_predict
+from mtbert_jax.model.bert_config import BertConfig
+from mtbert_jax.model.multitask import MultiTaskModel, init_model
+from mtbert_jax.training.checkpointing import restore_trained
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    run: RunConfig  # the run's configuration
+    model: MultiTaskModel
+    params: dict
+    tokenizer: BertTextTokenizer
+    step: int
+
+    def __post_init__(self):
+        self.predict_fn = make_predict(self.model)
+        self.buckets = bucket_lengths(self.run.max_length, self.run.bucket_step)
+
+    @property
+    def model_config(self):
+        return self.run.model
+
+
+def load_trained(workdir: str | Path, which: str = "best") -> TrainedModel:
+    """Restores a run's config and parameters; refuses parameters that do not fit the model
+    its config describes."""
+    saved, params, step = restore_trained(workdir, which)
+    params = {k: v for k, v in params.items() if not k.startswith("uncertainty_")}  # training only
+    try:
+        run = RunConfig.from_dict(saved)
+    except ConfigError as e:
+        raise CheckpointError(f"{workdir}: the saved config does not fit this code: {e}") from None
+    source = resolve_checkpoint_dir(run.checkpoint)
+    bert_config = BertConfig.from_json_file(source / "config.json").replace(compute_dtype=run.compute_dtype)
+    expected = jax.eval_shape(lambda: init_model(bert_config, run.model, jax.random.PRNGKey(0))[1])
+    shapes = lambda tree: jax.tree_util.tree_map(np.shape, tree)  # noqa: E731
+    if shapes(expected) != shapes(params):
+        missing = sorted(set(expected) - set(params))
+        extra = sorted(set(params) - set(expected))
+        raise CheckpointError(
+            f"{workdir}: the checkpoint's parameters do not match the model its config describes "
+            f"(in the model only: {missing or 'none'}; in the checkpoint only: {extra or 'none'}; "
+            "otherwise shapes differ)")
+    return TrainedModel(run, MultiTaskModel(bert_config, run.model), params, BertTextTokenizer(source), step)

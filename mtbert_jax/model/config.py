@@ -1,0 +1,79 @@
+"""What the multi-task model is made of: tasks, pooling, pair heads, adapters."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+from mtbert_jax.errors import ConfigError
+from mtbert_jax.tasks import TASKS
+
+POOLINGS = ("pooler", "cls", "mean", "max")
+# cross: the pooled vector of one joint `[CLS] a [SEP] b [SEP]` sequence.
+# The others encode each sentence separately (a bi-encoder), then combine u and v:
+#   bi_sum: u + v (seed 000); bi_concat: [u; v]; bi_concat_diff_prod: [u; v; |u-v|; u*v];
+#   cosine: s = 20 cos(W u, W v), the STS score 5 sigmoid(s), the Quora logit s (seed 002's d features);
+#   bi_cosine_concat: [u; v; cos(u, v)] -> dropout -> linear (seed 002's 2d + 1).
+PAIR_HEADS = ("cross", "bi_sum", "bi_concat", "bi_concat_diff_prod", "cosine", "bi_cosine_concat")
+ADAPTERS = ("none", "pals", "low_rank", "top_layer", "low_rank_top_layer")
+ADAPTER_LAYERS = ("all", "top", "bottom")
+
+
+class ModelConfigError(ConfigError):
+    """A model configuration names something that does not exist."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    tasks: tuple[str, ...] = ("sst", "quora", "sts")
+    pooling: str = "pooler"
+    pair_heads: Mapping[str, str] = dataclasses.field(
+        default_factory=lambda: {"quora": "cross", "sts": "cross"})
+    # One hidden layer (dense + GELU) shared by the Quora and STS heads (seed 003).
+    shared_pair_hidden: bool = False
+    adapter: str = "none"
+    adapter_size: int = 204  # d_s of PALs and low-rank adapters
+    adapter_heads: int = 6  # heads of the PAL attention (6 x 34 for d_s = 204)
+    adapter_layers: str = "all"
+    head_dropout: float = 0.1
+
+    def __post_init__(self):
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        object.__setattr__(self, "pair_heads", dict(self.pair_heads))
+        problems = []
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown or not self.tasks:
+            problems.append(f"tasks={list(self.tasks)}: expected a non-empty subset of {sorted(TASKS)}")
+        for name, value, allowed in (("pooling", self.pooling, POOLINGS),
+                                     ("adapter", self.adapter, ADAPTERS),
+                                     ("adapter_layers", self.adapter_layers, ADAPTER_LAYERS)):
+            if value not in allowed:
+                problems.append(f"{name}={value!r}: expected one of {allowed}")
+        for task, head in self.pair_heads.items():
+            if task in TASKS and not TASKS[task].is_pair:
+                problems.append(f"pair_heads[{task!r}]: {task} is not a sentence-pair task")
+            if head not in PAIR_HEADS:
+                problems.append(f"pair_heads[{task!r}]={head!r}: expected one of {PAIR_HEADS}")
+        if self.shared_pair_hidden:
+            pair_tasks = [t for t in self.tasks if t in TASKS and TASKS[t].is_pair]
+            heads = {self.pair_head(t) for t in pair_tasks}
+            if len(pair_tasks) < 2 or len(heads) != 1 or "cosine" in heads:
+                problems.append("shared_pair_hidden needs two pair tasks with the same "
+                                f"non-cosine pair head, got {dict((t, self.pair_head(t)) for t in pair_tasks)}")
+        if self.adapter == "pals" and self.adapter_size % self.adapter_heads:
+            problems.append(f"adapter_size={self.adapter_size} is not divisible by "
+                            f"adapter_heads={self.adapter_heads}")
+        if problems:
+            raise ModelConfigError("model config: " + "; ".join(problems))
+
+    def pair_head(self, task: str) -> str:
+        return self.pair_heads.get(task, "cross")
+
+    def pair_encoding(self, task: str) -> str:
+        """'cross' (one joint sequence) or 'bi' (two sequences): what the data pipeline makes."""
+        return "cross" if not TASKS[task].is_pair or self.pair_head(task) == "cross" else "bi"
+
+    def adapter_layer_indices(self, num_layers: int) -> tuple[int, ...]:
+        half = num_layers // 2
+        return {"all": tuple(range(num_layers)), "bottom": tuple(range(half)),
+                "top": tuple(range(half, num_layers))}[self.adapter_layers]

@@ -1,0 +1,235 @@
+"""A functional Flax (linen) BERT encoder whose parameter names mirror the PyTorch checkpoints.
+
+Parameter paths are the Hugging Face tensor names with "." replaced by "/" and list indices
+written `layer_{i}`, so conversion (see `hf_checkpoint.py`) is a table, not a puzzle:
+`encoder.layer.3.attention.self.query.weight` <-> `encoder/layer_3/attention/self/query/kernel`.
+
+Post-LayerNorm layers (as in the original BERT). Matmuls run in `config.dtype`; parameters,
+LayerNorm and softmax stay float32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mtbert_jax.model.bert_config import BertConfig
+from mtbert_jax.model.dropout import Dropout
+
+Array = jax.Array
+# Called as residual_fn(layer_index, layer_input) -> [batch, seq, hidden] or None; its output is
+# added inside the layer's last residual sum (the parallel wiring of Projected Attention Layers).
+ResidualFn = Callable[[int, Array], Optional[Array]]
+
+# Added to the attention scores of padding keys. Finite, so a row that is all padding gives a
+# uniform distribution instead of NaN.
+MASK_BIAS = -1e9
+
+
+# BERT initialises every matrix and embedding with N(0, 0.02); biases 0, LayerNorm 1/0.
+_INIT = nn.initializers.normal(stddev=0.02)
+
+
+class TokenDense(nn.Dense):
+    """nn.Dense on [..., features] computed as one [tokens, features] matrix product.
+
+    Same parameters as nn.Dense. With a 3-D input XLA's backward pass contracts the kernel
+    gradient over two axes and first copies the activations into a transposed layout; on one
+    [tokens, features] matrix it does not (a FFN block's fwd+bwd: 103 ms -> 86 ms on 2 cores).
+    """
+
+    def __call__(self, inputs: Array) -> Array:
+        y = super().__call__(inputs.reshape(-1, inputs.shape[-1]))
+        return y.reshape(inputs.shape[:-1] + y.shape[-1:])
+
+
+def gelu(x: Array) -> Array:
+    """BERT's exact GELU, x Phi(x), written with erf: jax.nn.gelu(approximate=False) uses erfc,
+    which XLA:CPU evaluates with an extra exp and select (2.7x slower here); within 5e-7."""
+    return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
+
+
+def attention_bias(attention_mask: Array) -> Array:
+    """[batch, seq] 1/0 mask -> [batch, 1, 1, seq] float32 additive bias on attention scores."""
+    return jnp.where(attention_mask[:, None, None, :] > 0, 0.0, MASK_BIAS).astype(jnp.float32)
+
+
+class EncoderOutputs(NamedTuple):
+    sequence_output: Array  # [batch, seq, hidden]
+    pooled_output: Array  # [batch, hidden]: tanh(dense(sequence_output[:, 0]))
+
+
+class BertEmbeddings(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, input_ids: Array, token_type_ids: Array, deterministic: bool) -> Array:
+        """[batch, seq] ids -> [batch, seq, hidden] after word + position + type, LayerNorm, dropout."""
+        cfg = self.config
+        seq_len = input_ids.shape[-1]
+        if seq_len > cfg.max_position_embeddings:
+            raise ValueError(f"input_ids has sequence length {seq_len}, more than "
+                             f"max_position_embeddings={cfg.max_position_embeddings}")
+        def embed(name, num, ids):
+            return nn.Embed(num, cfg.hidden_size, embedding_init=_INIT, name=name)(ids)
+
+        x = (embed("word_embeddings", cfg.vocab_size, input_ids)
+             + embed("position_embeddings", cfg.max_position_embeddings, jnp.arange(seq_len)[None, :])
+             + embed("token_type_embeddings", cfg.type_vocab_size, token_type_ids))
+        x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=jnp.float32, name="LayerNorm")(x)
+        x = Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        return x.astype(cfg.dtype)
+
+
+class BertSelfAttention(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, h: Array, bias: Array, deterministic: bool) -> Array:
+        """[batch, seq, hidden] -> [batch, seq, hidden] context, before the output projection."""
+        cfg = self.config
+        batch, seq, _ = h.shape
+
+        # Heads are moved ahead of positions ([batch, heads, seq, head_dim]) before the two
+        # attention matmuls: batched matmuls in this canonical layout run on XLA:CPU's fast
+        # library path (the step's attention fwd+bwd took 1.5x as long without it).
+        def project(name):
+            y = TokenDense(cfg.hidden_size, dtype=cfg.dtype, kernel_init=_INIT, name=name)(h)
+            return y.reshape(batch, seq, cfg.num_attention_heads, cfg.head_dim).transpose(0, 2, 1, 3)
+
+        query = project("query") / jnp.sqrt(cfg.head_dim).astype(cfg.dtype)
+        key, value = project("key"), project("value")
+        scores = jnp.einsum("bhqd,bhkd->bhqk", query, key).astype(jnp.float32) + bias
+        probs = jax.nn.softmax(scores, axis=-1)
+        probs = Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
+        context = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(cfg.dtype), value)
+        return context.transpose(0, 2, 1, 3).reshape(batch, seq, cfg.hidden_size)
+
+
+class BertResidualOutput(nn.Module):
+    """dense -> dropout -> LayerNorm(. + residual [+ extra]): HF's BertSelfOutput / BertOutput."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x: Array, residual: Array, deterministic: bool,
+                 extra: Optional[Array] = None) -> Array:
+        cfg = self.config
+        y = TokenDense(cfg.hidden_size, dtype=cfg.dtype, kernel_init=_INIT, name="dense")(x)
+        y = Dropout(cfg.hidden_dropout_prob)(y, deterministic=deterministic)
+        y = y.astype(jnp.float32) + residual.astype(jnp.float32)
+        if extra is not None:
+            y = y + extra.astype(jnp.float32)
+        y = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=jnp.float32, name="LayerNorm")(y)
+        return y.astype(cfg.dtype)
+
+
+class BertAttention(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, h: Array, bias: Array, deterministic: bool) -> Array:
+        context = BertSelfAttention(self.config, name="self")(h, bias, deterministic)
+        return BertResidualOutput(self.config, name="output")(context, h, deterministic)
+
+
+class BertIntermediate(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        y = TokenDense(cfg.intermediate_size, dtype=cfg.dtype, kernel_init=_INIT, name="dense")(x)
+        return gelu(y)
+
+
+class BertLayer(nn.Module):
+    """One post-LayerNorm transformer layer.
+
+    `extra_residual` (computed by the caller from the layer's input h) is added inside the
+    final residual sum: out = LN(FFN(A) + A + extra), A = LN(h + MHA(h)). This is where
+    Projected Attention Layers plug in, in parallel to the attention and feed-forward blocks.
+    """
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, h: Array, bias: Array, deterministic: bool,
+                 extra_residual: Optional[Array] = None) -> Array:
+        a = BertAttention(self.config, name="attention")(h, bias, deterministic)
+        ffn = BertIntermediate(self.config, name="intermediate")(a)
+        return BertResidualOutput(self.config, name="output")(ffn, a, deterministic, extra_residual)
+
+
+class BertEncoder(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, h: Array, bias: Array, deterministic: bool,
+                 residual_fn: Optional[ResidualFn] = None) -> Array:
+        for i in range(self.config.num_hidden_layers):
+            extra = residual_fn(i, h) if residual_fn is not None else None
+            h = BertLayer(self.config, name=f"layer_{i}")(h, bias, deterministic, extra)
+        return h
+
+
+class BertPooler(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, sequence_output: Array) -> Array:
+        """[batch, seq, hidden] -> [batch, hidden]: tanh(dense(first token))."""
+        cfg = self.config
+        cls = sequence_output[:, 0]
+        return jnp.tanh(nn.Dense(cfg.hidden_size, dtype=cfg.dtype, kernel_init=_INIT,
+                                 name="dense")(cls))
+
+
+class BertModel(nn.Module):
+    """BERT: embeddings, encoder, pooler. Call it, or its parts (`embed`, `encode`, `pool`).
+
+    The parts exist for methods that act between them, such as SMART's perturbation of the
+    embedding output.
+    """
+
+    config: BertConfig
+
+    def setup(self):
+        self.embeddings = BertEmbeddings(self.config)
+        self.encoder = BertEncoder(self.config)
+        self.pooler = BertPooler(self.config)
+
+    def embed(self, input_ids: Array, token_type_ids: Optional[Array] = None,
+              deterministic: bool = True) -> Array:
+        """[batch, seq] -> [batch, seq, hidden] embedding-layer output (after LayerNorm, dropout)."""
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        return self.embeddings(input_ids, token_type_ids, deterministic)
+
+    def encode(self, embeddings: Array, attention_mask: Array, deterministic: bool = True,
+               residual_fn: Optional[ResidualFn] = None) -> Array:
+        """[batch, seq, hidden] embeddings, [batch, seq] mask -> [batch, seq, hidden]."""
+        return self.encoder(embeddings, attention_bias(attention_mask), deterministic, residual_fn)
+
+    def pool(self, sequence_output: Array) -> Array:
+        return self.pooler(sequence_output)
+
+    def __call__(self, input_ids: Array, token_type_ids: Optional[Array] = None,
+                 attention_mask: Optional[Array] = None, deterministic: bool = True,
+                 residual_fn: Optional[ResidualFn] = None) -> EncoderOutputs:
+        """[batch, seq] int ids (token types, 1/0 mask) -> sequence [b, s, h] and pooled [b, h]."""
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        x = self.embed(input_ids, token_type_ids, deterministic)
+        seq = self.encode(x, attention_mask, deterministic, residual_fn)
+        return EncoderOutputs(seq, self.pool(seq))
+
+
+def init_params(config: BertConfig, rng: Array, seq_len: int = 8) -> dict:
+    """Freshly initialised parameters (BERT's N(0, 0.02) init) for `BertModel(config)`."""
+    ids = jnp.zeros((1, seq_len), jnp.int32)
+    return BertModel(config).init(rng, ids)["params"]

@@ -1,0 +1,76 @@
+"""Pooling and the task heads."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mtbert_jax.model.dropout import Dropout
+
+Array = jax.Array
+COSINE_SCALE = 20.0  # s = 20 cos(.,.): seed 002's "d features" head, MNRL's scale
+STS_MAX = 5.0
+
+
+def pool(kind: str, sequence: Array, mask: Array, pooler: Callable[[Array], Array]) -> Array:
+    """[batch, seq, hidden], [batch, seq] mask -> [batch, hidden].
+
+    pooler: BERT's tanh dense over [CLS]; cls: the raw [CLS] vector; mean / max: over the
+    real (unmasked) tokens only.
+    """
+    if kind == "pooler":
+        return pooler(sequence)
+    if kind == "cls":
+        return sequence[:, 0]
+    real = mask[..., None] > 0
+    x = sequence.astype(jnp.float32)
+    if kind == "mean":
+        return (jnp.where(real, x, 0.0).sum(1) / jnp.maximum(real.sum(1), 1)).astype(sequence.dtype)
+    if kind == "max":
+        return jnp.where(real, x, jnp.finfo(jnp.float32).min).max(1).astype(sequence.dtype)
+    raise ValueError(f"pooling {kind!r}: expected pooler, cls, mean or max")
+
+
+def cosine(u: Array, v: Array, eps: float = 1e-8) -> Array:
+    """[batch, d], [batch, d] -> [batch] cosine similarity, float32."""
+    u, v = u.astype(jnp.float32), v.astype(jnp.float32)
+    return (u * v).sum(-1) / jnp.maximum(jnp.linalg.norm(u, axis=-1) * jnp.linalg.norm(v, axis=-1), eps)
+
+
+def pair_features(mode: str, u: Array, v: Array) -> Array:
+    """Bi-encoder features of the two sentence vectors (u, v: [batch, d])."""
+    if mode == "bi_sum":
+        return u + v
+    if mode == "bi_concat":
+        return jnp.concatenate([u, v], -1)
+    if mode == "bi_concat_diff_prod":
+        return jnp.concatenate([u, v, jnp.abs(u - v), u * v], -1)
+    if mode == "bi_cosine_concat":
+        return jnp.concatenate([u, v, cosine(u, v)[:, None].astype(u.dtype)], -1)
+    raise ValueError(f"pair head {mode!r} has no feature vector")
+
+
+class LinearHead(nn.Module):
+    """dropout -> linear: [batch, features] -> [batch, outputs]."""
+
+    outputs: int
+    dropout: float
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool) -> Array:
+        x = Dropout(self.dropout)(x, deterministic=deterministic)
+        return nn.Dense(self.outputs, kernel_init=nn.initializers.normal(0.02),
+                        dtype=jnp.float32, name="dense")(x.astype(jnp.float32))
+
+
+class CosineHead(nn.Module):
+    """Seed 002's "d features": a linear map on each vector, then s = 20 cos(W u, W v)."""
+
+    @nn.compact
+    def __call__(self, u: Array, v: Array) -> Array:
+        project = nn.Dense(u.shape[-1], kernel_init=nn.initializers.normal(0.02),
+                           dtype=jnp.float32, name="dense")
+        return COSINE_SCALE * cosine(project(u), project(v))

@@ -1,0 +1,144 @@
+"""The multi-task model: the shared encoder, task-specific adapters and one head per task.
+
+Called with a task name and that task's batch (the dict of `batching.py`). Parameters:
+`bert/...` is the shared encoder (Hugging Face names), `adapters_{task}/...` and
+`heads_{task}/...` belong to one task, `pair_hidden/...` is shared by the pair heads.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, NamedTuple, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtbert_jax.model.adapters import TaskAdapter
+from mtbert_jax.model.bert_config import BertConfig
+from mtbert_jax.model.encoder import BertModel, attention_bias, gelu
+from mtbert_jax.model.heads import STS_MAX, CosineHead, LinearHead, pair_features, pool
+from mtbert_jax.model.config import ModelConfig
+from mtbert_jax.tasks import MULTICLASS, REGRESSION, TASKS
+from mtbert_jax.errors import CheckpointError
+
+Array = jax.Array
+SEGMENT_SUFFIXES = ("", "_b")
+
+
+class TaskOutput(NamedTuple):
+    prediction: Array  # sentiment: [batch, classes] logits; quora: [batch] logit; sts: [batch] score
+    embeddings: tuple[Array, ...]  # pooled vectors [batch, hidden]: (joint,) or (u, v)
+
+
+class MultiTaskModel(nn.Module):
+    bert_config: BertConfig
+    config: ModelConfig
+
+    def setup(self):
+        cfg = self.config
+        self.bert = BertModel(self.bert_config)
+        if cfg.adapter != "none":
+            self.adapters = {t: TaskAdapter(self.bert_config, cfg) for t in cfg.tasks}
+        heads = {}
+        for task in cfg.tasks:
+            spec = TASKS[task]
+            if spec.kind == MULTICLASS:
+                heads[task] = LinearHead(spec.num_classes, cfg.head_dropout)
+            elif cfg.pair_head(task) == "cosine":
+                heads[task] = CosineHead()
+            else:
+                heads[task] = LinearHead(1, cfg.head_dropout)
+        self.heads = heads
+        if cfg.shared_pair_hidden:
+            self.pair_hidden = nn.Dense(self.bert_config.hidden_size,
+                                        kernel_init=nn.initializers.normal(0.02))
+
+    def sentence_vector(self, task: str, input_ids: Array, token_type_ids: Array,
+                        attention_mask: Array, deterministic: bool = True,
+                        perturbation: Optional[Array] = None) -> Array:
+        """One sequence through the encoder (with the task's adapters) -> [batch, hidden].
+
+        `perturbation` ([batch, seq, hidden]) is added to the embedding-layer output (SMART).
+        """
+        x = self.bert.embed(input_ids, token_type_ids, deterministic)
+        if perturbation is not None:
+            x = x + perturbation.astype(x.dtype)
+        adapter = self.adapters[task] if self.config.adapter != "none" else None
+        bias = attention_bias(attention_mask)
+        residual_fn = None
+        if adapter is not None and adapter.has_residual:
+            residual_fn = lambda layer, h: adapter.residual(layer, h, bias)  # noqa: E731
+        sequence = self.bert.encode(x, attention_mask, deterministic, residual_fn)
+        if adapter is not None:
+            sequence = adapter.top(sequence, bias, deterministic)
+        return pool(self.config.pooling, sequence, attention_mask, self.bert.pool)
+
+    def __call__(self, task: str, batch: Mapping[str, Array], deterministic: bool = True,
+                 perturbations: Optional[Sequence[Array]] = None) -> TaskOutput:
+        if task not in self.config.tasks:
+            raise KeyError(f"task {task!r}: this model has {self.config.tasks}")
+        segments = [s for s in SEGMENT_SUFFIXES if "input_ids" + s in batch]
+        vectors = tuple(
+            self.sentence_vector(task, batch["input_ids" + s], batch["token_type_ids" + s],
+                                 batch["attention_mask" + s], deterministic,
+                                 None if perturbations is None else perturbations[k])
+            for k, s in enumerate(segments))
+        head = self.heads[task]
+        if TASKS[task].kind == MULTICLASS:
+            return TaskOutput(head(vectors[0], deterministic), vectors)
+        mode = self.config.pair_head(task)
+        expected = 1 if mode == "cross" else 2
+        if len(vectors) != expected:
+            raise ValueError(f"{task}: pair head {mode!r} needs {expected} encoded sequence(s), "
+                             f"the batch has {len(vectors)}; tokenize with pair_encoding="
+                             f"{self.config.pair_encoding(task)!r}")
+        if mode == "cosine":
+            score = head(*vectors)  # 20 cos(W u, W v)
+        else:
+            x = vectors[0] if mode == "cross" else pair_features(mode, *vectors)
+            if self.config.shared_pair_hidden:
+                x = gelu(self.pair_hidden(x))
+            score = head(x, deterministic)[:, 0]
+        if TASKS[task].kind == REGRESSION and mode == "cosine":
+            score = STS_MAX * jax.nn.sigmoid(score)
+        return TaskOutput(score, vectors)
+
+    def all_tasks(self, batches: Mapping[str, Mapping[str, Array]]) -> dict[str, TaskOutput]:
+        """Every task on its batch: what `init` calls so that every head and adapter exists.
+
+        The pooler is created even when the pooling does not use it, so the encoder's
+        parameters always match (and export to) a Hugging Face BertModel.
+        """
+        outputs = {task: self(task, batches[task]) for task in self.config.tasks}
+        if self.config.pooling != "pooler":
+            self.bert.pool(jnp.zeros((1, 1, self.bert_config.hidden_size), self.bert_config.dtype))
+        return outputs
+
+
+def example_batch(config: ModelConfig, task: str, batch_size: int = 2, seq_len: int = 8) -> dict:
+    """A batch of the right structure for `task` (for initialisation and tests)."""
+    segments = 2 if config.pair_encoding(task) == "bi" else 1
+    batch = {}
+    for s in SEGMENT_SUFFIXES[:segments]:
+        batch |= {"input_ids" + s: np.ones((batch_size, seq_len), np.int32),
+                  "token_type_ids" + s: np.zeros((batch_size, seq_len), np.int32),
+                  "attention_mask" + s: np.ones((batch_size, seq_len), np.int32)}
+    return batch
+
+
+def init_model(bert_config: BertConfig, config: ModelConfig, rng: Array,
+               bert_params: Optional[Mapping] = None) -> tuple[MultiTaskModel, dict]:
+    """Builds the model and its parameters; `bert_params` (a converted checkpoint) replace
+    the randomly initialised encoder."""
+    model = MultiTaskModel(bert_config, config)
+    batches = {t: example_batch(config, t) for t in config.tasks}
+    params = jax.jit(lambda key: model.init(key, batches, method=MultiTaskModel.all_tasks))(rng)["params"]
+    params = dict(params)
+    if bert_params is not None:
+        expected = jax.tree_util.tree_map(jnp.shape, params["bert"])
+        given = jax.tree_util.tree_map(jnp.shape, dict(bert_params))
+        if expected != given:
+            raise CheckpointError("the encoder parameters do not match the model's BertConfig")
+        params["bert"] = jax.tree_util.tree_map(jnp.asarray, dict(bert_params))
+    return model, params

@@ -1,0 +1,93 @@
+"""orbax checkpoints in the work directory: the latest few for resume, the best by dev score.
+
+A checkpoint holds the train state (parameters, optimizer state with PCGrad's key, step), the
+loader's position and, as JSON, the config and the run's progress. Saves are synchronous and
+orbax commits them atomically, so a run killed at any moment resumes from the last complete one.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from mtbert_jax.errors import CheckpointError
+
+PyTree = Any
+
+
+def _manager(directory: Path, keep: int, best: bool) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, enable_async_checkpointing=False,
+        best_fn=(lambda metrics: metrics["score"]) if best else None, best_mode="max")
+    return ocp.CheckpointManager(directory.resolve(), options=options)
+
+
+def assert_finite(tree: PyTree, what: str) -> None:
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        array = np.asarray(leaf)
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            raise CheckpointError(f"{what}: {jax.tree_util.keystr(path)} holds NaN or inf; not saved")
+
+
+class Checkpoints:
+    def __init__(self, workdir: str | Path, keep: int = 3):
+        workdir = Path(workdir)
+        self.latest = _manager(workdir / "checkpoints", keep, best=False)
+        self.best = _manager(workdir / "best", 1, best=True)
+
+    def save(self, step: int, state: PyTree, meta: dict, score: Optional[float] = None) -> None:
+        """Saves to `latest`; with a dev score also to `best` (kept only when it is the best)."""
+        assert_finite(state, f"checkpoint at step {step}")
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        if step not in self.latest.all_steps():
+            self.latest.save(step, args=args)
+        if score is not None and math.isfinite(score) and step not in self.best.all_steps():
+            self.best.save(step, args=args, metrics={"score": float(score)})
+
+    def latest_step(self) -> Optional[int]:
+        return self.latest.latest_step()
+
+    def meta(self, manager: ocp.CheckpointManager, step: int) -> dict:
+        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+    def restore(self, manager: ocp.CheckpointManager, step: int, target: PyTree) -> PyTree:
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+        return restored.state
+
+    def close(self) -> None:
+        self.latest.close()
+        self.best.close()
+
+
+def restore_trained(workdir: str | Path, which: str = "best") -> tuple[dict, PyTree, int]:
+    """(the run's config as a dict, its parameters, the step) from a training workdir.
+
+    which: "best" (by dev overall score), "latest", or a step number.
+    """
+    workdir = Path(workdir)
+    folder = workdir / ("best" if which == "best" else "checkpoints")
+    steps = sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit()) if folder.is_dir() else []
+    if not steps:
+        raise CheckpointError(f"{folder}: no checkpoint (expected a training workdir with "
+                              "checkpoints/ and best/ written by train.py)")
+    manager = _manager(folder, keep=len(steps), best=(which == "best"))
+    try:
+        if which in ("best", "latest"):
+            step = (manager.best_step() if which == "best" else None) or manager.latest_step()
+        else:
+            step = int(which)
+            if step not in steps:
+                raise CheckpointError(f"{folder}: no checkpoint at step {step}; have {steps}")
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    except (ValueError, OSError, KeyError) as e:
+        raise CheckpointError(f"{folder}: cannot restore ({type(e).__name__}: {e})") from None
+    finally:
+        manager.close()
+    return restored.meta["config"], restored.state["train"]["params"], step

@@ -1,0 +1,71 @@
+"""Devices and processes: cluster start-up, per-process batch shards, per-device splits."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from mtbert_jax.errors import ConfigError
+
+PyTree = Any
+_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
+def initialize_from_env() -> bool:
+    """Calls jax.distributed.initialize() when a cluster job's environment is set.
+
+    Either JAX_COORDINATOR_ADDRESS (host:port), JAX_NUM_PROCESSES and JAX_PROCESS_ID, or a
+    multi-task SLURM job (which jax detects itself). Returns whether it started.
+    """
+    if all(os.environ.get(k) for k in _ENV):
+        jax.distributed.initialize(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+                                   num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                                   process_id=int(os.environ["JAX_PROCESS_ID"]))
+        return True
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and os.environ.get("SLURM_JOB_ID"):
+        jax.distributed.initialize()
+        return True
+    missing = [k for k in _ENV if not os.environ.get(k)]
+    if len(missing) < len(_ENV):
+        raise ConfigError(f"a multi-process run needs all of {_ENV}; missing {missing}")
+    return False
+
+
+def global_batch_divisor() -> int:
+    """Batch sizes must divide by this: every device of every process gets equal rows."""
+    return jax.device_count()
+
+
+def process_shard(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """This process's rows of a global batch (each process reads its own slice)."""
+    count, index = jax.process_count(), jax.process_index()
+    rows = next(iter(batch.values())).shape[0]
+    if rows % count:
+        raise ConfigError(f"a batch of {rows} rows does not split over {count} processes")
+    per = rows // count
+    return {k: v[index * per:(index + 1) * per] for k, v in batch.items()}
+
+
+def split_for_devices(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """[rows, ...] -> [local devices, rows / devices, ...]."""
+    devices = jax.local_device_count()
+    rows = next(iter(batch.values())).shape[0]
+    if rows % devices:
+        raise ConfigError(f"{rows} rows per process do not split over {devices} local devices")
+    return {k: v.reshape((devices, rows // devices) + v.shape[1:]) for k, v in batch.items()}
+
+
+def replicate(tree: PyTree) -> PyTree:
+    """A copy per local device, stacked on a leading device axis (what pmap takes)."""
+    devices = jax.local_devices()
+    sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.asarray(devices), ("devices",)),
+                                          jax.sharding.PartitionSpec("devices"))
+    return jax.tree_util.tree_map(
+        lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)), sharding),
+        tree)
+
+
+def unreplicate(tree: PyTree) -> PyTree:
+    return jax.tree_util.tree_map(lambda x: x[0], tree)

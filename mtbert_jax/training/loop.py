@@ -1,0 +1,199 @@
+"""train_and_evaluate(config, workdir): the whole run, resumable at any point.
+
+Phases: check the configuration; load the encoder and the data; build the schedule, the model
+and the training stages; restore the latest checkpoint if the workdir has one; train epoch by
+epoch (dev evaluation after each, the best checkpoint kept by overall score); plots at the end.
+Each method's special knowledge lives beside it: the objective (MNRL's training subset, extra
+parameters, SMART's teacher), the stages (the frozen-encoder epochs), the loader (its position).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Mapping, Optional
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from mtbert_jax.checkpoints.hf import load_hf_checkpoint, resolve_checkpoint_dir
+from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
+from mtbert_jax.config import RunConfig
+from mtbert_jax.data.batching import bucket_lengths
+from mtbert_jax.data.loader import MultiTaskLoader
+from mtbert_jax.data.task_files import resolve_data_dir
+from mtbert_jax.data.task_schedules import Schedule
+from mtbert_jax.data.tokenized import TaskData, load_task_data
+from mtbert_jax.errors import ConfigError, TrainingError
+from mtbert_jax.evaluation.metrics import overall_score
+from mtbert_jax.evaluation.predict import dataset_metrics, make_predict
+from mtbert_jax.model.multitask import init_model
+from mtbert_jax.training import distributed
+from mtbert_jax.training.checkpointing import Checkpoints
+from mtbert_jax.training.metrics_log import LogWindow, MetricsLog
+from mtbert_jax.training.param_groups import parameter_report
+from mtbert_jax.training.stages import Stages
+from mtbert_jax.training.step import TrainState
+
+
+@dataclasses.dataclass
+class RunData:
+    """The tokenized splits a run trains and evaluates on: {task: TaskData}."""
+
+    train: Mapping[str, TaskData]
+    dev: Mapping[str, TaskData]
+
+
+def load_run_data(run: RunConfig, tokenizer: BertTextTokenizer) -> RunData:
+    """Every task's train and dev split from the data directory (train cut to max_train_records)."""
+    data_dir = resolve_data_dir(run.data_dir or None)
+
+    def load(task, split):
+        data = load_task_data(task, split, data_dir, tokenizer, run.max_length, run.model.pair_encoding(task),
+                              cache_dir=run.cache_dir or None)
+        n = run.max_train_records if split == "train" else 0
+        return data.subset(np.arange(n)) if 0 < n < len(data) else data
+
+    return RunData({t: load(t, "train") for t in run.model.tasks}, {t: load(t, "dev") for t in run.model.tasks})
+
+
+def train_and_evaluate(config, workdir: str | Path, data: Optional[RunData] = None) -> dict:
+    """Trains as `config` (a ConfigDict or dict) says, in `workdir`; re-running resumes.
+    `data` replaces the data directory's task files (tests, notebooks)."""
+    run = RunConfig.from_dict(config)
+    if run.schedule.batch_size % (distributed.global_batch_divisor() * run.accumulation_steps):
+        raise ConfigError(f"schedule.batch_size={run.schedule.batch_size} must divide by devices x "
+                          f"accumulation_steps = {distributed.global_batch_divisor() * run.accumulation_steps}")
+    workdir, is_main = Path(workdir), jax.process_index() == 0
+    log = print if is_main else (lambda *a, **k: None)
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(json.dumps(dataclasses.asdict(run), indent=2) + "\n")
+
+    # --- the encoder and the data
+    checkpoint_dir = resolve_checkpoint_dir(run.checkpoint)
+    bert_config, bert_params, report = load_hf_checkpoint(checkpoint_dir, run.compute_dtype)
+    log(report.summary())
+    data = data or load_run_data(run, BertTextTokenizer(checkpoint_dir))
+    train_data = {t: run.objective.training_subset(d) for t, d in data.train.items()}
+    for d in [*train_data.values(), *data.dev.values()]:
+        log(d.summary())
+
+    # --- schedule, model and training stages
+    buckets = bucket_lengths(run.max_length, run.bucket_step)
+    schedule = Schedule(run.schedule, {t: len(d) for t, d in train_data.items()},
+                        run.num_epochs + run.frozen_epochs, run.seed)
+    loader = MultiTaskLoader(train_data, schedule, buckets, run.seed,
+                             unique_text_tasks=run.objective.unique_text_tasks)
+    init_key, dropout_key, pcgrad_key = jax.random.split(jax.random.PRNGKey(run.seed), 3)
+    model, params = init_model(bert_config, run.model, init_key, bert_params)
+    params |= run.objective.extra_params(run.model.tasks)
+    log(parameter_report(params))
+    trainer = Trainer(run, workdir, loader, Stages(run, schedule, loader, model, params, pcgrad_key),
+                      dropout_key, log)
+    trainer.resume()
+
+    # --- train and evaluate, epoch by epoch
+    dev_predict = make_predict(model)
+    results: dict = {}
+    while loader.epoch < run.num_epochs + run.frozen_epochs and trainer.step < trainer.stages.last_step:
+        epoch = trainer.train_epoch()
+        params_now = distributed.unreplicate(trainer.state).params
+        results = dataset_metrics(dev_predict, params_now, data.dev, run.eval_batch_size, buckets)
+        trainer.end_epoch(epoch, results)
+    trainer.checkpoints.close()
+    if is_main:
+        from mtbert_jax.evaluation.plots import plot_training_curves
+        plot_training_curves(workdir / "metrics.jsonl", workdir / "plots")
+    return {"step": trainer.step, "dev": results, "best_score": trainer.best_score}
+
+
+class Trainer:
+    """The run's progress (stage, step, best score, replicated state) and what changes it:
+    resuming, training an epoch, saving, and the dev record at each epoch's end."""
+
+    def __init__(self, run: RunConfig, workdir: Path, loader: MultiTaskLoader, stages: Stages,
+                 dropout_key: jax.Array, log):
+        self.run, self.workdir, self.loader, self.stages = run, workdir, loader, stages
+        self.dropout_key, self.log, self.is_main = dropout_key, log, jax.process_index() == 0
+        self.checkpoints = Checkpoints(workdir, run.keep_checkpoints)
+        self.step, self.best_score, self.stage = 0, -math.inf, 0
+
+    def resume(self) -> None:
+        """From the latest checkpoint in the workdir, if any; else a fresh state."""
+        latest = self.checkpoints.latest_step()
+        meta = self.checkpoints.meta(self.checkpoints.latest, latest) if latest is not None else {}
+        self.stage, self.best_score = meta.get("stage", 0), meta.get("best_score", -math.inf)
+        self.optimizer, self.runner = self.stages.build(self.stage)
+        state = self.stages.initial_state(self.optimizer)
+        if latest is not None:
+            restored = self.checkpoints.restore(self.checkpoints.latest, latest,
+                                                {"train": state, "loader": self.loader.state_dict()})
+            state = TrainState(*restored["train"])
+            self.loader.load_state_dict(restored["loader"])
+            self.loader.load_padding_state(meta.get("padding", {}))  # absent from older checkpoints
+            self.step = int(state.step)
+            self.log(f"resumed from {self.workdir / 'checkpoints'} at step {self.step} (epoch {self.loader.epoch + 1})")
+        self.state = distributed.replicate(state)
+        self.metrics_log = MetricsLog(self.workdir / "metrics.jsonl", self.step, self.is_main)
+        planned = f"{self.stages.planned_steps} steps in {self.run.num_epochs + self.run.frozen_epochs} epochs"
+        if self.stages.last_step < self.stages.planned_steps:
+            planned = f"{self.stages.last_step} steps (max_steps; {planned})"
+        self.log(f"{len(self.stages.tasks)} tasks, {planned}, {jax.device_count()} device(s)")
+
+    def train_epoch(self) -> int:
+        """The rest of the current epoch, or of the stage when it ends first; returns the epoch."""
+        epoch = self.loader.epoch
+        if self.stages.stage_at(epoch, self.step) != self.stage:  # the encoder is frozen from here on
+            self.stage = self.stages.stage_at(epoch, self.step)
+            self.optimizer, self.runner = self.stages.build(self.stage)
+            self.state = distributed.replicate(self.stages.entered(
+                self.optimizer, distributed.unreplicate(self.state), self.step))
+            self.log(f"epoch {epoch + 1}: encoder frozen from here on")
+        stage_end = self.stages.ends[self.stage]
+        bar = tqdm(total=self.loader.steps_in_epoch(), initial=self.loader.step, disable=not self.is_main,
+                   desc=f"epoch {epoch + 1}/{self.run.num_epochs + self.run.frozen_epochs}", unit="step")
+        window = LogWindow()
+        for batches in self.loader:
+            sharded = {t: distributed.split_for_devices(distributed.process_shard(b)) for t, b in batches.items()}
+            self.state, metrics = self.runner(self.state, sharded, self.step, self.dropout_key)
+            self.step += 1
+            losses = {t: float(v[0]) for t, v in metrics.pop("loss").items()}
+            for task, value in losses.items():
+                if not math.isfinite(value):
+                    raise TrainingError(f"the {task} loss is {value} at step {self.step} (epoch {epoch + 1}); "
+                                        "stopping without saving (try a lower learning rate)")
+            window.add(losses, sum(float(b["weights"].sum()) for b in batches.values()))
+            bar.update(1)
+            if self.step % self.run.log_every_steps == 0 or self.step == stage_end:
+                record = window.record(self.step, epoch + 1, jax.tree_util.tree_map(lambda x: x[0], metrics),
+                                       self.loader.padding.efficiency)
+                self.metrics_log.write(record)
+                bar.set_postfix({**{t: f"{v:.3f}" for t, v in record["loss"].items()},
+                                 "ex/s": f"{record['examples_per_second']:.1f}"})
+            if self.step % self.run.checkpoint_every_steps == 0:
+                self.save()
+            if self.step >= stage_end:
+                break
+        bar.close()
+        if self.step >= stage_end and stage_end != self.stages.last_step:
+            self.loader.end_epoch_early()  # max_steps ended the stage mid-epoch
+        return epoch
+
+    def end_epoch(self, epoch: int, results: dict) -> None:
+        """The dev record of the epoch just trained, and a checkpoint that may become the best."""
+        score = overall_score(results)
+        self.best_score = max(self.best_score, score)
+        self.metrics_log.write({"step": self.step, "epoch": epoch + 1, "dev": results, "dev_overall": score})
+        self.log(f"epoch {epoch + 1}: dev " + ", ".join(
+            f"{t} {next(iter(m.values())):.4f}" for t, m in results.items()) + f"; overall {score:.4f}")
+        self.save(score)
+
+    def save(self, score: Optional[float] = None) -> None:
+        host_state = jax.device_get(distributed.unreplicate(self.state))
+        meta = {"stage": self.stage, "best_score": self.best_score, "epoch": self.loader.epoch, "step": self.step,
+                "padding": self.loader.padding_state(), "config": dataclasses.asdict(self.run)}
+        self.checkpoints.save(self.step, {"train": host_state, "loader": self.loader.state_dict()}, meta, score)

@@ -1,0 +1,73 @@
+"""What a run logs: metrics.jsonl in the workdir (and TensorBoard events when tensorboardX is
+installed), and the per-step numbers averaged over each logging window."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+
+class MetricsLog:
+    """JSON lines, one record per logging step and per dev evaluation; on resume, records past
+    the restored step are dropped, so the log reads as an uninterrupted run's."""
+
+    def __init__(self, path: Path, resume_step: int, enabled: bool):
+        self.path, self.enabled, self.tensorboard = path, enabled, None
+        if enabled and path.exists():
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        if enabled:
+            try:
+                from tensorboardX import SummaryWriter
+                self.tensorboard = SummaryWriter(str(path.parent / "tensorboard"))
+            except ImportError:
+                pass
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            for group in ("loss", "dev", "lr"):
+                for task, value in record.get(group, {}).items():
+                    for name, number in (value.items() if isinstance(value, dict) else [("", value)]):
+                        self.tensorboard.add_scalar(f"{group}/{task}{'/' + name if name else ''}",
+                                                    number, record["step"])
+            for name in ("examples_per_second", "dev_overall", "pcgrad_conflicts", "param_norm", "update_norm"):
+                if name in record:
+                    self.tensorboard.add_scalar(name, record[name], record["step"])
+            self.tensorboard.flush()
+
+
+class LogWindow:
+    """Losses and examples since the last log line; `record` averages them and starts anew."""
+
+    def __init__(self):
+        self.examples, self.losses, self.start = 0.0, {}, time.perf_counter()
+
+    def add(self, losses: Mapping[str, float], examples: float) -> None:
+        self.examples += examples
+        for task, value in losses.items():
+            self.losses.setdefault(task, []).append(value)
+
+    def record(self, step: int, epoch: int, metrics: Mapping, padding_efficiency: float) -> dict:
+        """The log record of this window; `metrics` are the last step's (one device's copy)."""
+        elapsed = time.perf_counter() - self.start
+        record = {"step": step, "epoch": epoch,
+                  "loss": {t: float(np.mean(v)) for t, v in sorted(self.losses.items())},
+                  "examples_per_second": self.examples / max(elapsed, 1e-9),
+                  "grad_norm": np.asarray(metrics["grad_norm"]).tolist(),
+                  "lr": {k.split("/", 1)[1]: float(v) for k, v in sorted(metrics.items()) if k.startswith("lr/")},
+                  "param_norm": float(metrics["param_norm"]), "update_norm": float(metrics["update_norm"]),
+                  "padding_efficiency": padding_efficiency}
+        if "pcgrad_conflicts" in metrics:
+            record["pcgrad_conflicts"] = int(metrics["pcgrad_conflicts"])
+            record["pcgrad_cosines"] = np.asarray(metrics["pcgrad_cosines"]).round(4).tolist()
+        self.__init__()
+        return record

@@ -1,0 +1,165 @@
+"""Each task's training objective: its loss, plus optionally MNRL, SMART and uncertainty weighting.
+
+An objective returns (sum of per-example losses over the real rows, number of real rows), so
+micro-batches and devices add up to the exact mean (see train_step.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mtbert_jax.model.heads import COSINE_SCALE, cosine
+from mtbert_jax.data.tokenized import TaskData
+from mtbert_jax.errors import ConfigError
+from mtbert_jax.training.losses import per_example_loss
+from mtbert_jax.model.multitask import MultiTaskModel
+from mtbert_jax.training.smart import SmartConfig, perturbation, symmetric_divergence
+from mtbert_jax.tasks import REGRESSION, TASKS
+
+Array = jax.Array
+STS_LOSSES = ("mse", "cosine_embedding")
+
+
+@dataclasses.dataclass(frozen=True)
+class MnrlConfig:
+    """Multiple negatives ranking loss (pair tasks with a bi-encoder head), on positive pairs:
+    Quora duplicates, STS pairs with similarity >= sts_threshold. Defaults: configs/default.py's."""
+
+    tasks: Sequence[str] = ()
+    weight: float = 1.0  # added to the task's own loss with this weight ...
+    only: bool = False  # ... or instead of it (the task then trains on its positive pairs only)
+    sts_threshold: float = 4.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    """What each task's loss is made of. Defaults: configs/default.py's."""
+
+    smart: SmartConfig = SmartConfig()
+    mnrl: MnrlConfig = MnrlConfig()
+    sts_loss: str = "mse"  # or "cosine_embedding" (label thresholded at 2.5; bi-encoder)
+    uncertainty_weighting: bool = False  # Kendall et al. 2018: exp(-s_t) L_t + s_t, s_t learned
+
+    def __post_init__(self):
+        if self.sts_loss not in STS_LOSSES:
+            raise ConfigError(f"objective.sts_loss={self.sts_loss!r}: expected one of {STS_LOSSES}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "ObjectiveConfig":
+        d = dict(d)
+        return cls(smart=SmartConfig(**d.pop("smart", {})), mnrl=MnrlConfig(**d.pop("mnrl", {})), **d)
+
+    @property
+    def needs_teacher(self) -> bool:
+        """SMART's Bregman term needs a moving-average teacher of the weights."""
+        return bool(self.smart.tasks) and self.smart.mu > 0
+
+    @property
+    def unique_text_tasks(self) -> tuple[str, ...]:
+        """Tasks whose batches must never hold a text twice (MNRL's in-batch negatives)."""
+        return tuple(self.mnrl.tasks)
+
+    def training_subset(self, data: TaskData) -> TaskData:
+        """The records a task trains on: MNRL alone trains on the positive pairs only."""
+        if not (self.mnrl.only and data.task in self.mnrl.tasks):
+            return data
+        return data.subset(np.flatnonzero(np.asarray(positives(data.task, data.labels, self.mnrl.sts_threshold))))
+
+    def extra_params(self, tasks: Sequence[str]) -> dict[str, Array]:
+        """Parameters the objective adds to the model's: uncertainty weighting's s_t."""
+        if not self.uncertainty_weighting:
+            return {}
+        return {uncertainty_name(t): jnp.zeros((), jnp.float32) for t in tasks}
+
+
+def uncertainty_name(task: str) -> str:
+    return f"uncertainty_{task}"
+
+
+def positives(task: str, labels: Array, threshold: float) -> Array:
+    """[batch] 1.0 where a pair is positive: a duplicate (Quora), similar enough (STS)."""
+    if TASKS[task].kind == REGRESSION:
+        return (labels >= threshold).astype(jnp.float32)
+    return (labels > 0).astype(jnp.float32)
+
+
+def mnrl(u: Array, v: Array, rows: Array, input_ids_b: Array, scale: float = COSINE_SCALE) -> Array:
+    """[batch] multiple negatives ranking loss of each row (0 where rows == 0).
+
+    S_ij = scale cos(u_i, v_j) over the rows taking part; row i's target is column i. A column
+    whose second text equals row i's own (same token ids) is not used as a negative for it.
+    """
+    un = u / jnp.maximum(jnp.linalg.norm(u, axis=-1, keepdims=True), 1e-8)
+    vn = v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-8)
+    scores = scale * (un.astype(jnp.float32) @ vn.astype(jnp.float32).T)
+    same_text = jnp.all(input_ids_b[:, None, :] == input_ids_b[None, :, :], -1)
+    usable = (rows[None, :] > 0) & (~same_text | jnp.eye(len(rows), dtype=bool))
+    scores = jnp.where(usable, scores, -1e9)
+    losses = optax.softmax_cross_entropy_with_integer_labels(scores, jnp.arange(len(rows)))
+    return losses * rows
+
+
+def cosine_embedding_loss(u: Array, v: Array, labels: Array) -> Array:
+    """[batch] torch's CosineEmbeddingLoss (margin 0) with y = +1 when similarity > 2.5."""
+    c = cosine(u, v)
+    return jnp.where(labels > 2.5, 1.0 - c, jnp.maximum(c, 0.0))
+
+
+def make_objective(model: MultiTaskModel, task: str, config: ObjectiveConfig,
+                   deterministic: bool = False) -> Callable:
+    """(params, teacher, batch, key) -> (loss summed over real rows, number of real rows)."""
+    smart_on = task in config.smart.tasks
+    mnrl_on = task in config.mnrl.tasks
+    bi_encoder = model.config.pair_encoding(task) == "bi"
+    if (mnrl_on or (TASKS[task].kind == REGRESSION and config.sts_loss == "cosine_embedding")) and not bi_encoder:
+        raise ConfigError(f"{task}: MNRL and the cosine embedding loss need a bi-encoder pair head, "
+                         f"not {model.config.pair_head(task)!r}")
+
+    def forward(params, batch, key, deltas=None):
+        return model.apply({"params": params}, task, batch, deterministic=deterministic,
+                           perturbations=deltas, rngs={"dropout": key})
+
+    def objective(params, teacher, batch, key):
+        weights = batch["weights"]
+        count = weights.sum()
+        out = forward(params, batch, key)
+        if TASKS[task].kind == REGRESSION and config.sts_loss == "cosine_embedding":
+            per_example = cosine_embedding_loss(*out.embeddings, batch["labels"])
+        else:
+            per_example = per_example_loss(task, out.prediction, batch["labels"])
+        total = (per_example * weights).sum()
+        if mnrl_on:
+            rows = positives(task, batch["labels"], config.mnrl.sts_threshold) * weights
+            ranking = mnrl(*out.embeddings, rows, batch["input_ids_b"]).sum()
+            if config.mnrl.only:
+                total, count = ranking, rows.sum()
+            else:
+                total = total + config.mnrl.weight * ranking
+        if smart_on:
+            cfg = config.smart
+            frozen = jax.lax.stop_gradient(params)  # the ascent step does not train the weights
+            shapes = [batch["input_ids" + s].shape + (model.bert_config.hidden_size,)
+                      for s in ("", "_b") if "input_ids" + s in batch]
+            deltas = perturbation(task, lambda d: forward(frozen, batch, key, d).prediction,
+                                  out.prediction, shapes, weights, jax.random.fold_in(key, 1), cfg)
+            adversarial = symmetric_divergence(task, forward(params, batch, key, deltas).prediction,
+                                               out.prediction)
+            total = total + cfg.lambda_s * (adversarial * weights).sum()
+            if cfg.mu > 0 and teacher is not None:
+                taught = jax.lax.stop_gradient(forward(teacher, batch, key).prediction)
+                total = total + cfg.mu * (symmetric_divergence(task, out.prediction, taught) * weights).sum()
+        if config.uncertainty_weighting:
+            s = params[uncertainty_name(task)]
+            total = jnp.exp(-s) * total + s * count
+        return total, count
+
+    return objective

@@ -1,0 +1,165 @@
+"""The optimizer: [task combiner] -> clip by global norm -> AdamW per parameter group.
+
+Groups by parameter name (see param_groups.py): the encoder (`bert/...`) and the task parts
+(heads, adapters) each have their own learning rate with linear warm-up and linear decay, and
+task-specific top layers (whole transformer layers) may have a third; frozen groups get zero
+updates and no optimizer state. No weight decay on LayerNorm and biases.
+
+`Optimizer.update` is the whole update of a step, GSE's second update included, and reports
+what it did (per-task gradient norms, each group's learning rate, parameter and update norms,
+PCGrad's conflicts), so the train step never looks inside the optimizer's state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mtbert_jax.errors import ConfigError
+from mtbert_jax.training.param_groups import ENCODER, TOP_LAYERS, label_tree, path_tree
+from mtbert_jax.training.pcgrad import PCGradState, mean_tasks, pcgrad, sum_tasks
+
+COMBINERS = ("sum", "mean", "pcgrad", "gse")
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """Defaults are configs/default.py's (tests/test_configs.py keeps them equal)."""
+
+    encoder_lr: float = 5e-5
+    task_lr: float = 5e-4  # heads and adapters
+    # Task-specific top transformer layers (adapter "top_layer", "low_rank_top_layer"); None: task_lr.
+    top_layer_lr: Optional[float] = None
+    warmup_fraction: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0  # 0 turns clipping off
+    freeze_encoder: bool = False
+    # sum / mean: add or average per-task gradients; pcgrad: project conflicts first (sum of
+    # projected gradients, or their mean with pcgrad_reduction="mean"); gse: seed 002's PCGrad
+    # update followed in the same step by a plain summed-gradient update.
+    combiner: str = "sum"
+    pcgrad_reduction: str = "sum"
+
+    def __post_init__(self):
+        if self.combiner not in COMBINERS:
+            raise ConfigError(f"optimizer.combiner={self.combiner!r}: expected one of {COMBINERS}")
+
+
+def learning_rate_schedule(peak: float, total_steps: int, warmup_fraction: float) -> optax.Schedule:
+    """Linear warm-up from 0 to `peak` over the first fraction of steps, then linear decay to 0."""
+    warmup = max(1, int(round(total_steps * warmup_fraction)))
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, warmup),
+         optax.linear_schedule(peak, 0.0, max(1, total_steps - warmup))], [warmup])
+
+
+def _decay_mask(params):
+    """Weight decay on matrices and embeddings only: not LayerNorm, not biases."""
+    return jax.tree_util.tree_map(
+        lambda path: not (path.endswith("/bias") or "/LayerNorm/" in path or path.endswith("/scale")),
+        path_tree(params))
+
+
+def shared_parameters(params: Mapping, tasks: Sequence[str]) -> dict:
+    """True for parameters that two or more tasks use (what PCGrad projects): everything but
+    a single task's heads, adapters and uncertainty weight."""
+    own = [rf"^(heads|adapters|uncertainty)_{t}(/|$)" for t in tasks]
+    return jax.tree_util.tree_map(lambda label: label == "shared",
+                                  label_tree(params, [(p, "own") for p in own], "shared"))
+
+
+def _norm(tree: PyTree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def _task_norms(stacked: PyTree) -> jax.Array:
+    """[T] gradient norm of each task."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(g.reshape(g.shape[0], -1)), axis=1)
+                        for g in jax.tree_util.tree_leaves(stacked)))
+
+
+class Optimizer:
+    """The task combiner chained before clipping, AdamW per group and freezing.
+
+    Args:
+      config: learning rates, clipping, weight decay, combiner.
+      params: the parameters (their names decide the groups).
+      tasks: the trained tasks (PCGrad's shared/own split).
+      total_steps: steps of this training stage (the learning-rate schedule spans them).
+      num_tasks_per_step: the size of the gradients' leading task axis (PCGrad).
+      key: PCGrad's PRNG key.
+    """
+
+    def __init__(self, config: OptimizerConfig, params: Mapping, tasks: Sequence[str],
+                 total_steps: int, num_tasks_per_step: int, key: Optional[jax.Array] = None):
+        self.config = config
+        self.gse = config.combiner == "gse"
+        if config.combiner in ("pcgrad", "gse"):
+            combiner = pcgrad(key if key is not None else jax.random.PRNGKey(0), num_tasks_per_step,
+                              shared_parameters(params, tasks), config.pcgrad_reduction)
+        elif config.combiner == "mean":
+            combiner = mean_tasks()
+        else:
+            combiner = sum_tasks()
+        # GSE makes two AdamW updates per step, and each advances the schedule: fit it to 2x the
+        # steps, or the learning rate would reach zero halfway through the run.
+        self.updates_per_step = 2 if self.gse else 1
+        top_lr = config.task_lr if config.top_layer_lr is None else config.top_layer_lr
+        peaks = {"encoder": config.encoder_lr, "task": config.task_lr, "top_layer": top_lr}
+        self.schedules = {group: learning_rate_schedule(peak, total_steps * self.updates_per_step,
+                                                        config.warmup_fraction)
+                          for group, peak in peaks.items()}
+        self.groups = label_tree(params, [(ENCODER, "frozen" if config.freeze_encoder else "encoder"),
+                                          (TOP_LAYERS, "top_layer")], "task")
+        self.base = self._base()
+        self.tx = optax.chain(combiner, self.base)  # its state is (combiner's, base's)
+
+    def _base(self) -> optax.GradientTransformation:
+        """Everything after the task combiner: clipping, AdamW per group, freezing."""
+        frozen = jax.tree_util.tree_map(lambda g: g == "frozen", self.groups)
+
+        def adamw(group):
+            return optax.adamw(self.schedules[group], weight_decay=self.config.weight_decay, mask=_decay_mask)
+
+        parts = [optax.masked(optax.set_to_zero(), frozen)]  # frozen gradients do not count in the norm
+        if self.config.max_grad_norm > 0:
+            parts.append(optax.clip_by_global_norm(self.config.max_grad_norm))
+        parts.append(optax.multi_transform(
+            {"encoder": adamw("encoder"), "task": adamw("task"), "top_layer": adamw("top_layer"),
+             "frozen": optax.set_to_zero()}, self.groups))
+        return optax.chain(*parts)
+
+    def init(self, params: PyTree) -> PyTree:
+        return self.tx.init(params)
+
+    def learning_rates(self, opt_state: PyTree) -> dict[str, jax.Array]:
+        """The learning rate each trained group gets in the next update."""
+        counts = [count for path, count in optax.tree_utils.tree_get_all_with_path(opt_state, "count")
+                  if getattr(path[-1], "tuple_name", "") == "ScaleByScheduleState"]
+        count = counts[0] if counts else jnp.zeros((), jnp.int32)  # every group counts the same updates
+        trained = set(jax.tree_util.tree_leaves(self.groups)) - {"frozen"}
+        return {group: self.schedules[group](count) for group in sorted(trained)}
+
+    def update(self, stacked_grads: PyTree, opt_state: PyTree, params: PyTree
+               ) -> tuple[PyTree, PyTree, dict[str, jax.Array]]:
+        """Per-task gradients (a leading task axis on every leaf) -> (new params, state, metrics)."""
+        metrics = {"grad_norm": _task_norms(stacked_grads),
+                   **{f"lr/{group}": lr for group, lr in self.learning_rates(opt_state).items()}}
+        updates, opt_state = self.tx.update(stacked_grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        if self.gse:  # seed 002: then a plain summed-gradient update through the same AdamW
+            summed = jax.tree_util.tree_map(lambda g: g.sum(0), stacked_grads)
+            combiner_state, base_state = opt_state
+            second, base_state = self.base.update(summed, base_state, new_params)
+            new_params = optax.apply_updates(new_params, second)
+            opt_state = (combiner_state, base_state)
+        if isinstance(opt_state[0], PCGradState):
+            metrics |= {"pcgrad_conflicts": opt_state[0].num_conflicts, "pcgrad_cosines": opt_state[0].cosines}
+        metrics["param_norm"] = _norm(new_params)
+        metrics["update_norm"] = _norm(jax.tree_util.tree_map(jnp.subtract, new_params, params))
+        return new_params, opt_state, metrics

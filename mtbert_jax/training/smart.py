@@ -1,0 +1,85 @@
+"""SMART (Jiang et al. 2020): smoothness-inducing adversarial regularisation and the Bregman
+proximal point term with a moving-average teacher, as the paper states them.
+
+With x the embedding-layer output (after word + position + type embeddings and their LayerNorm):
+  x~ = x + nu, nu ~ N(0, sigma^2); one ascent step on l_s(f(x~), stop_grad(f(x))) w.r.t. x~,
+  x~ <- x~ + eta g / ||g||_inf, then ||x~ - x||_inf <= eps;
+  loss = task loss + lambda_s l_s(f(x~), f(x)) + mu l_s(f(x; theta), f(x; theta_teacher)),
+  l_s: symmetric KL for classification (two-class for a binary logit), squared error for scores.
+The teacher is an exponential moving average of the weights: beta 0.99 for the first 10% of
+updates, then 0.999.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from mtbert_jax.tasks import BINARY, REGRESSION, TASKS
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SmartConfig:
+    """Defaults: configs/default.py's objective.smart."""
+
+    tasks: Sequence[str] = ()  # the tasks SMART is on for
+    lambda_s: float = 1.0  # weight of the adversarial term (the paper tries 1, 3, 5)
+    mu: float = 1.0  # weight of the Bregman proximal point term (0: no teacher)
+    sigma: float = 1e-5  # std of the initial noise
+    eta: float = 1e-3  # ascent step size
+    eps: float = 1e-5  # infinity-norm radius of the perturbation
+
+    def __post_init__(self):
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+
+
+def _log_probs(task: str, prediction: Array) -> Array:
+    """[batch, classes] log-probabilities; a binary logit becomes [log(1-p), log p]."""
+    prediction = prediction.astype(jnp.float32)
+    if TASKS[task].kind == BINARY:
+        return jnp.stack([jax.nn.log_sigmoid(-prediction), jax.nn.log_sigmoid(prediction)], -1)
+    return jax.nn.log_softmax(prediction, -1)
+
+
+def symmetric_divergence(task: str, p: Array, q: Array) -> Array:
+    """[batch] l_s between two head outputs: KL(P||Q) + KL(Q||P), or (p - q)^2 for scores."""
+    if TASKS[task].kind == REGRESSION:
+        return jnp.square(p.astype(jnp.float32) - q.astype(jnp.float32))
+    log_p, log_q = _log_probs(task, p), _log_probs(task, q)
+    return jnp.sum((jnp.exp(log_p) - jnp.exp(log_q)) * (log_p - log_q), -1)
+
+
+def perturbation(task: str, forward: Callable[[Sequence[Array]], Array], clean: Array,
+                 shapes: Sequence[tuple], weights: Array, key: Array, config: SmartConfig) -> list[Array]:
+    """The adversarial perturbation of each embedding output (one ascent step, projected).
+
+    forward(deltas) -> head output with the deltas added to the embedding outputs.
+    """
+    keys = jax.random.split(key, len(shapes))
+    noise = [config.sigma * jax.random.normal(k, s) for k, s in zip(keys, shapes)]
+    target = jax.lax.stop_gradient(clean)
+
+    def divergence(deltas):
+        return (symmetric_divergence(task, forward(deltas), target) * weights).sum()
+
+    grads = jax.grad(divergence)(noise)
+    deltas = []
+    for delta, g in zip(noise, grads):
+        g_inf = jnp.max(jnp.abs(g), axis=(1, 2), keepdims=True)  # per example
+        delta = delta + config.eta * g / jnp.maximum(g_inf, 1e-12)
+        deltas.append(jax.lax.stop_gradient(jnp.clip(delta, -config.eps, config.eps)))
+    return deltas
+
+
+def teacher_beta(step: Array, total_steps: int) -> Array:
+    return jnp.where(step < 0.1 * total_steps, 0.99, 0.999)
+
+
+def update_teacher(teacher, params, step: Array, total_steps: int):
+    beta = teacher_beta(step, total_steps)
+    return jax.tree_util.tree_map(lambda t, p: beta * t + (1.0 - beta) * p, teacher, params)

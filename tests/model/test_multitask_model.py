@@ -1,0 +1,210 @@
+"""The multi-task model: heads, pooling, adapters, parameter counts, freezing."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mtbert_jax.model.encoder import BertModel
+from mtbert_jax.model.bert_config import BertConfig
+from mtbert_jax.synthetic import tiny_bert_config
+from mtbert_jax.training.losses import per_example_loss
+from mtbert_jax.model.config import ADAPTERS, PAIR_HEADS, POOLINGS, ModelConfig, ModelConfigError
+from mtbert_jax.model.multitask import MultiTaskModel, init_model
+from mtbert_jax.training.optimizer import Optimizer, OptimizerConfig
+from mtbert_jax.training.param_groups import count_parameters, parameter_report
+
+TINY = tiny_bert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+TASKS = ("sst", "quora", "sts", "cfimdb")
+
+
+def _batch(config: ModelConfig, task: str, rows=6, seq=10, pad=0, seed=0):
+    """A synthetic batch with real lengths 3..seq, right-padded by `pad` more columns."""
+    rng = np.random.default_rng(seed)
+    segments = 2 if config.pair_encoding(task) == "bi" else 1
+    batch = {}
+    for suffix in ("", "_b")[:segments]:
+        lengths = rng.integers(3, seq + 1, size=rows)
+        ids = rng.integers(5, 60, size=(rows, seq)).astype(np.int32)
+        mask = (np.arange(seq)[None] < lengths[:, None]).astype(np.int32)
+        types = np.zeros_like(ids)
+        if segments == 1 and task in ("quora", "sts"):
+            types[:, seq // 2:] = 1
+        ids, types = ids * mask, types * mask
+        batch |= {k + suffix: np.pad(v, ((0, 0), (0, pad))) for k, v in
+                  (("input_ids", ids), ("token_type_ids", types), ("attention_mask", mask))}
+    labels = {"sst": rng.integers(0, 5, rows), "cfimdb": rng.integers(0, 2, rows),
+              "quora": rng.integers(0, 2, rows), "sts": rng.uniform(0, 5, rows)}[task]
+    batch["labels"] = labels.astype(np.float32 if task == "sts" else np.int32)
+    batch["weights"] = np.ones(rows, np.float32)
+    return batch
+
+
+def _configs():
+    for pooling in POOLINGS:
+        yield ModelConfig(tasks=TASKS, pooling=pooling)
+    for head in PAIR_HEADS:
+        yield ModelConfig(tasks=TASKS, pair_heads={"quora": head, "sts": head})
+    for adapter in ADAPTERS:
+        yield ModelConfig(tasks=TASKS, adapter=adapter, adapter_size=12, adapter_heads=3)
+    yield ModelConfig(tasks=TASKS, shared_pair_hidden=True,
+                      pair_heads={"quora": "bi_concat_diff_prod", "sts": "bi_concat_diff_prod"})
+
+
+CONFIGS = list(_configs())
+IDS = [f"{c.pooling}-{c.pair_head('sts')}-{c.adapter}-{c.shared_pair_hidden}" for c in CONFIGS]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
+def test_shapes_and_padding_invariance(config):
+    model, params = init_model(TINY, config, jax.random.PRNGKey(0))
+    expected = {"sst": (6, 5), "cfimdb": (6, 2), "quora": (6,), "sts": (6,)}
+    for task in TASKS:
+        out = model.apply({"params": params}, task, _batch(config, task))
+        padded = model.apply({"params": params}, task, _batch(config, task, pad=7))
+        assert out.prediction.shape == expected[task]
+        assert len(out.embeddings) == (2 if config.pair_encoding(task) == "bi" else 1)
+        np.testing.assert_allclose(out.prediction, padded.prediction, atol=2e-5)
+        if task == "sts" and config.pair_head("sts") == "cosine":
+            assert ((out.prediction >= 0) & (out.prediction <= 5)).all()
+
+
+def test_pair_head_needs_the_matching_encoding():
+    bi = ModelConfig(pair_heads={"quora": "bi_concat", "sts": "cross"})
+    model, params = init_model(TINY, bi, jax.random.PRNGKey(0))
+    cross_batch = _batch(ModelConfig(), "quora")
+    with pytest.raises(ValueError, match="pair_encoding='bi'"):
+        model.apply({"params": params}, "quora", cross_batch)
+    assert bi.pair_encoding("quora") == "bi" and bi.pair_encoding("sts") == "cross"
+    assert bi.pair_encoding("sst") == "cross"
+
+
+def test_pal_with_zero_decoder_leaves_the_encoder_unchanged():
+    plain_config = ModelConfig(tasks=("sst",), pooling="mean")
+    pal_config = ModelConfig(tasks=("sst",), pooling="mean", adapter="pals", adapter_size=12,
+                             adapter_heads=3)
+    plain, plain_params = init_model(TINY, plain_config, jax.random.PRNGKey(0))
+    pals, pal_params = init_model(TINY, pal_config, jax.random.PRNGKey(1),
+                                  bert_params=plain_params["bert"])
+    batch = _batch(plain_config, "sst")
+    args = (batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    reference = plain.apply({"params": plain_params}, "sst", *args,
+                            method=MultiTaskModel.sentence_vector)
+    with_pal = pals.apply({"params": pal_params}, "sst", *args, method=MultiTaskModel.sentence_vector)
+    assert not np.allclose(with_pal, reference)  # N(0, 0.02) init: PALs do act
+    zeroed = jax.tree_util.tree_map(lambda x: x, pal_params)
+    zeroed["adapters_sst"]["up"] = jax.tree_util.tree_map(jnp.zeros_like, zeroed["adapters_sst"]["up"])
+    np.testing.assert_array_equal(
+        pals.apply({"params": zeroed}, "sst", *args, method=MultiTaskModel.sentence_vector), reference)
+
+
+@pytest.mark.parametrize("d_s, heads", [(204, 6), (256, 8)])
+def test_pal_parameter_count_for_bert_base(d_s, heads):
+    bert_base = BertConfig()
+    config = ModelConfig(tasks=("sst", "quora", "sts"), adapter="pals", adapter_size=d_s,
+                         adapter_heads=heads)
+    shapes = jax.eval_shape(lambda: init_model(bert_base, config, jax.random.PRNGKey(0))[1])
+    counts = count_parameters(shapes)
+    d, layers = 768, 12
+    per_task = 2 * d * d_s + layers * 3 * d_s ** 2
+    biases = d_s + d + layers * 3 * d_s
+    for task in config.tasks:
+        assert counts[f"adapters_{task}"] == per_task + biases
+    if d_s == 204:
+        assert per_task == 1_811_520  # "about 1.8M per task"
+    assert counts["bert"] == 109_482_240  # bert-base-uncased
+
+
+def test_adapter_layers_top_and_bottom_half():
+    config = ModelConfig(tasks=("sst",), adapter="pals", adapter_size=12, adapter_heads=3,
+                         adapter_layers="top")
+    assert config.adapter_layer_indices(12) == tuple(range(6, 12))
+    _, params = init_model(TINY, config, jax.random.PRNGKey(0))
+    assert len([k for k in params["adapters_sst"] if k.startswith("attention")]) == 1
+
+
+def _train(config, params, model, tx, steps=25):
+    state = tx.init(params)
+    batches = {t: _batch(config, t, rows=8, seed=3) for t in config.tasks}
+
+    def loss_fn(p):
+        return sum((per_example_loss(t, model.apply({"params": p}, t, b).prediction, b["labels"]) * b["weights"]).sum()
+                   / b["weights"].sum() for t, b in batches.items())
+
+    @jax.jit
+    def step(p, s):
+        loss, grads = jax.value_and_grad(loss_fn)(p)
+        updates, s = tx.update(grads, s, p)
+        return optax.apply_updates(p, updates), s, loss
+
+    losses = []
+    for _ in range(steps):
+        params, state, loss = step(params, state)
+        losses.append(float(loss))
+    return params, state, losses
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
+def test_every_head_and_adapter_learns(config):
+    # Only the tasks the variant changes, to keep compile time down.
+    if config.adapter != "none":
+        tasks = ("sst", "quora")
+    elif config.pair_head("sts") != "cross" or config.shared_pair_hidden:
+        tasks = ("quora", "sts")
+    else:
+        tasks = ("sst",)
+    config = dataclasses.replace(config, tasks=tasks)
+    model, params = init_model(TINY, config, jax.random.PRNGKey(0))
+    _, _, losses = _train(config, params, model, optax.adam(3e-3), steps=15)
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_frozen_encoder_stays_bit_identical():
+    config = ModelConfig(tasks=("sst", "sts"), adapter="low_rank", adapter_size=8)
+    model, params = init_model(TINY, config, jax.random.PRNGKey(0))
+    frozen = OptimizerConfig(freeze_encoder=True, task_lr=1e-2, warmup_fraction=0.0, max_grad_norm=0.0)
+    tx = Optimizer(frozen, params, config.tasks, total_steps=1000, num_tasks_per_step=1).base
+    trained, state, losses = _train(config, params, model, tx, steps=5)
+    for a, b in zip(jax.tree_util.tree_leaves(params["bert"]), jax.tree_util.tree_leaves(trained["bert"])):
+        np.testing.assert_array_equal(a, b)
+    for part in ("heads_sst", "adapters_sts"):
+        assert any(not np.array_equal(a, b) for a, b in zip(
+            jax.tree_util.tree_leaves(params[part]), jax.tree_util.tree_leaves(trained[part])))
+    # No optimizer state for the frozen encoder: Adam's moments cover only the rest.
+    moments = sum(x.size for x in jax.tree_util.tree_leaves(state) if hasattr(x, "size") and x.ndim)
+    trainable = sum(n for k, n in count_parameters(params).items() if k != "bert")
+    assert moments == 2 * trainable
+    assert losses[-1] < losses[0]
+
+
+def test_real_checkpoint_inside_the_model(minilm_dir, tokenizer):
+    from mtbert_jax.checkpoints.hf import load_hf_checkpoint
+    bert_config, bert_params, _ = load_hf_checkpoint(minilm_dir)
+    model, params = init_model(bert_config, ModelConfig(), jax.random.PRNGKey(0), bert_params)
+    batch = tokenizer(["a fine film"], ["a good movie"], max_length=32)
+    vector = model.apply({"params": params}, "quora", batch.input_ids, batch.token_type_ids,
+                         batch.attention_mask, method=MultiTaskModel.sentence_vector)
+    pooled = BertModel(bert_config).apply({"params": bert_params}, batch.input_ids,
+                                          batch.token_type_ids, batch.attention_mask).pooled_output
+    np.testing.assert_allclose(vector, pooled, atol=1e-6)
+    assert "beyond the encoder" in parameter_report(params)
+
+
+@pytest.mark.parametrize("bad, words", [
+    (dict(tasks=("sst", "mnli")), "tasks="),
+    (dict(pooling="first"), "pooling='first'"),
+    (dict(adapter="lora"), "adapter='lora'"),
+    (dict(pair_heads={"sts": "dot"}), "pair_heads['sts']='dot'"),
+    (dict(pair_heads={"sst": "cross"}), "not a sentence-pair task"),
+    (dict(shared_pair_hidden=True, pair_heads={"quora": "cross", "sts": "cosine"}), "shared_pair_hidden"),
+    (dict(adapter="pals", adapter_size=10, adapter_heads=3), "not divisible"),
+])
+def test_bad_model_config(bad, words):
+    with pytest.raises(ModelConfigError, match=None) as err:
+        ModelConfig(**bad)
+    assert words in str(err.value)

@@ -1,0 +1,188 @@
+"""Training end to end on a tiny model: losses fall, checkpoints, exact resume, data parallel."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import tiny_training_config
+from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
+from mtbert_jax.config import RunConfig
+from mtbert_jax.errors import ConfigError, TrainingError
+from mtbert_jax.training.loop import load_run_data, train_and_evaluate
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _metrics(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_end_to_end_with_pcgrad(tiny_checkpoint, tiny_data_dir, tmp_path):
+    config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache",
+                                  schedule__kind="method2", optimizer__combiner="pcgrad", num_epochs=10)
+    result = train_and_evaluate(config, tmp_path / "run")
+    records = _metrics(tmp_path / "run")
+    train = [r for r in records if "loss" in r]
+    for task in ("sst", "quora", "sts"):
+        first = np.mean([r["loss"][task] for r in train[:6]])
+        last = np.mean([r["loss"][task] for r in train[-6:]])
+        assert last < 0.8 * first, (task, first, last)
+    assert all("pcgrad_conflicts" in r and len(r["pcgrad_cosines"]) == 3 for r in train)
+    dev = [r for r in records if "dev" in r]
+    assert len(dev) == 10 and set(dev[-1]["dev"]) == {"sst", "quora", "sts"}
+    assert result["best_score"] == max(r["dev_overall"] for r in dev)
+    run = tmp_path / "run"
+    assert (run / "config.json").exists() and (run / "plots" / "training_curves.png").exists()
+    assert (run / "plots" / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())[-1] == 60
+    assert len([p for p in (run / "best").iterdir() if p.name.isdigit()]) == 1
+
+    # The fine-tuned encoder exports to a Hugging Face directory that transformers loads.
+    from mtbert_jax import convert
+    from mtbert_jax.training.checkpointing import restore_trained
+    from mtbert_jax.model.encoder import BertModel
+    from mtbert_jax.checkpoints.hf import load_hf_checkpoint
+    assert convert.main(["--checkpoint", str(run), "--out", str(tmp_path / "hf")]) == 0
+    _, trained, _ = restore_trained(run, "best")
+    bert_config, exported, _ = load_hf_checkpoint(tmp_path / "hf")
+    ids = np.array([[101, 2204, 3185, 102]], np.int32)
+    ours = BertModel(bert_config).apply({"params": trained["bert"]}, ids).pooled_output
+    np.testing.assert_array_equal(ours, BertModel(bert_config).apply({"params": exported}, ids).pooled_output)
+
+
+def test_two_stage_recipe_freezes_the_encoder(tiny_checkpoint, tiny_data_dir, tmp_path):
+    config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache",
+                                  schedule__kind="round_robin", num_epochs=1, frozen_epochs=1,
+                                  checkpoint_every_steps=1000)
+    train_and_evaluate(config, tmp_path / "run")
+    manager = ocp.CheckpointManager((tmp_path / "run" / "checkpoints").resolve())
+    steps = manager.all_steps()
+    first, last = (manager.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+                   for s in (steps[0], steps[-1]))
+    encoder = lambda s: np.asarray(s["train"]["params"]["bert"]["encoder"]["layer_0"]["output"]["dense"]["kernel"])  # noqa: E731
+    head = lambda s: np.asarray(s["train"]["params"]["heads_sst"]["dense"]["kernel"])  # noqa: E731
+    np.testing.assert_array_equal(encoder(first), encoder(last))  # stage 2: encoder frozen
+    assert not np.array_equal(head(first), head(last))
+
+
+def test_pcgrad_with_a_one_task_schedule_is_a_clear_error(tiny_checkpoint, tiny_data_dir, tmp_path):
+    config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path, optimizer__combiner="pcgrad")
+    with pytest.raises(ConfigError, match="needs a batch of every task in every step.*'sqrt'"):
+        train_and_evaluate(config, tmp_path / "run")
+
+
+def test_nan_loss_stops_and_saves_nothing(tiny_checkpoint, tiny_data_dir, tmp_path):
+    config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache",
+                                  schedule__kind="method3")
+    data = load_run_data(RunConfig.from_dict(config), BertTextTokenizer(tiny_checkpoint))
+    data.train["sts"].labels = np.full_like(data.train["sts"].labels, np.nan)  # poisoned
+    with pytest.raises(TrainingError, match=r"the sts loss is nan at step 1 \(epoch 1\)"):
+        train_and_evaluate(config, tmp_path / "run", data=data)
+    assert not [p for p in (tmp_path / "run" / "checkpoints").glob("*") if p.name.isdigit()]
+
+
+def _write_config(path: Path, checkpoint, data_dir, cache, **changes) -> Path:
+    """A config file for train.py holding the tiny configuration's values."""
+    values = tiny_training_config(checkpoint, data_dir, cache, **changes).to_json()
+    path.write_text("import json\n\nimport ml_collections\n\n\ndef get_config():\n"
+                    f"    return ml_collections.ConfigDict(json.loads({values!r}))\n")
+    return path
+
+
+def _final_params(workdir: Path) -> dict:
+    manager = ocp.CheckpointManager((workdir / "checkpoints").resolve())
+    state = manager.restore(manager.latest_step(),
+                            args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+    from flax import traverse_util
+    return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(state["train"]["params"], sep="/").items()}
+
+
+def _train_command(config: Path, workdir: Path):
+    return [sys.executable, str(ROOT / "train.py"), "--config", str(config), "--workdir", str(workdir)]
+
+
+def test_killed_run_resumes_to_the_same_parameters(tiny_checkpoint, tiny_data_dir, tmp_path):
+    config = _write_config(tmp_path / "tiny.py", tiny_checkpoint, tiny_data_dir, tmp_path / "cache",
+                           schedule__kind="method2", optimizer__combiner="pcgrad", num_epochs=2,
+                           checkpoint_every_steps=3)
+    env = dict(os.environ)
+    subprocess.run(_train_command(config, tmp_path / "whole"), check=True, env=env, cwd=ROOT,
+                   capture_output=True)
+
+    process = subprocess.Popen(_train_command(config, tmp_path / "killed"), env=env, cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(p.name.isdigit() for p in checkpoints.glob("*")):
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)  # mid-run, no chance to clean up
+    process.wait()
+    saved = sorted(int(p.name) for p in checkpoints.glob("*") if p.name.isdigit())
+    assert saved and saved[-1] < 12, saved  # it really was interrupted
+    resumed = subprocess.run(_train_command(config, tmp_path / "killed"), env=env, cwd=ROOT,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
+
+    whole, killed = _final_params(tmp_path / "whole"), _final_params(tmp_path / "killed")
+    assert whole.keys() == killed.keys()
+    for name in whole:
+        np.testing.assert_array_equal(whole[name], killed[name], err_msg=name)
+    steps = [r["step"] for r in _metrics(tmp_path / "killed") if "loss" in r]
+    assert steps == sorted(set(steps))  # the metrics log has no duplicated steps after resuming
+    # ... and says what the uninterrupted run's says, padding efficiency included (only the
+    # speed, a wall-clock measurement, may differ).
+    def logged(workdir):
+        return [{k: v for k, v in r.items() if k != "examples_per_second"} for r in _metrics(workdir)]
+    assert logged(tmp_path / "killed") == logged(tmp_path / "whole")
+
+
+def _data_parallel(devices: int, path: Path, accumulation: int = 1) -> dict:
+    subprocess.run([sys.executable, str(ROOT / "tests" / "training" / "data_parallel_steps.py"),
+                    str(devices), str(path), str(accumulation)], check=True, cwd=ROOT,
+                   env=dict(os.environ))
+    return dict(np.load(path))
+
+
+def test_four_devices_take_the_same_steps_as_one(tmp_path):
+    one, four = _data_parallel(1, tmp_path / "one.npz"), _data_parallel(4, tmp_path / "four.npz")
+    for name in one:
+        np.testing.assert_allclose(four[name], one[name], atol=1e-5, err_msg=name)
+
+
+def test_gradient_accumulation_equals_the_full_batch(tmp_path):
+    full, accumulated = _data_parallel(1, tmp_path / "k1.npz"), _data_parallel(1, tmp_path / "k2.npz", 2)
+    for name in full:
+        np.testing.assert_allclose(accumulated[name], full[name], atol=1e-5, err_msg=name)
+
+
+def test_two_processes_on_localhost_agree(tmp_path):
+    """jax.distributed across two processes (CPU, gloo): each feeds half of every batch."""
+    import socket
+
+    with socket.socket() as s:  # a free port on the loopback interface
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ)
+    script = str(ROOT / "tests" / "training" / "two_process_steps.py")
+    processes = [subprocess.Popen([sys.executable, script, str(i), "2", str(port), str(tmp_path / f"p{i}.npz")],
+                                  env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for i in range(2)]
+    for p in processes:
+        output, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, output[-3000:]
+    first, second = (dict(np.load(tmp_path / f"p{i}.npz")) for i in range(2))
+    one = _data_parallel(1, tmp_path / "one.npz")
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+        np.testing.assert_allclose(first[name], one[name], atol=1e-5, err_msg=name)

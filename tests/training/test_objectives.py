@@ -1,0 +1,159 @@
+"""SMART, MNRL, the cosine embedding loss and uncertainty weighting, by hand and in training."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_training_config
+from mtbert_jax.data.batching import TaskBatcher, bucket_lengths
+from mtbert_jax.model.config import ModelConfig
+from mtbert_jax.synthetic import synthetic_batch, tiny_bert_config
+from mtbert_jax.model.multitask import init_model
+from mtbert_jax.training.objectives import ObjectiveConfig, cosine_embedding_loss, make_objective, mnrl
+from mtbert_jax.training.smart import SmartConfig, perturbation, symmetric_divergence, update_teacher
+from mtbert_jax.data.tokenized import Segments, TaskData
+from mtbert_jax.training.loop import train_and_evaluate
+
+TINY = tiny_bert_config()
+
+
+def _sym_kl(p, q):
+    p, q = np.asarray(p), np.asarray(q)
+    return np.sum(p * np.log(p / q)) + np.sum(q * np.log(q / p))
+
+
+def test_symmetric_kl_by_hand():
+    logits_p, logits_q = jnp.array([[0.0, np.log(2.0)]]), jnp.array([[0.0, 0.0]])
+    assert float(symmetric_divergence("sst", logits_p, logits_q)[0]) == pytest.approx(
+        _sym_kl([1 / 3, 2 / 3], [0.5, 0.5]), rel=1e-5)
+    # The binary paraphrase logit as a two-class distribution [1 - p, p].
+    value = symmetric_divergence("quora", jnp.array([0.0]), jnp.array([np.log(3.0)]))
+    assert float(value[0]) == pytest.approx(_sym_kl([0.5, 0.5], [0.25, 0.75]), rel=1e-5)
+    assert float(symmetric_divergence("sts", jnp.array([2.0]), jnp.array([3.5]))[0]) == pytest.approx(2.25)
+
+
+def _batch(rows=4, seq=8, seed=0):
+    return synthetic_batch("sst", rows, seq, np.random.default_rng(seed), varied_lengths=False)
+
+
+@pytest.fixture(scope="module")
+def sst_model():
+    return init_model(TINY, ModelConfig(tasks=("sst",)), jax.random.PRNGKey(0))
+
+
+def test_smart_with_no_noise_and_no_step_adds_nothing(sst_model):
+    model, params = sst_model
+    batch, key = _batch(), jax.random.PRNGKey(1)
+    plain = make_objective(model, "sst", ObjectiveConfig(), deterministic=True)
+    zero = ObjectiveConfig(smart=SmartConfig(tasks=("sst",), sigma=0.0, eta=0.0, mu=0.0))
+    smart = make_objective(model, "sst", zero, deterministic=True)
+    assert float(smart(params, None, batch, key)[0]) == pytest.approx(float(plain(params, None, batch, key)[0]), abs=1e-6)
+    on = ObjectiveConfig(smart=SmartConfig(tasks=("sst",), sigma=1e-2, eta=1e-1, eps=1e-1, mu=0.0))
+    assert float(make_objective(model, "sst", on, deterministic=True)(params, None, batch, key)[0]) > \
+        float(plain(params, None, batch, key)[0])
+
+
+def test_perturbation_stays_in_the_eps_ball(sst_model):
+    model, params = sst_model
+    batch = _batch()
+    config = SmartConfig(tasks=("sst",), sigma=1e-5, eta=1e-3, eps=1e-5)
+
+    def forward(deltas):
+        return model.apply({"params": params}, "sst", batch, perturbations=deltas).prediction
+
+    clean = forward(None)
+    deltas = perturbation("sst", forward, clean, [(4, 8, 32)], batch["weights"], jax.random.PRNGKey(0), config)
+    assert deltas[0].shape == (4, 8, 32)
+    assert float(jnp.max(jnp.abs(deltas[0]))) <= 1e-5 * (1 + 1e-6)
+    assert float(jnp.max(jnp.abs(deltas[0]))) == pytest.approx(1e-5, rel=1e-3)  # the step reaches the ball
+
+
+def test_teacher_update_rule():
+    teacher, params = {"w": jnp.array([1.0])}, {"w": jnp.array([0.0])}
+    early = update_teacher(teacher, params, jnp.asarray(5), total_steps=100)  # < 10%: beta 0.99
+    late = update_teacher(teacher, params, jnp.asarray(10), total_steps=100)  # from 10%: 0.999
+    assert float(early["w"][0]) == pytest.approx(0.99) and float(late["w"][0]) == pytest.approx(0.999)
+
+
+def test_bregman_term_is_zero_when_the_teacher_is_the_model(sst_model):
+    model, params = sst_model
+    config = ObjectiveConfig(smart=SmartConfig(tasks=("sst",), sigma=0.0, eta=0.0, mu=1.0))
+    objective = make_objective(model, "sst", config, deterministic=True)
+    batch, key = _batch(), jax.random.PRNGKey(0)
+    same = float(objective(params, params, batch, key)[0])
+    moved = jax.tree_util.tree_map(lambda x: x + 0.05, params)
+    assert same == pytest.approx(float(make_objective(model, "sst", ObjectiveConfig(), True)(params, None, batch, key)[0]), abs=1e-6)
+    assert float(objective(params, moved, batch, key)[0]) > same
+
+
+def test_mnrl_by_hand_on_three_pairs():
+    u = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    v = jnp.array([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    ids_b = jnp.array([[1, 2], [3, 4], [5, 6]])
+    losses = mnrl(u, v, jnp.ones(3), ids_b)
+    un = np.asarray(u) / np.linalg.norm(u, axis=1, keepdims=True)
+    vn = np.asarray(v) / np.linalg.norm(v, axis=1, keepdims=True)
+    scores = 20 * un @ vn.T
+    expected = -np.log(np.exp(np.diag(scores)) / np.exp(scores).sum(1))
+    np.testing.assert_allclose(losses, expected, rtol=1e-5, atol=1e-6)
+    # A negative row does not take part; a repeated second text is not a negative for its twin.
+    only_two = mnrl(u, v, jnp.array([1.0, 1.0, 0.0]), ids_b)
+    assert float(only_two[2]) == 0.0
+    np.testing.assert_allclose(only_two[:2], -np.log(np.exp(np.diag(scores)[:2]) / np.exp(scores[:2, :2]).sum(1)), rtol=1e-5, atol=1e-6)
+    twins = mnrl(u, v, jnp.ones(3), jnp.array([[1, 2], [1, 2], [5, 6]]))
+    assert float(twins[0]) == pytest.approx(-np.log(np.exp(scores[0, 0]) / (np.exp(scores[0, 0]) + np.exp(scores[0, 2]))), rel=1e-4, abs=1e-6)
+
+
+def test_unique_text_batches_never_repeat_a_text():
+    texts = [np.array([101, 5 + (i % 7), 102], np.int32) for i in range(40)]  # many repeats
+    others = [np.array([101, 50 + i, 102], np.int32) for i in range(40)]
+    segments = (Segments.from_lists(texts, [np.zeros(3, np.int32)] * 40),
+                Segments.from_lists(others, [np.zeros(3, np.int32)] * 40))
+    data = TaskData("quora", "train", np.arange(40).astype(str), np.ones(40, np.int32), segments, 0, [])
+    batcher = TaskBatcher(data, 8, bucket_lengths(16), unique_texts=True)
+    seen = []
+    for indices in batcher.pass_order(np.random.default_rng(0)):
+        firsts = [tuple(texts[i]) for i in indices]
+        assert len(firsts) == len(set(firsts)) and len(indices) <= 8
+        seen += list(indices)
+    assert sorted(seen) == list(range(40))
+
+
+def test_cosine_embedding_loss_by_hand():
+    u, v = jnp.array([[1.0, 0.0], [1.0, 0.0]]), jnp.array([[1.0, 1.0], [1.0, 1.0]])
+    c = 1 / np.sqrt(2)
+    np.testing.assert_allclose(cosine_embedding_loss(u, v, jnp.array([4.0, 1.0])), [1 - c, c], rtol=1e-6)
+
+
+def test_uncertainty_weighting():
+    model, params = init_model(TINY, ModelConfig(tasks=("sst",)), jax.random.PRNGKey(0))
+    params = {**params, "uncertainty_sst": jnp.asarray(0.5)}
+    batch, key = _batch(), jax.random.PRNGKey(0)
+    plain, count = make_objective(model, "sst", ObjectiveConfig(), True)(params, None, batch, key)
+    weighted, _ = make_objective(model, "sst", ObjectiveConfig(uncertainty_weighting=True), True)(params, None, batch, key)
+    assert float(weighted) == pytest.approx(np.exp(-0.5) * float(plain) + 0.5 * float(count), rel=1e-5)
+
+
+def test_smart_mnrl_and_pcgrad_train_together(tiny_checkpoint, tiny_data_dir, tmp_path):
+    config = tiny_training_config(
+        tiny_checkpoint, tiny_data_dir, tmp_path / "cache", schedule__kind="method2",
+        optimizer__combiner="pcgrad", num_epochs=8, objective__smart__tasks=("sst", "quora", "sts"),
+        objective__mnrl__tasks=("quora",), model__pair_heads={"quora": "bi_concat_diff_prod", "sts": "cross"},
+        objective__uncertainty_weighting=True)
+    train_and_evaluate(config, tmp_path / "run")
+    train = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in train if "loss" in r]
+    for task in ("sst", "quora", "sts"):
+        first = np.mean([r["loss"][task] for r in train[:6]])
+        last = np.mean([r["loss"][task] for r in train[-6:]])
+        assert last < first, (task, first, last)
+    assert all("pcgrad_conflicts" in r for r in train)
+    import orbax.checkpoint as ocp
+    manager = ocp.CheckpointManager((tmp_path / "run" / "checkpoints").resolve())
+    state = manager.restore(manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+    assert state["train"]["teacher"] is not None and "uncertainty_sst" in state["train"]["params"]
