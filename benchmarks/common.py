@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-
 # Encoder shapes (vocabulary 30,522, 512 positions, 2 token types, as bert-base-uncased).
 SHAPES = {
     "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),

@@ -31,9 +31,9 @@ MAX_LENGTH, BUCKET_STEP, SEED = 128, 16, 0
 def load_data(examples_per_task: int, checkpoint: str) -> dict:
     import numpy as np
 
+    from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
     from mtbert_jax.data.task_files import resolve_data_dir
     from mtbert_jax.data.tokenized import load_task_data
-    from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
 
     tokenizer = BertTextTokenizer(checkpoint)
     data = {}
@@ -60,11 +60,11 @@ def run_ours(examples_per_task: int, batch_size: int, checkpoint: str, xla_cache
     import jax
     import numpy as np
 
-    from mtbert_jax.training import compilation_cache, distributed
-    from mtbert_jax.data.batching import TaskBatcher, bucket_lengths
     from mtbert_jax.checkpoints.hf import load_hf_checkpoint
+    from mtbert_jax.data.batching import TaskBatcher, bucket_lengths
     from mtbert_jax.model.config import ModelConfig
     from mtbert_jax.model.multitask import init_model
+    from mtbert_jax.training import compilation_cache, distributed
     from mtbert_jax.training.optimizer import Optimizer, OptimizerConfig
     from mtbert_jax.training.step import StepRunner, TrainState
 
@@ -104,8 +104,8 @@ def run_torch(examples_per_task: int, batch_size: int, checkpoint: str) -> dict:
     from transformers import BertModel
 
     from mtbert_jax.checkpoints.hf import resolve_checkpoint_dir
-    from mtbert_jax.tasks import TASKS as SPECS
     from mtbert_jax.checkpoints.tokenizer import pad
+    from mtbert_jax.tasks import TASKS as SPECS
 
     data = load_data(examples_per_task, checkpoint)
     start = time.perf_counter()

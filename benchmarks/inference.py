@@ -23,9 +23,9 @@ MAX_LENGTH = 128
 
 
 def load_dev(checkpoint: str) -> dict:
+    from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
     from mtbert_jax.data.task_files import resolve_data_dir
     from mtbert_jax.data.tokenized import load_task_data
-    from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
 
     tokenizer = BertTextTokenizer(checkpoint)
     return {t: load_task_data(t, "dev", resolve_data_dir(None), tokenizer, MAX_LENGTH, "cross") for t in TASKS}
@@ -34,9 +34,9 @@ def load_dev(checkpoint: str) -> dict:
 def run_ours(batch_size: int, checkpoint: str) -> dict:
     import jax
 
+    from mtbert_jax.checkpoints.hf import load_hf_checkpoint
     from mtbert_jax.data.batching import bucket_lengths
     from mtbert_jax.evaluation.predict import make_predict, predict
-    from mtbert_jax.checkpoints.hf import load_hf_checkpoint
     from mtbert_jax.model.config import ModelConfig
     from mtbert_jax.model.multitask import init_model
 

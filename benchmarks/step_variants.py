@@ -26,12 +26,12 @@ def run_variant(name: str, batch: int, seq: int, steps: int) -> dict:
     import jax
     import numpy as np
 
-    from mtbert_jax.training import distributed
     from mtbert_jax.checkpoints.hf import load_hf_checkpoint
     from mtbert_jax.model.config import ModelConfig
     from mtbert_jax.model.multitask import init_model
-    from mtbert_jax.training.objectives import ObjectiveConfig
     from mtbert_jax.synthetic import synthetic_batch
+    from mtbert_jax.training import distributed
+    from mtbert_jax.training.objectives import ObjectiveConfig
     from mtbert_jax.training.optimizer import Optimizer, OptimizerConfig
     from mtbert_jax.training.smart import SmartConfig
     from mtbert_jax.training.step import StepRunner, TrainState

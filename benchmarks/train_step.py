@@ -28,11 +28,11 @@ def run_ours(shape_name: str, seq: int, steps: int, dtype: str) -> dict:
     import jax
     import numpy as np
 
-    from mtbert_jax.training import distributed
     from mtbert_jax.model.bert_config import BertConfig
     from mtbert_jax.model.config import ModelConfig
     from mtbert_jax.model.multitask import init_model
     from mtbert_jax.synthetic import synthetic_batch
+    from mtbert_jax.training import distributed
     from mtbert_jax.training.optimizer import Optimizer, OptimizerConfig
     from mtbert_jax.training.step import StepRunner, TrainState
 

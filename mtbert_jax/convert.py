@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
 from flax import traverse_util
-
-from pathlib import Path
 
 from mtbert_jax.checkpoints.hf import export_hf_checkpoint, load_hf_checkpoint, resolve_checkpoint_dir
 from mtbert_jax.errors import MtbertError

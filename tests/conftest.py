@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from mtbert_jax.synthetic import TINY_BERT
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded, ever
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=64, max_position_embeddings=64)
+# The tiny encoder of mtbert_jax.synthetic with the bert-base-uncased vocabulary (real tokenizers).
+TINY = {**TINY_BERT, "vocab_size": 30522}
 
 
 @pytest.fixture(scope="session")
@@ -76,12 +78,11 @@ def tiny_checkpoint(tmp_path_factory, minilm_dir) -> Path:
     """A 2-layer, hidden-32 BERT with the MiniLM vocabulary, as a Hugging Face directory."""
     import jax
 
-    from mtbert_jax.model.bert_config import BertConfig
-    from mtbert_jax.model.encoder import init_params
     from mtbert_jax.checkpoints.hf import export_hf_checkpoint
+    from mtbert_jax.model.encoder import init_params
+    from mtbert_jax.synthetic import tiny_bert_config
 
-    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64)
+    config = tiny_bert_config(vocab_size=TINY["vocab_size"])
     return export_hf_checkpoint(init_params(config, jax.random.PRNGKey(0)), config,
                                 tmp_path_factory.mktemp("tiny") / "bert", tokenizer_dir=minilm_dir)
 
@@ -122,12 +123,9 @@ def tiny_data_dir(tmp_path_factory) -> Path:
 
 def tiny_training_config(checkpoint: Path, data_dir: Path, cache_dir: Path, **changes):
     """configs/default.py shrunk to seconds per epoch."""
-    import importlib.util
+    from configs import default
 
-    spec = importlib.util.spec_from_file_location("default_config", Path(__file__).parents[1] / "configs" / "default.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = default.get_config()
     c.checkpoint, c.data_dir, c.cache_dir = str(checkpoint), str(data_dir), str(cache_dir)
     c.max_length, c.bucket_step, c.eval_batch_size = 32, 16, 16
     c.num_epochs, c.log_every_steps, c.checkpoint_every_steps = 3, 1, 4

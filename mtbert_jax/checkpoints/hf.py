@@ -17,7 +17,6 @@ from typing import Mapping
 
 import jax
 import numpy as np
-
 from flax import traverse_util
 
 from mtbert_jax.errors import CheckpointError

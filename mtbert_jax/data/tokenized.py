@@ -15,9 +15,9 @@ from typing import Optional
 
 import numpy as np
 
+from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
 from mtbert_jax.data.task_files import read_task_file, task_file_paths
 from mtbert_jax.tasks import TASKS
-from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
 
 CACHE_DIR_ENV = "MTBERT_CACHE_DIR"
 PAIR_ENCODINGS = ("cross", "bi")

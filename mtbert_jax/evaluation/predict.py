@@ -9,9 +9,9 @@ import jax
 import numpy as np
 
 from mtbert_jax.data.batching import TaskBatcher
-from mtbert_jax.model.multitask import MultiTaskModel
 from mtbert_jax.data.tokenized import TaskData
 from mtbert_jax.evaluation.metrics import task_metrics
+from mtbert_jax.model.multitask import MultiTaskModel
 from mtbert_jax.tasks import BINARY, MULTICLASS, TASKS
 
 

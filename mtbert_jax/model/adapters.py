@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from mtbert_jax.model.bert_config import BertConfig
-from mtbert_jax.model.encoder import BertLayer, gelu
 from mtbert_jax.model.config import ModelConfig
+from mtbert_jax.model.encoder import BertLayer, gelu
 
 Array = jax.Array
 _INIT = nn.initializers.normal(stddev=0.02)

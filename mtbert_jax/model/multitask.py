@@ -14,13 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtbert_jax.errors import CheckpointError
 from mtbert_jax.model.adapters import TaskAdapter
 from mtbert_jax.model.bert_config import BertConfig
+from mtbert_jax.model.config import ModelConfig
 from mtbert_jax.model.encoder import BertModel, attention_bias, gelu
 from mtbert_jax.model.heads import STS_MAX, CosineHead, LinearHead, pair_features, pool
-from mtbert_jax.model.config import ModelConfig
 from mtbert_jax.tasks import MULTICLASS, REGRESSION, TASKS
-from mtbert_jax.errors import CheckpointError
 
 Array = jax.Array
 SEGMENT_SUFFIXES = ("", "_b")

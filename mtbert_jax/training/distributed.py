@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+
 from mtbert_jax.errors import ConfigError
 
 PyTree = Any

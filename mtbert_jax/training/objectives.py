@@ -14,13 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mtbert_jax.model.heads import COSINE_SCALE, cosine
 from mtbert_jax.data.tokenized import TaskData
 from mtbert_jax.errors import ConfigError
-from mtbert_jax.training.losses import per_example_loss
+from mtbert_jax.model.heads import COSINE_SCALE, cosine
 from mtbert_jax.model.multitask import MultiTaskModel
-from mtbert_jax.training.smart import SmartConfig, perturbation, symmetric_divergence
 from mtbert_jax.tasks import REGRESSION, TASKS
+from mtbert_jax.training.losses import per_example_loss
+from mtbert_jax.training.smart import SmartConfig, perturbation, symmetric_divergence
 
 Array = jax.Array
 STS_LOSSES = ("mse", "cosine_embedding")

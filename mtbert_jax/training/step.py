@@ -19,8 +19,8 @@ import jax.numpy as jnp
 
 from mtbert_jax.model.multitask import MultiTaskModel
 from mtbert_jax.training.objectives import ObjectiveConfig, make_objective
-from mtbert_jax.training.smart import update_teacher
 from mtbert_jax.training.optimizer import Optimizer
+from mtbert_jax.training.smart import update_teacher
 
 AXIS = "devices"
 PyTree = Any

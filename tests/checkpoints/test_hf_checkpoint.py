@@ -12,8 +12,8 @@ from safetensors.numpy import load_file, save_file
 
 from conftest import TINY, save_torch_bert
 from mtbert_jax import convert
-from mtbert_jax.model.bert_config import UnsupportedConfigError
 from mtbert_jax.checkpoints.hf import CheckpointError, hf_name, load_hf_checkpoint
+from mtbert_jax.model.bert_config import UnsupportedConfigError
 
 torch = pytest.importorskip("torch")
 

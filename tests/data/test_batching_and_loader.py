@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+
 import numpy as np
 import pytest
 
 from mtbert_jax.data.batching import TaskBatcher, bucket_lengths
-from mtbert_jax.evaluation.predict import predict
 from mtbert_jax.data.loader import MultiTaskLoader
 from mtbert_jax.data.task_schedules import Schedule, ScheduleConfig
 from mtbert_jax.data.tokenized import Segments, TaskData, load_task_data
+from mtbert_jax.evaluation.predict import predict
 
 BUCKETS = bucket_lengths(64, 16)
 

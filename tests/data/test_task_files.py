@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import write_tsv
-from mtbert_jax.data.task_files import (TASKS, DataError, read_task_file, resolve_data_dir,
-                                   task_file_paths)
+from mtbert_jax.data.task_files import TASKS, DataError, read_task_file, resolve_data_dir, task_file_paths
 
 # The record counts of ../shared/data/README.md, except for two STS files whose README count
 # is their line count, header included: sts-dev holds 863 records, sts-test-student 1,725.

@@ -10,9 +10,9 @@ import pytest
 
 from mtbert_jax.model.bert_config import BertConfig
 from mtbert_jax.model.encoder import BertModel, init_params
+from mtbert_jax.synthetic import tiny_bert_config
 
-CONFIG = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                    intermediate_size=64, max_position_embeddings=64)
+CONFIG = tiny_bert_config(vocab_size=100)
 
 
 @pytest.fixture(scope="module")

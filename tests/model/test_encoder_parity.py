@@ -9,9 +9,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from conftest import save_torch_bert  # noqa: E402
-from mtbert_jax.model.encoder import BertModel  # noqa: E402
 from mtbert_jax.checkpoints.hf import export_hf_checkpoint, load_hf_checkpoint  # noqa: E402
 from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer  # noqa: E402
+from mtbert_jax.model.encoder import BertModel  # noqa: E402
 
 TOLERANCE = 1e-4
 SENTENCES = ["The movie was surprisingly good.", "Terrible.",

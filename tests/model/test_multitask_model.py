@@ -10,12 +10,12 @@ import numpy as np
 import optax
 import pytest
 
-from mtbert_jax.model.encoder import BertModel
 from mtbert_jax.model.bert_config import BertConfig
+from mtbert_jax.model.config import ADAPTERS, PAIR_HEADS, POOLINGS, ModelConfig, ModelConfigError
+from mtbert_jax.model.encoder import BertModel
+from mtbert_jax.model.multitask import MultiTaskModel, init_model
 from mtbert_jax.synthetic import tiny_bert_config
 from mtbert_jax.training.losses import per_example_loss
-from mtbert_jax.model.config import ADAPTERS, PAIR_HEADS, POOLINGS, ModelConfig, ModelConfigError
-from mtbert_jax.model.multitask import MultiTaskModel, init_model
 from mtbert_jax.training.optimizer import Optimizer, OptimizerConfig
 from mtbert_jax.training.param_groups import count_parameters, parameter_report
 

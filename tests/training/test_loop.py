@@ -49,9 +49,9 @@ def test_end_to_end_with_pcgrad(tiny_checkpoint, tiny_data_dir, tmp_path):
 
     # The fine-tuned encoder exports to a Hugging Face directory that transformers loads.
     from mtbert_jax import convert
-    from mtbert_jax.training.checkpointing import restore_trained
-    from mtbert_jax.model.encoder import BertModel
     from mtbert_jax.checkpoints.hf import load_hf_checkpoint
+    from mtbert_jax.model.encoder import BertModel
+    from mtbert_jax.training.checkpointing import restore_trained
     assert convert.main(["--checkpoint", str(run), "--out", str(tmp_path / "hf")]) == 0
     _, trained, _ = restore_trained(run, "best")
     bert_config, exported, _ = load_hf_checkpoint(tmp_path / "hf")

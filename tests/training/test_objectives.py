@@ -11,13 +11,13 @@ import pytest
 
 from conftest import tiny_training_config
 from mtbert_jax.data.batching import TaskBatcher, bucket_lengths
+from mtbert_jax.data.tokenized import Segments, TaskData
 from mtbert_jax.model.config import ModelConfig
-from mtbert_jax.synthetic import synthetic_batch, tiny_bert_config
 from mtbert_jax.model.multitask import init_model
+from mtbert_jax.synthetic import synthetic_batch, tiny_bert_config
+from mtbert_jax.training.loop import train_and_evaluate
 from mtbert_jax.training.objectives import ObjectiveConfig, cosine_embedding_loss, make_objective, mnrl
 from mtbert_jax.training.smart import SmartConfig, perturbation, symmetric_divergence, update_teacher
-from mtbert_jax.data.tokenized import Segments, TaskData
-from mtbert_jax.training.loop import train_and_evaluate
 
 TINY = tiny_bert_config()
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from mtbert_jax.training import distributed
 from mtbert_jax.model.config import ModelConfig
-from mtbert_jax.synthetic import synthetic_batch, tiny_bert_config
 from mtbert_jax.model.multitask import init_model
+from mtbert_jax.synthetic import synthetic_batch, tiny_bert_config
+from mtbert_jax.training import distributed
 from mtbert_jax.training.step import make_task_grad
 
 TINY = tiny_bert_config()

@@ -18,6 +18,7 @@ from mtbert_jax.training import distributed  # noqa: E402
 distributed.initialize_from_env()
 
 import numpy as np  # noqa: E402
+
 from data_parallel_steps import run_steps  # noqa: E402  (this script's own folder is on sys.path)
 
 
