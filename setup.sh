@@ -8,7 +8,7 @@ python3 -m venv .venv
 pip() { .venv/bin/python -m pip --quiet --disable-pip-version-check "$@"; }
 pip install -r requirements.txt
 pip install --no-deps -r requirements-embedded.txt
-pip install --no-deps --no-build-isolation -e .
+pip install --no-deps -e .  # builds with an isolated setuptools (the venv's may be too old)
 if [ "${1:-}" = "--dev" ]; then
   pip install -r requirements-dev.txt
 fi
