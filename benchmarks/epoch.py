@@ -86,7 +86,7 @@ def run_ours(examples_per_task: int, batch_size: int, checkpoint: str, xla_cache
         batch = batchers[task].make_batch(pending[task].pop())
         batch.pop("index")
         examples += int(batch["weights"].sum())
-        state, _ = runner(state, {task: distributed.split_for_devices(batch)}, step, key)
+        state, _ = runner(state, {task: distributed.split_for_devices(batch)}, key)
         jax.block_until_ready(state.params)  # per-step times; the loop syncs on the loss anyway
         step_times.setdefault((task, batch["input_ids"].shape), []).append(time.perf_counter() - step_start)
     seconds = time.perf_counter() - start

@@ -54,7 +54,7 @@ def run_variant(name: str, batch: int, seq: int, steps: int) -> dict:
     for step in range(steps + 2):
         data = batches()
         start = time.perf_counter()
-        state, metrics = runner(state, data, step, jax.random.PRNGKey(2))
+        state, metrics = runner(state, data, jax.random.PRNGKey(2))
         jax.block_until_ready(state.params)
         if step >= 2:
             times.append(time.perf_counter() - start)

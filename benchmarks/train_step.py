@@ -49,7 +49,7 @@ def run_ours(shape_name: str, seq: int, steps: int, dtype: str) -> dict:
     key = jax.random.PRNGKey(1)
 
     def step():
-        box["state"], _ = runner(box["state"], batch, box["step"], key)
+        box["state"], _ = runner(box["state"], batch, key)
         box["step"] += 1
         jax.block_until_ready(box["state"].params)
 

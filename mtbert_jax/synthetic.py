@@ -39,4 +39,5 @@ def synthetic_batch(task: str, rows: int, seq: int, rng: np.random.Generator, *,
     else:
         batch["labels"] = rng.integers(0, spec.num_classes if spec.kind == MULTICLASS else 2, rows).astype(np.int32)
     batch["weights"] = (np.arange(rows) < rows - filler_rows).astype(np.float32)
+    batch["example_ids"] = np.arange(rows, dtype=np.int32)
     return batch

@@ -84,6 +84,7 @@ class TaskBatcher:
         batch["weights"] = (np.arange(rows) < n).astype(np.float32)
         batch["index"] = np.full(rows, -1, np.int32)
         batch["index"][:n] = indices
+        batch["example_ids"] = np.arange(rows, dtype=np.int32)  # dropout's per-example randomness
         return batch
 
     def pass_order(self, rng: np.random.Generator) -> list[np.ndarray]:

@@ -45,6 +45,13 @@ class _TaskStream:
         self.pass_index, self.position, self._order = pass_index, position, None
 
 
+def padding_efficiency(padding_state: Mapping[str, list[int]]) -> float:
+    """Real / padded tokens over all tasks, from `padding_state()` (or a saved position's)."""
+    real = sum(r for r, _ in padding_state.values())
+    padded = sum(p for _, p in padding_state.values())
+    return real / padded if padded else 1.0
+
+
 class MultiTaskLoader:
     """Yields, step by step, {task: batch} for the tasks the schedule puts in each step."""
 
@@ -103,6 +110,15 @@ class MultiTaskLoader:
     def load_padding_state(self, state: Mapping[str, list[int]]) -> None:
         for task, (real, padded) in state.items():
             self.streams[task].batcher.stats = PaddingStats(int(real), int(padded))
+
+    def position(self) -> dict:
+        """Where the loader is (its state and the padding counted so far): a snapshot to save
+        or to go back to."""
+        return {"state": self.state_dict(), "padding": self.padding_state()}
+
+    def restore(self, position: Mapping) -> None:
+        self.load_state_dict(position["state"])
+        self.load_padding_state(position["padding"])
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Position in training, as int arrays (fit for a checkpoint)."""

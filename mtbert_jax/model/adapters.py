@@ -83,5 +83,7 @@ class TaskAdapter(nn.Module):
             x = self.attention[self.layer_indices.index(layer)](x, bias)
         return gelu(self.up(x))
 
-    def top(self, sequence: Array, bias: Array, deterministic: bool) -> Array:
-        return self.top_layer(sequence, bias, deterministic) if self.has_top_layer else sequence
+    def top(self, sequence: Array, bias: Array, deterministic: bool, example_ids: Optional[Array] = None) -> Array:
+        if not self.has_top_layer:
+            return sequence
+        return self.top_layer(sequence, bias, deterministic, example_ids=example_ids)

@@ -1,13 +1,22 @@
-"""Dropout whose random bits come from XLA's RngBitGenerator instead of jax.random.
+"""Dropout whose masks depend on the example, not on the device or micro-batch computing it.
 
 Same behaviour as flax's nn.Dropout (keep with probability 1 - rate, scale kept values by
-1 / (1 - rate), a "dropout" rng stream), but much cheaper on CPU: jax.random's threefry is
-lowered as a rolled loop over the whole mask and cost this project's train step about 15%;
-lax.rng_bit_generator (ThreeFry too, keyed by the flax rng) makes the same 32-bit decisions
-about 4x faster (README, Performance). Masks are deterministic given the key and shape.
+1 / (1 - rate), a "dropout" rng stream), with two differences:
+
+- Given `example_ids` ([batch] ints: each row's index in the step's global batch), the mask of
+  row r is a counter-based hash of (the layer's flax key, example id, position in the row):
+  an example gets the same mask whether it sits on device 0 of one or device 3 of four, in one
+  batch or in a micro-batch, so 1, 2 or 4 devices and 2 processes train alike, dropout on. The
+  hash (murmur3's 32-bit finaliser, three rounds) is element-wise integer arithmetic that XLA
+  fuses into the surrounding computation.
+- Without example ids the bits come from XLA's RngBitGenerator (ThreeFry) keyed by the flax
+  rng, not jax.random's threefry, which XLA:CPU lowers as a rolled loop and which cost this
+  project's train step about 15% (docs/performance.md).
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -16,24 +25,62 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
+def _threshold(rate: float) -> jnp.uint32:
+    return jnp.uint32(min(int(round(rate * 2.0 ** 32)), 2 ** 32 - 1))
+
+
+def _key_words(key: Array) -> Array:
+    raw = key if jnp.issubdtype(key.dtype, jnp.unsignedinteger) else jax.random.key_data(key)
+    return raw.reshape(-1)[:2].astype(jnp.uint32)
+
+
 def keep_mask(key: Array, rate: float, shape: tuple[int, ...]) -> Array:
     """bool mask, True with probability 1 - rate (to 2^-32), from a jax PRNG key."""
-    raw = key if jnp.issubdtype(key.dtype, jnp.unsignedinteger) else jax.random.key_data(key)
-    state = jnp.concatenate([raw.reshape(-1)[:2].astype(jnp.uint32), jnp.zeros(2, jnp.uint32)])
+    state = jnp.concatenate([_key_words(key), jnp.zeros(2, jnp.uint32)])
     _, bits = jax.lax.rng_bit_generator(state, shape, jnp.uint32,
                                         algorithm=jax.lax.RandomAlgorithm.RNG_THREE_FRY)
-    threshold = min(int(round(rate * 2.0 ** 32)), 2 ** 32 - 1)
-    return bits >= jnp.uint32(threshold)
+    return bits >= _threshold(rate)
+
+
+def _fmix32(h: Array) -> Array:
+    """murmur3's finaliser: every input bit affects every output bit."""
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def example_bits(key: Array, example_ids: Array, shape: tuple[int, ...]) -> Array:
+    """[batch, ...] uint32 random bits; row r depends only on (key, example_ids[r], position)."""
+    k0, k1 = _key_words(key)
+    row_seed = _fmix32(example_ids.astype(jnp.uint32) * jnp.uint32(0x9E3779B9) + k0)
+    position = jnp.zeros(shape[1:], jnp.uint32)
+    stride = 1
+    for axis in reversed(range(1, len(shape))):  # the element's index within its row
+        position = position + jax.lax.broadcasted_iota(jnp.uint32, shape[1:], axis - 1) * jnp.uint32(stride)
+        stride *= shape[axis]
+    seeds = row_seed.reshape((-1,) + (1,) * (len(shape) - 1))
+    return _fmix32(_fmix32(position[None] ^ seeds) + k1)
+
+
+def example_keep_mask(key: Array, rate: float, shape: tuple[int, ...], example_ids: Array) -> Array:
+    """bool mask, True with probability 1 - rate, the same for an example wherever it is computed."""
+    return example_bits(key, example_ids, shape) >= _threshold(rate)
 
 
 class Dropout(nn.Module):
     rate: float
 
     @nn.compact
-    def __call__(self, x: Array, deterministic: bool) -> Array:
+    def __call__(self, x: Array, deterministic: bool, example_ids: Optional[Array] = None) -> Array:
         if deterministic or self.rate == 0.0:
             return x
         if self.rate >= 1.0:
             return jnp.zeros_like(x)
-        keep = keep_mask(self.make_rng("dropout"), self.rate, x.shape)
+        key = self.make_rng("dropout")
+        if example_ids is None:
+            keep = keep_mask(key, self.rate, x.shape)
+        else:
+            keep = example_keep_mask(key, self.rate, x.shape, example_ids)
         return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - self.rate), x.dtype), jnp.zeros((), x.dtype))

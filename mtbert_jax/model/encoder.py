@@ -67,7 +67,8 @@ class BertEmbeddings(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, input_ids: Array, token_type_ids: Array, deterministic: bool) -> Array:
+    def __call__(self, input_ids: Array, token_type_ids: Array, deterministic: bool,
+                 example_ids: Optional[Array] = None) -> Array:
         """[batch, seq] ids -> [batch, seq, hidden] after word + position + type, LayerNorm, dropout."""
         cfg = self.config
         seq_len = input_ids.shape[-1]
@@ -81,7 +82,7 @@ class BertEmbeddings(nn.Module):
              + embed("position_embeddings", cfg.max_position_embeddings, jnp.arange(seq_len)[None, :])
              + embed("token_type_embeddings", cfg.type_vocab_size, token_type_ids))
         x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=jnp.float32, name="LayerNorm")(x)
-        x = Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        x = Dropout(cfg.hidden_dropout_prob)(x, deterministic, example_ids)
         return x.astype(cfg.dtype)
 
 
@@ -89,7 +90,7 @@ class BertSelfAttention(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, h: Array, bias: Array, deterministic: bool) -> Array:
+    def __call__(self, h: Array, bias: Array, deterministic: bool, example_ids: Optional[Array] = None) -> Array:
         """[batch, seq, hidden] -> [batch, seq, hidden] context, before the output projection."""
         cfg = self.config
         batch, seq, _ = h.shape
@@ -105,7 +106,7 @@ class BertSelfAttention(nn.Module):
         key, value = project("key"), project("value")
         scores = jnp.einsum("bhqd,bhkd->bhqk", query, key).astype(jnp.float32) + bias
         probs = jax.nn.softmax(scores, axis=-1)
-        probs = Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
+        probs = Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic, example_ids)
         context = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(cfg.dtype), value)
         return context.transpose(0, 2, 1, 3).reshape(batch, seq, cfg.hidden_size)
 
@@ -117,10 +118,10 @@ class BertResidualOutput(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, residual: Array, deterministic: bool,
-                 extra: Optional[Array] = None) -> Array:
+                 extra: Optional[Array] = None, example_ids: Optional[Array] = None) -> Array:
         cfg = self.config
         y = TokenDense(cfg.hidden_size, dtype=cfg.dtype, kernel_init=_INIT, name="dense")(x)
-        y = Dropout(cfg.hidden_dropout_prob)(y, deterministic=deterministic)
+        y = Dropout(cfg.hidden_dropout_prob)(y, deterministic, example_ids)
         y = y.astype(jnp.float32) + residual.astype(jnp.float32)
         if extra is not None:
             y = y + extra.astype(jnp.float32)
@@ -132,9 +133,9 @@ class BertAttention(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, h: Array, bias: Array, deterministic: bool) -> Array:
-        context = BertSelfAttention(self.config, name="self")(h, bias, deterministic)
-        return BertResidualOutput(self.config, name="output")(context, h, deterministic)
+    def __call__(self, h: Array, bias: Array, deterministic: bool, example_ids: Optional[Array] = None) -> Array:
+        context = BertSelfAttention(self.config, name="self")(h, bias, deterministic, example_ids)
+        return BertResidualOutput(self.config, name="output")(context, h, deterministic, example_ids=example_ids)
 
 
 class BertIntermediate(nn.Module):
@@ -159,10 +160,10 @@ class BertLayer(nn.Module):
 
     @nn.compact
     def __call__(self, h: Array, bias: Array, deterministic: bool,
-                 extra_residual: Optional[Array] = None) -> Array:
-        a = BertAttention(self.config, name="attention")(h, bias, deterministic)
+                 extra_residual: Optional[Array] = None, example_ids: Optional[Array] = None) -> Array:
+        a = BertAttention(self.config, name="attention")(h, bias, deterministic, example_ids)
         ffn = BertIntermediate(self.config, name="intermediate")(a)
-        return BertResidualOutput(self.config, name="output")(ffn, a, deterministic, extra_residual)
+        return BertResidualOutput(self.config, name="output")(ffn, a, deterministic, extra_residual, example_ids)
 
 
 class BertEncoder(nn.Module):
@@ -170,10 +171,10 @@ class BertEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, h: Array, bias: Array, deterministic: bool,
-                 residual_fn: Optional[ResidualFn] = None) -> Array:
+                 residual_fn: Optional[ResidualFn] = None, example_ids: Optional[Array] = None) -> Array:
         for i in range(self.config.num_hidden_layers):
             extra = residual_fn(i, h) if residual_fn is not None else None
-            h = BertLayer(self.config, name=f"layer_{i}")(h, bias, deterministic, extra)
+            h = BertLayer(self.config, name=f"layer_{i}")(h, bias, deterministic, extra, example_ids)
         return h
 
 
@@ -193,7 +194,8 @@ class BertModel(nn.Module):
     """BERT: embeddings, encoder, pooler. Call it, or its parts (`embed`, `encode`, `pool`).
 
     The parts exist for methods that act between them, such as SMART's perturbation of the
-    embedding output.
+    embedding output. `example_ids` ([batch], each row's index in the step's global batch) make
+    dropout masks depend on the example only (see dropout.py).
     """
 
     config: BertConfig
@@ -204,28 +206,28 @@ class BertModel(nn.Module):
         self.pooler = BertPooler(self.config)
 
     def embed(self, input_ids: Array, token_type_ids: Optional[Array] = None,
-              deterministic: bool = True) -> Array:
+              deterministic: bool = True, example_ids: Optional[Array] = None) -> Array:
         """[batch, seq] -> [batch, seq, hidden] embedding-layer output (after LayerNorm, dropout)."""
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        return self.embeddings(input_ids, token_type_ids, deterministic)
+        return self.embeddings(input_ids, token_type_ids, deterministic, example_ids)
 
     def encode(self, embeddings: Array, attention_mask: Array, deterministic: bool = True,
-               residual_fn: Optional[ResidualFn] = None) -> Array:
+               residual_fn: Optional[ResidualFn] = None, example_ids: Optional[Array] = None) -> Array:
         """[batch, seq, hidden] embeddings, [batch, seq] mask -> [batch, seq, hidden]."""
-        return self.encoder(embeddings, attention_bias(attention_mask), deterministic, residual_fn)
+        return self.encoder(embeddings, attention_bias(attention_mask), deterministic, residual_fn, example_ids)
 
     def pool(self, sequence_output: Array) -> Array:
         return self.pooler(sequence_output)
 
     def __call__(self, input_ids: Array, token_type_ids: Optional[Array] = None,
                  attention_mask: Optional[Array] = None, deterministic: bool = True,
-                 residual_fn: Optional[ResidualFn] = None) -> EncoderOutputs:
+                 residual_fn: Optional[ResidualFn] = None, example_ids: Optional[Array] = None) -> EncoderOutputs:
         """[batch, seq] int ids (token types, 1/0 mask) -> sequence [b, s, h] and pooled [b, h]."""
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
-        x = self.embed(input_ids, token_type_ids, deterministic)
-        seq = self.encode(x, attention_mask, deterministic, residual_fn)
+        x = self.embed(input_ids, token_type_ids, deterministic, example_ids)
+        seq = self.encode(x, attention_mask, deterministic, residual_fn, example_ids)
         return EncoderOutputs(seq, self.pool(seq))
 
 

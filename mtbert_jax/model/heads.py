@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -60,8 +60,8 @@ class LinearHead(nn.Module):
     dropout: float
 
     @nn.compact
-    def __call__(self, x: Array, deterministic: bool) -> Array:
-        x = Dropout(self.dropout)(x, deterministic=deterministic)
+    def __call__(self, x: Array, deterministic: bool, example_ids: Optional[Array] = None) -> Array:
+        x = Dropout(self.dropout)(x, deterministic, example_ids)
         return nn.Dense(self.outputs, kernel_init=nn.initializers.normal(0.02),
                         dtype=jnp.float32, name="dense")(x.astype(jnp.float32))
 

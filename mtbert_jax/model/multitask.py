@@ -56,12 +56,13 @@ class MultiTaskModel(nn.Module):
 
     def sentence_vector(self, task: str, input_ids: Array, token_type_ids: Array,
                         attention_mask: Array, deterministic: bool = True,
-                        perturbation: Optional[Array] = None) -> Array:
+                        perturbation: Optional[Array] = None, example_ids: Optional[Array] = None) -> Array:
         """One sequence through the encoder (with the task's adapters) -> [batch, hidden].
 
-        `perturbation` ([batch, seq, hidden]) is added to the embedding-layer output (SMART).
+        `perturbation` ([batch, seq, hidden]) is added to the embedding-layer output (SMART);
+        `example_ids` make dropout masks depend on the example only (model/dropout.py).
         """
-        x = self.bert.embed(input_ids, token_type_ids, deterministic)
+        x = self.bert.embed(input_ids, token_type_ids, deterministic, example_ids)
         if perturbation is not None:
             x = x + perturbation.astype(x.dtype)
         adapter = self.adapters[task] if self.config.adapter != "none" else None
@@ -69,9 +70,9 @@ class MultiTaskModel(nn.Module):
         residual_fn = None
         if adapter is not None and adapter.has_residual:
             residual_fn = lambda layer, h: adapter.residual(layer, h, bias)  # noqa: E731
-        sequence = self.bert.encode(x, attention_mask, deterministic, residual_fn)
+        sequence = self.bert.encode(x, attention_mask, deterministic, residual_fn, example_ids)
         if adapter is not None:
-            sequence = adapter.top(sequence, bias, deterministic)
+            sequence = adapter.top(sequence, bias, deterministic, example_ids)
         return pool(self.config.pooling, sequence, attention_mask, self.bert.pool)
 
     def __call__(self, task: str, batch: Mapping[str, Array], deterministic: bool = True,
@@ -79,14 +80,15 @@ class MultiTaskModel(nn.Module):
         if task not in self.config.tasks:
             raise KeyError(f"task {task!r}: this model has {self.config.tasks}")
         segments = [s for s in SEGMENT_SUFFIXES if "input_ids" + s in batch]
+        example_ids = batch.get("example_ids")  # [batch]: dropout per example (model/dropout.py)
         vectors = tuple(
             self.sentence_vector(task, batch["input_ids" + s], batch["token_type_ids" + s],
                                  batch["attention_mask" + s], deterministic,
-                                 None if perturbations is None else perturbations[k])
+                                 None if perturbations is None else perturbations[k], example_ids)
             for k, s in enumerate(segments))
         head = self.heads[task]
         if TASKS[task].kind == MULTICLASS:
-            return TaskOutput(head(vectors[0], deterministic), vectors)
+            return TaskOutput(head(vectors[0], deterministic, example_ids), vectors)
         mode = self.config.pair_head(task)
         expected = 1 if mode == "cross" else 2
         if len(vectors) != expected:
@@ -99,7 +101,7 @@ class MultiTaskModel(nn.Module):
             x = vectors[0] if mode == "cross" else pair_features(mode, *vectors)
             if self.config.shared_pair_hidden:
                 x = gelu(self.pair_hidden(x))
-            score = head(x, deterministic)[:, 0]
+            score = head(x, deterministic, example_ids)[:, 0]
         if TASKS[task].kind == REGRESSION and mode == "cosine":
             score = STS_MAX * jax.nn.sigmoid(score)
         return TaskOutput(score, vectors)

@@ -58,15 +58,33 @@ def split_for_devices(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v.reshape((devices, rows // devices) + v.shape[1:]) for k, v in batch.items()}
 
 
+def _device_sharding() -> jax.sharding.NamedSharding:
+    """A leading axis split over this process's devices (what pmap takes)."""
+    mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()), ("devices",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("devices"))
+
+
+def to_devices(batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+    """[rows, ...] host arrays -> [local devices, rows / devices, ...] on the devices: a pmapped
+    step then starts without a transfer (about 10x less dispatch time than from numpy)."""
+    sharding = _device_sharding()
+    return {k: jax.device_put(v, sharding) for k, v in split_for_devices(batch).items()}
+
+
 def replicate(tree: PyTree) -> PyTree:
     """A copy per local device, stacked on a leading device axis (what pmap takes)."""
-    devices = jax.local_devices()
-    sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.asarray(devices), ("devices",)),
-                                          jax.sharding.PartitionSpec("devices"))
+    devices, sharding = jax.local_devices(), _device_sharding()
     return jax.tree_util.tree_map(
         lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)), sharding),
         tree)
 
 
 def unreplicate(tree: PyTree) -> PyTree:
-    return jax.tree_util.tree_map(lambda x: x[0], tree)
+    """The first local replica, on its device (no gather over the devices)."""
+    return jax.tree_util.tree_map(lambda x: jax.lax.squeeze(x.addressable_shards[0].data, (0,)), tree)
+
+
+def fetch_replica(tree: PyTree) -> PyTree:
+    """The first local replica as host (numpy) arrays: one transfer per leaf, from one device."""
+    shards = jax.device_get(jax.tree_util.tree_map(lambda x: x.addressable_shards[0].data, tree))
+    return jax.tree_util.tree_map(lambda x: x[0], shards)

@@ -23,7 +23,8 @@ from mtbert_jax.checkpoints.hf import load_hf_checkpoint, resolve_checkpoint_dir
 from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
 from mtbert_jax.config import RunConfig
 from mtbert_jax.data.batching import bucket_lengths
-from mtbert_jax.data.loader import MultiTaskLoader
+from mtbert_jax.data.loader import MultiTaskLoader, padding_efficiency
+from mtbert_jax.data.prefetch import Prefetcher
 from mtbert_jax.data.task_files import resolve_data_dir
 from mtbert_jax.data.task_schedules import Schedule
 from mtbert_jax.data.tokenized import TaskData, load_task_data
@@ -121,6 +122,8 @@ class Trainer:
         self.dropout_key, self.log, self.is_main = dropout_key, log, jax.process_index() == 0
         self.checkpoints = Checkpoints(workdir, run.keep_checkpoints)
         self.step, self.best_score, self.stage = 0, -math.inf, 0
+        self.pending: list = []  # (step, device metrics) not yet fetched
+        self.position: Optional[dict] = None  # the loader's position after the last step, mid-epoch
 
     def resume(self) -> None:
         """From the latest checkpoint in the workdir, if any; else a fresh state."""
@@ -145,43 +148,66 @@ class Trainer:
         self.log(f"{len(self.stages.tasks)} tasks, {planned}, {jax.device_count()} device(s)")
 
     def train_epoch(self) -> int:
-        """The rest of the current epoch, or of the stage when it ends first; returns the epoch."""
+        """The rest of the current epoch, or of the stage when it ends first; returns the epoch.
+
+        The host never waits for a step: batches are prepared in a background thread, and each
+        step's metrics stay on the device until the next log line or save fetches them all.
+        """
         epoch = self.loader.epoch
         if self.stages.stage_at(epoch, self.step) != self.stage:  # the encoder is frozen from here on
             self.stage = self.stages.stage_at(epoch, self.step)
             self.optimizer, self.runner = self.stages.build(self.stage)
             self.state = distributed.replicate(self.stages.entered(
-                self.optimizer, distributed.unreplicate(self.state), self.step))
+                self.optimizer, distributed.fetch_replica(self.state), self.step))
             self.log(f"epoch {epoch + 1}: encoder frozen from here on")
         stage_end = self.stages.ends[self.stage]
         bar = tqdm(total=self.loader.steps_in_epoch(), initial=self.loader.step, disable=not self.is_main,
                    desc=f"epoch {epoch + 1}/{self.run.num_epochs + self.run.frozen_epochs}", unit="step")
-        window = LogWindow()
-        for batches in self.loader:
-            sharded = {t: distributed.split_for_devices(distributed.process_shard(b)) for t, b in batches.items()}
-            self.state, metrics = self.runner(self.state, sharded, self.step, self.dropout_key)
-            self.step += 1
-            losses = {t: float(v[0]) for t, v in metrics.pop("loss").items()}
-            for task, value in losses.items():
-                if not math.isfinite(value):
-                    raise TrainingError(f"the {task} loss is {value} at step {self.step} (epoch {epoch + 1}); "
-                                        "stopping without saving (try a lower learning rate)")
-            window.add(losses, sum(float(b["weights"].sum()) for b in batches.values()))
-            bar.update(1)
-            if self.step % self.run.log_every_steps == 0 or self.step == stage_end:
-                record = window.record(self.step, epoch + 1, jax.tree_util.tree_map(lambda x: x[0], metrics),
-                                       self.loader.padding.efficiency)
-                self.metrics_log.write(record)
-                bar.set_postfix({**{t: f"{v:.3f}" for t, v in record["loss"].items()},
-                                 "ex/s": f"{record['examples_per_second']:.1f}"})
-            if self.step % self.run.checkpoint_every_steps == 0:
-                self.save()
-            if self.step >= stage_end:
-                break
-        bar.close()
+        self.window, self.pending = LogWindow(), []
+        prefetcher = Prefetcher(self.loader, lambda batches: {
+            t: distributed.to_devices(distributed.process_shard(b)) for t, b in batches.items()})
+        try:
+            for item in prefetcher:
+                self.state, metrics = self.runner(self.state, item.batches, self.dropout_key)
+                self.step += 1
+                self.position = item.position
+                self.pending.append((self.step, metrics))
+                self.window.add_examples(item.examples)
+                bar.update(1)
+                if self.step % self.run.log_every_steps == 0 or self.step == stage_end:
+                    record = self.window.record(self.step, epoch + 1, self.check_pending(epoch),
+                                                padding_efficiency(item.position["padding"]))
+                    self.metrics_log.write(record)
+                    bar.set_postfix({**{t: f"{v:.3f}" for t, v in record["loss"].items()},
+                                     "ex/s": f"{record['examples_per_second']:.1f}"})
+                if self.step % self.run.checkpoint_every_steps == 0:
+                    self.save()
+                if self.step >= stage_end:
+                    break
+            self.check_pending(epoch)
+        finally:
+            prefetcher.close()  # an unfinished epoch: the loader goes back to the last step trained
+            self.position = None
+            bar.close()
         if self.step >= stage_end and stage_end != self.stages.last_step:
             self.loader.end_epoch_early()  # max_steps ended the stage mid-epoch
         return epoch
+
+    def check_pending(self, epoch: int) -> Optional[dict]:
+        """Fetches the metrics of the steps since the last check (one transfer), stops the run at
+        the first non-finite loss, adds the losses to the log window; returns the last step's."""
+        if not self.pending:
+            return None
+        fetched = distributed.fetch_replica([metrics for _, metrics in self.pending])
+        steps, self.pending = [step for step, _ in self.pending], []
+        for step, metrics in zip(steps, fetched):
+            losses = {t: float(v) for t, v in metrics["loss"].items()}
+            for task, value in losses.items():
+                if not math.isfinite(value):
+                    raise TrainingError(f"the {task} loss is {value} at step {step} (epoch {epoch + 1}); "
+                                        "stopping without saving (try a lower learning rate)")
+            self.window.add_losses(losses)
+        return fetched[-1]
 
     def end_epoch(self, epoch: int, results: dict) -> None:
         """The dev record of the epoch just trained, and a checkpoint that may become the best."""
@@ -193,7 +219,11 @@ class Trainer:
         self.save(score)
 
     def save(self, score: Optional[float] = None) -> None:
-        host_state = jax.device_get(distributed.unreplicate(self.state))
-        meta = {"stage": self.stage, "best_score": self.best_score, "epoch": self.loader.epoch, "step": self.step,
-                "padding": self.loader.padding_state(), "config": dataclasses.asdict(self.run)}
-        self.checkpoints.save(self.step, {"train": host_state, "loader": self.loader.state_dict()}, meta, score)
+        """A checkpoint of the state and the loader's position after the last step trained; the
+        steps not yet checked are checked first, so that nothing non-finite is saved."""
+        position = self.position or self.loader.position()  # mid-epoch: the prefetcher's snapshot
+        self.check_pending(int(position["state"]["epoch"]))
+        meta = {"stage": self.stage, "best_score": self.best_score, "epoch": int(position["state"]["epoch"]),
+                "step": self.step, "padding": position["padding"], "config": dataclasses.asdict(self.run)}
+        self.checkpoints.save(self.step, {"train": distributed.fetch_replica(self.state), "loader": position["state"]},
+                              meta, score)

@@ -51,13 +51,15 @@ class LogWindow:
     def __init__(self):
         self.examples, self.losses, self.start = 0.0, {}, time.perf_counter()
 
-    def add(self, losses: Mapping[str, float], examples: float) -> None:
+    def add_examples(self, examples: float) -> None:
         self.examples += examples
+
+    def add_losses(self, losses: Mapping[str, float]) -> None:
         for task, value in losses.items():
             self.losses.setdefault(task, []).append(value)
 
     def record(self, step: int, epoch: int, metrics: Mapping, padding_efficiency: float) -> dict:
-        """The log record of this window; `metrics` are the last step's (one device's copy)."""
+        """The log record of this window; `metrics` are the last step's (host values)."""
         elapsed = time.perf_counter() - self.start
         record = {"step": step, "epoch": epoch,
                   "loss": {t: float(np.mean(v)) for t, v in sorted(self.losses.items())},

@@ -150,7 +150,8 @@ def make_objective(model: MultiTaskModel, task: str, config: ObjectiveConfig,
             shapes = [batch["input_ids" + s].shape + (model.bert_config.hidden_size,)
                       for s in ("", "_b") if "input_ids" + s in batch]
             deltas = perturbation(task, lambda d: forward(frozen, batch, key, d).prediction,
-                                  out.prediction, shapes, weights, jax.random.fold_in(key, 1), cfg)
+                                  out.prediction, shapes, weights, jax.random.fold_in(key, 1), cfg,
+                                  batch.get("example_ids"))
             adversarial = symmetric_divergence(task, forward(params, batch, key, deltas).prediction,
                                                out.prediction)
             total = total + cfg.lambda_s * (adversarial * weights).sum()

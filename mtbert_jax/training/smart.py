@@ -13,7 +13,7 @@ updates, then 0.999.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -55,13 +55,19 @@ def symmetric_divergence(task: str, p: Array, q: Array) -> Array:
 
 
 def perturbation(task: str, forward: Callable[[Sequence[Array]], Array], clean: Array,
-                 shapes: Sequence[tuple], weights: Array, key: Array, config: SmartConfig) -> list[Array]:
+                 shapes: Sequence[tuple], weights: Array, key: Array, config: SmartConfig,
+                 example_ids: Optional[Array] = None) -> list[Array]:
     """The adversarial perturbation of each embedding output (one ascent step, projected).
 
-    forward(deltas) -> head output with the deltas added to the embedding outputs.
+    forward(deltas) -> head output with the deltas added to the embedding outputs. With
+    `example_ids` ([batch]) each example's initial noise depends on the example only.
     """
     keys = jax.random.split(key, len(shapes))
-    noise = [config.sigma * jax.random.normal(k, s) for k, s in zip(keys, shapes)]
+    if example_ids is None:
+        noise = [config.sigma * jax.random.normal(k, s) for k, s in zip(keys, shapes)]
+    else:
+        noise = [config.sigma * jax.vmap(lambda i, k=k, s=s: jax.random.normal(jax.random.fold_in(k, i), s[1:]))(
+            example_ids) for k, s in zip(keys, shapes)]
     target = jax.lax.stop_gradient(clean)
 
     def divergence(deltas):

@@ -1,12 +1,13 @@
-"""The data-parallel train step: per-task loss-and-gradient functions, then one update.
+"""The data-parallel train step: per-task loss-and-gradient, then one update.
 
-Per task, a pmapped function computes the gradient of that task's loss on its batch (split on
-a leading device axis), summed over micro-batches (gradient accumulation) and over devices
-(psum), and divided by the number of real examples: exactly the gradient of the mean loss over
-the global batch, so 1 device and N devices, or accumulation 1 and k, take the same step. It
-is compiled once per task and batch shape. The per-task gradients of a step are stacked on a
-leading task axis and handed to the optimizer chain ([task combiner] -> clip -> AdamW) in one
-pmapped update, compiled once per number of tasks in a step.
+Per task, the gradient of that task's loss on its batch (split on a leading device axis) is
+summed over micro-batches (gradient accumulation) and over devices (psum), and divided by the
+number of real examples: exactly the gradient of the mean loss over the global batch, so 1
+device and N devices, or accumulation 1 and k, take the same step. The per-task gradients of a
+step are stacked on a leading task axis and handed to the optimizer ([task combiner] -> clip ->
+AdamW). The per-device functions are plain module-level functions (`task_gradient`,
+`apply_update`, `train_step`) that `StepRunner` binds with functools.partial and wraps in
+jax.pmap; jit(shard_map) could wrap them as well.
 """
 
 from __future__ import annotations
@@ -40,79 +41,95 @@ class TrainState(NamedTuple):
                    params if with_teacher else None)
 
 
-def make_task_grad(model: MultiTaskModel, task: str, task_index: int, accumulation: int = 1,
-                   deterministic: bool = False, objective: Optional[ObjectiveConfig] = None,
-                   frozen: Sequence[str] = ()) -> Callable:
-    """pmapped (params, teacher, batch, step, key) -> (gradient of the mean loss, mean loss, real rows).
+def task_gradient(params: PyTree, teacher: PyTree, batch: Mapping[str, jax.Array], step: jax.Array,
+                  key: jax.Array, *, loss_sum: Callable, task_index: int, accumulation: int = 1,
+                  frozen: Sequence[str] = ()) -> tuple[PyTree, jax.Array, jax.Array]:
+    """Per device: (gradient of the mean loss over the global batch, that mean loss, real rows).
 
-    params (and SMART's teacher, or None) are replicated, batch leaves are [devices, rows, ...]
-    with rows divisible by `accumulation`; step and key are shared. Dropout keys are folded per
-    step, task, device and micro-batch. `frozen` names top-level parameter groups (such as
-    "bert") that are not differentiated: their gradient is returned as zeros without being
-    computed (with heads only, the backward pass stops at the frozen encoder's output).
+    `loss_sum(params, teacher, batch, key) -> (summed loss, real rows)` is the task's objective;
+    the batch's rows divide by `accumulation`. The dropout key is folded per step and task only:
+    the batch's `example_ids` (each row's index in the global batch) make the masks differ per
+    example, so that an example draws the same dropout on any device, in any micro-batch
+    (without them, rows are numbered from this device's index). `frozen` names top-level parameter groups (such as "bert") that are not
+    differentiated: their gradient is zeros without being computed (with heads only, the
+    backward pass stops at the frozen encoder's output). Call it under pmap (or shard_map) with
+    the axis name AXIS.
     """
-    loss_sum = make_objective(model, task, objective or ObjectiveConfig(), deterministic)
     frozen = tuple(frozen)
 
     def loss_of_trainable(trainable, fixed, teacher, batch, key):
         return loss_sum({**trainable, **fixed}, teacher, batch, key)
 
-    grad_of_trainable = jax.value_and_grad(loss_of_trainable, has_aux=True)
-
-    def value_and_grad(params, teacher, batch, key):
+    def value_and_grad(batch, key):
         trainable = {k: v for k, v in params.items() if k not in frozen}
         fixed = {k: jax.lax.stop_gradient(params[k]) for k in frozen if k in params}
-        value, grad = grad_of_trainable(trainable, fixed, teacher, batch, key)
+        value, grad = jax.value_and_grad(loss_of_trainable, has_aux=True)(trainable, fixed, teacher, batch, key)
         return value, {**grad, **jax.tree_util.tree_map(jnp.zeros_like, fixed)}
 
-    def per_device(params, teacher, batch, step, key):
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, step), task_index),
-                                 jax.lax.axis_index(AXIS))
+    key = jax.random.fold_in(jax.random.fold_in(key, step), task_index)
+    if "example_ids" not in batch:
+        rows = batch["weights"].shape[0]
+        batch = {**batch, "example_ids": jax.lax.axis_index(AXIS) * rows + jnp.arange(rows, dtype=jnp.int32)}
+    if accumulation == 1:  # no zero-filled accumulators: a full pass over the params saved
+        (loss, count), grad = value_and_grad(batch, key)
+        totals = (grad, loss, count)
+    else:
         rows = batch["weights"].shape[0]
         micro = jax.tree_util.tree_map(
             lambda x: x.reshape((accumulation, rows // accumulation) + x.shape[1:]), batch)
 
-        def accumulate(totals, inputs):
-            index, mb = inputs
-            (loss, count), grad = value_and_grad(params, teacher, mb, jax.random.fold_in(key, index))
+        def accumulate(totals, mb):
+            (loss, count), grad = value_and_grad(mb, key)
             total_grad, total_loss, total_count = totals
             return (jax.tree_util.tree_map(jnp.add, total_grad, grad), total_loss + loss,
                     total_count + count), None
 
-        if accumulation == 1:  # no zero-filled accumulators: a full pass over the params saved
-            (loss, count), grad = value_and_grad(params, teacher, batch, jax.random.fold_in(key, 0))
-            totals = (grad, loss, count)
-        else:
-            zeros = (jax.tree_util.tree_map(jnp.zeros_like, params), jnp.zeros(()), jnp.zeros(()))
-            totals, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accumulation), micro))
-        grad, loss, count = jax.lax.psum(totals, AXIS)
-        denominator = jnp.maximum(count, 1.0)
-        return jax.tree_util.tree_map(lambda g: g / denominator, grad), loss / denominator, count
-
-    return jax.pmap(per_device, axis_name=AXIS, in_axes=(0, 0, 0, None, None))
+        zeros = (jax.tree_util.tree_map(jnp.zeros_like, params), jnp.zeros(()), jnp.zeros(()))
+        totals, _ = jax.lax.scan(accumulate, zeros, micro)
+    grad, loss, count = jax.lax.psum(totals, AXIS)
+    denominator = jnp.maximum(count, 1.0)
+    return jax.tree_util.tree_map(lambda g: g / denominator, grad), loss / denominator, count
 
 
-def make_update(optimizer: Optimizer, total_steps: int = 1) -> Callable:
-    """pmapped (state, per-task gradients, loss weights [T]) -> (state, metrics).
+def apply_update(state: TrainState, grads: Sequence[PyTree], loss_weights: jax.Array, *,
+                 optimizer: Optimizer, total_steps: int = 1) -> tuple[TrainState, dict]:
+    """Per device: the per-task gradients (already averaged over devices), weighted and stacked
+    on a leading task axis, through the optimizer; SMART's teacher follows the parameters."""
+    stacked = jax.tree_util.tree_map(
+        lambda *g: jnp.stack(g) * loss_weights.reshape((-1,) + (1,) * g[0].ndim), *grads)
+    params, opt_state, metrics = optimizer.update(stacked, state.opt_state, state.params)
+    teacher = state.teacher
+    if teacher is not None:
+        teacher = update_teacher(teacher, params, state.step, total_steps)
+    return TrainState(params, opt_state, state.step + 1, teacher), metrics
 
-    The gradients (a tuple, one tree per task, already averaged over devices) are weighted,
-    stacked on a leading task axis and handed to the optimizer, which makes the whole update.
+
+def train_step(state: TrainState, batches: Mapping[str, Mapping[str, jax.Array]], key: jax.Array,
+               loss_weights: jax.Array, *, gradients: Mapping[str, Callable], optimizer: Optimizer,
+               total_steps: int = 1) -> tuple[TrainState, dict]:
+    """Per device, one whole step: every task's gradient, the combiner and the update.
+
+    `gradients[task]` is `task_gradient` bound to the task's objective. Metrics stay on the
+    device: each task's loss and the optimizer's metrics.
     """
-
-    def per_device(state: TrainState, grads: Sequence[PyTree], loss_weights: jax.Array):
-        stacked = jax.tree_util.tree_map(
-            lambda *g: jnp.stack(g) * loss_weights.reshape((-1,) + (1,) * g[0].ndim), *grads)
-        params, opt_state, metrics = optimizer.update(stacked, state.opt_state, state.params)
-        teacher = state.teacher
-        if teacher is not None:
-            teacher = update_teacher(teacher, params, state.step, total_steps)
-        return TrainState(params, opt_state, state.step + 1, teacher), metrics
-
-    return jax.pmap(per_device, axis_name=AXIS, donate_argnums=(0,))
+    grads, losses = [], {}
+    for task in batches:  # the caller's order: PCGrad's task indices
+        grad, losses[task], _ = gradients[task](state.params, state.teacher, batches[task], state.step, key)
+        grads.append(grad)
+    state, metrics = apply_update(state, tuple(grads), loss_weights, optimizer=optimizer, total_steps=total_steps)
+    return state, {**metrics, "loss": losses}
 
 
 class StepRunner:
-    """Runs steps: {task: device-split batch} -> per-task gradients -> update."""
+    """Runs steps on replicated state: {task: device-split batch} -> (state, device metrics).
+
+    A step that trains one task is one compiled program (gradient and update; one per task and
+    batch shape). A step of every task (Methods 1-3) runs one gradient program per task, then
+    the update: compilations then grow with the number of batch shapes per task, not with the
+    number of their combinations. Nothing here waits for the device: metrics come back as device
+    arrays (each task's loss, norms, learning rates) for the caller to fetch when it
+    logs or saves; the state's buffers are donated to the new state.
+    """
 
     def __init__(self, model: MultiTaskModel, optimizer: Optimizer, tasks: Sequence[str],
                  loss_weights: Mapping[str, float], accumulation: int = 1, deterministic: bool = False,
@@ -120,9 +137,17 @@ class StepRunner:
                  frozen: Sequence[str] = ()):
         self.tasks = tuple(tasks)
         self.loss_weights = dict(loss_weights)
-        self.grad_fns = {t: make_task_grad(model, t, i, accumulation, deterministic, objective, frozen)
-                         for i, t in enumerate(self.tasks)}
-        self.update = make_update(optimizer, total_steps)
+        objective = objective or ObjectiveConfig()
+        self.gradients = {t: functools.partial(
+            task_gradient, loss_sum=make_objective(model, t, objective, deterministic), task_index=i,
+            accumulation=accumulation, frozen=frozen) for i, t in enumerate(self.tasks)}
+        self.grad_fns = {t: jax.pmap(g, axis_name=AXIS, in_axes=(0, 0, 0, 0, None))
+                         for t, g in self.gradients.items()}
+        self.update = jax.pmap(functools.partial(apply_update, optimizer=optimizer, total_steps=total_steps),
+                               axis_name=AXIS, donate_argnums=(0,))
+        self.whole_step = jax.pmap(
+            functools.partial(train_step, gradients=self.gradients, optimizer=optimizer, total_steps=total_steps),
+            axis_name=AXIS, in_axes=(0, 0, None, 0), donate_argnums=(0,))
 
     @functools.lru_cache(maxsize=None)
     def _weights(self, tasks: tuple[str, ...]) -> jax.Array:
@@ -130,14 +155,15 @@ class StepRunner:
         row = [self.loss_weights.get(t, 1.0) for t in tasks]
         return jnp.asarray([row] * jax.local_device_count(), jnp.float32)
 
-    def __call__(self, state: TrainState, batches: Mapping[str, PyTree], step: int, key: jax.Array):
+    def __call__(self, state: TrainState, batches: Mapping[str, PyTree], key: jax.Array):
         """state replicated; batches {task: leaves [devices, rows, ...]} -> (state, metrics)."""
-        tasks = [t for t in self.tasks if t in batches]  # a fixed order: PCGrad's task indices
+        tasks = tuple(t for t in self.tasks if t in batches)  # a fixed order: PCGrad's task indices
+        weights = self._weights(tasks)
+        if len(tasks) == 1:
+            return self.whole_step(state, {tasks[0]: batches[tasks[0]]}, key, weights)
         grads, losses = [], {}
         for task in tasks:
-            grad, loss, _ = self.grad_fns[task](state.params, state.teacher, batches[task], step, key)
+            grad, losses[task], _ = self.grad_fns[task](state.params, state.teacher, batches[task], state.step, key)
             grads.append(grad)
-            losses[task] = loss
-        state, metrics = self.update(state, tuple(grads), self._weights(tuple(tasks)))
-        metrics["loss"] = losses
-        return state, metrics
+        state, metrics = self.update(state, tuple(grads), weights)
+        return state, {**metrics, "loss": losses}

@@ -31,11 +31,11 @@ def run_steps(accumulation: int = 1, in_this_process=lambda batch: batch) -> dic
     model, params = init_model(tiny_bert_config(), ModelConfig(tasks=TASKS), jax.random.PRNGKey(0))
     optimizer = Optimizer(OptimizerConfig(combiner="pcgrad", encoder_lr=1e-3), params, TASKS,
                           10, len(TASKS), jax.random.PRNGKey(1))
-    runner = StepRunner(model, optimizer, TASKS, {}, accumulation, deterministic=True)
+    runner = StepRunner(model, optimizer, TASKS, {}, accumulation)  # dropout on
     state = distributed.replicate(TrainState.create(params, optimizer))
     for step in range(3):
         sharded = {t: distributed.split_for_devices(in_this_process(b)) for t, b in batches(step).items()}
-        state, _ = runner(state, sharded, step, jax.random.PRNGKey(2))
+        state, _ = runner(state, sharded, jax.random.PRNGKey(2))
     return traverse_util.flatten_dict(jax.device_get(distributed.unreplicate(state).params), sep="/")
 
 

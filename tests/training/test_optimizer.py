@@ -13,7 +13,7 @@ from mtbert_jax.model.multitask import init_model
 from mtbert_jax.synthetic import tiny_bert_config
 from mtbert_jax.training import distributed
 from mtbert_jax.training.optimizer import Optimizer, OptimizerConfig
-from mtbert_jax.training.step import TrainState, make_update
+from mtbert_jax.training.step import StepRunner, TrainState
 
 
 def _moves_after_two_steps(config: OptimizerConfig) -> dict:
@@ -56,7 +56,7 @@ def _gse_moves(total_steps: int, grads: tuple) -> list:
     config = OptimizerConfig(combiner="gse", encoder_lr=1e-2, task_lr=1e-2, warmup_fraction=0.1,
                              weight_decay=0.0, max_grad_norm=0.0)
     optimizer = Optimizer(config, params, ("a", "b"), total_steps, 2)
-    update = make_update(optimizer)
+    update = StepRunner(None, optimizer, (), {}).update
     state = distributed.replicate(TrainState.create(params, optimizer))
     grads, weights = distributed.replicate(grads), distributed.replicate(jnp.ones(2))
     moves = []

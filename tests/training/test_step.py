@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 
@@ -9,7 +11,8 @@ from mtbert_jax.model.config import ModelConfig
 from mtbert_jax.model.multitask import init_model
 from mtbert_jax.synthetic import synthetic_batch, tiny_bert_config
 from mtbert_jax.training import distributed
-from mtbert_jax.training.step import make_task_grad
+from mtbert_jax.training.objectives import ObjectiveConfig, make_objective
+from mtbert_jax.training.step import AXIS, task_gradient
 
 TINY = tiny_bert_config()
 
@@ -20,8 +23,13 @@ def test_frozen_encoder_gets_zero_gradient_and_the_rest_is_unchanged():
     batch = distributed.split_for_devices(synthetic_batch("quora", 8, 12, np.random.default_rng(0)))
     replicated = distributed.replicate(params)
     args = (replicated, None, batch, 0, jax.random.PRNGKey(1))
-    full_grad, full_loss, _ = make_task_grad(model, "quora", 0)(*args)
-    grad, loss, _ = make_task_grad(model, "quora", 0, frozen=("bert",))(*args)
+    def gradient(frozen=()):
+        bound = functools.partial(task_gradient, loss_sum=make_objective(model, "quora", ObjectiveConfig()),
+                                  task_index=0, frozen=frozen)
+        return jax.pmap(bound, axis_name=AXIS, in_axes=(0, 0, 0, None, None))
+
+    full_grad, full_loss, _ = gradient()(*args)
+    grad, loss, _ = gradient(frozen=("bert",))(*args)
 
     np.testing.assert_allclose(loss, full_loss, rtol=1e-6)
     assert jax.tree_util.tree_structure(grad) == jax.tree_util.tree_structure(full_grad)
