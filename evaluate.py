@@ -80,4 +80,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from mtbert_jax.training.huge_pages import restart_with_huge_pages
+
+    restart_with_huge_pages()  # before anything allocates: glibc reads its tunables at start-up
     sys.exit(main())

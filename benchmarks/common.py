@@ -114,6 +114,7 @@ def machine() -> dict:
     import jax
 
     info = {"platform": platform.platform(), "python": platform.python_version(),
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "cpu_flags": _cpu_flags(),
             "cpu": _cpu_model(), "cpu_cores": os.cpu_count(), "jax": jax.__version__,
             "jax_device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
             "jax_device_count": jax.device_count()}
@@ -128,6 +129,18 @@ def machine() -> dict:
     return info
 
 
+def _cpu_flags() -> str:
+    """The vector extensions that decide matmul speed (AVX-512 and its BF16/VNNI parts, AMX)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")
+                return " ".join(f for f in line.split(":", 1)[1].split() if f in wanted)
+    except OSError:
+        pass
+    return ""
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -138,9 +151,21 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def side_environment() -> dict:
+    """The environment of every side: glibc's huge-page tunable where it helps (train.py and
+    evaluate.py set it for themselves; PyTorch's large CPU buffers gain from it as well)."""
+    from mtbert_jax.training import huge_pages
+
+    env = dict(os.environ)
+    if huge_pages.available() and "glibc.malloc.hugetlb" not in env.get("GLIBC_TUNABLES", ""):
+        env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES"), huge_pages.TUNABLE]))
+    return env
+
+
 def run_side(script: str, args: Sequence[str]) -> dict:
-    """Runs `python script args` in a fresh process; its last stdout line is a JSON object."""
-    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+    """Runs `python script args` in a fresh process (both sides of a comparison get the same
+    environment, see side_environment); its last stdout line is a JSON object."""
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=side_environment())
     if out.returncode != 0:
         raise RuntimeError(f"{script} {' '.join(args)} failed ({out.returncode}):\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

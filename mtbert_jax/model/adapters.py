@@ -41,9 +41,10 @@ class ProjectedAttention(nn.Module):
             return y.reshape(batch, seq, self.heads, head_dim)
 
         query = project("query") / jnp.sqrt(head_dim).astype(self.dtype)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", query, project("key")).astype(jnp.float32) + bias
+        scores = jnp.einsum("bqhd,bkhd->bhqk", query, project("key"), preferred_element_type=jnp.float32) + bias
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        return jnp.einsum("bhqk,bkhd->bqhd", probs, project("value")).reshape(batch, seq, self.size)
+        context = jnp.einsum("bhqk,bkhd->bqhd", probs, project("value"), preferred_element_type=jnp.float32)
+        return context.astype(self.dtype).reshape(batch, seq, self.size)
 
 
 class TaskAdapter(nn.Module):

@@ -104,10 +104,13 @@ class BertSelfAttention(nn.Module):
 
         query = project("query") / jnp.sqrt(cfg.head_dim).astype(cfg.dtype)
         key, value = project("key"), project("value")
-        scores = jnp.einsum("bhqd,bhkd->bhqk", query, key).astype(jnp.float32) + bias
+        # float32 accumulation: in bfloat16 XLA:CPU runs these batched products about 4x faster
+        # with a float32 result than with a bfloat16 one (and it is the more accurate sum).
+        scores = jnp.einsum("bhqd,bhkd->bhqk", query, key, preferred_element_type=jnp.float32) + bias
         probs = jax.nn.softmax(scores, axis=-1)
         probs = Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic, example_ids)
-        context = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(cfg.dtype), value)
+        context = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(cfg.dtype), value,
+                             preferred_element_type=jnp.float32).astype(cfg.dtype)
         return context.transpose(0, 2, 1, 3).reshape(batch, seq, cfg.hidden_size)
 
 
