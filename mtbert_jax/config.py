@@ -72,9 +72,6 @@ class RunConfig:
                                   "(its first epochs train one task)")
             if len(self.model.tasks) < 2:
                 raise ConfigError(f"optimizer.combiner={combiner!r} needs two or more tasks")
-        if self.schedule.batch_size % self.accumulation_steps:
-            raise ConfigError(f"schedule.batch_size={self.schedule.batch_size} must divide by "
-                              f"accumulation_steps={self.accumulation_steps}")
 
     @classmethod
     def from_dict(cls, config: Any) -> "RunConfig":

@@ -45,13 +45,6 @@ class _TaskStream:
         self.pass_index, self.position, self._order = pass_index, position, None
 
 
-def padding_efficiency(padding_state: Mapping[str, list[int]]) -> float:
-    """Real / padded tokens over all tasks, from `padding_state()` (or a saved position's)."""
-    real = sum(r for r, _ in padding_state.values())
-    padded = sum(p for _, p in padding_state.values())
-    return real / padded if padded else 1.0
-
-
 class MultiTaskLoader:
     """Yields, step by step, {task: batch} for the tasks the schedule puts in each step."""
 

@@ -21,6 +21,7 @@ class Prefetched:
     batches: Mapping[str, Any]  # {task: prepared batch}
     examples: float  # real (weight 1) examples in the step, all processes
     position: dict  # loader.position() after this step
+    padding_efficiency: float  # real / padded tokens of the run so far, after this step
 
 
 _DONE = object()
@@ -47,7 +48,8 @@ class Prefetcher:
         try:
             for batches in self.loader:
                 examples = sum(float(b["weights"].sum()) for b in batches.values())
-                item = Prefetched(self.prepare(batches), examples, self.loader.position())
+                item = Prefetched(self.prepare(batches), examples, self.loader.position(),
+                                  self.loader.padding.efficiency)
                 if not self._put(item):
                     return
             self._put(_DONE)

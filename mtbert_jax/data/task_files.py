@@ -49,7 +49,7 @@ def resolve_data_dir(data_dir: Optional[str] = None) -> Path:
     if beside_project.is_dir():
         return beside_project
     raise DataError(f"no data directory: set the data_dir config field or ${DATA_DIR_ENV} "
-                        "to the folder holding the task CSV files")
+                    "to the folder holding the task CSV files")
 
 
 def task_file_paths(data_dir: str | Path, tasks: Sequence[str], split: str) -> dict[str, Path]:
@@ -62,8 +62,8 @@ def task_file_paths(data_dir: str | Path, tasks: Sequence[str], split: str) -> d
     missing = [p.name for p in paths.values() if not p.is_file()]
     if missing:
         raise DataError(f"{data_dir}: missing task file(s) for split {split!r}: "
-                            f"{', '.join(missing)} (expected names: "
-                            f"{', '.join(p.name for p in paths.values())})")
+                        f"{', '.join(missing)} (expected names: "
+                        f"{', '.join(p.name for p in paths.values())})")
     return paths
 
 
@@ -75,7 +75,7 @@ def _lines(path: Path) -> Iterator[str]:
                 yield raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise DataError(f"{path}: line {number}: bytes that are not UTF-8 "
-                                    f"({raw[e.start:e.end]!r}); expected UTF-8 text") from None
+                                f"({raw[e.start:e.end]!r}); expected UTF-8 text") from None
 
 
 def iter_task_file(path: str | Path, task: str, lenient: bool = False,
@@ -96,7 +96,7 @@ def iter_task_file(path: str | Path, task: str, lenient: bool = False,
     absent = [c for c in wanted if c not in header]
     if absent:
         raise DataError(f"{path}: line 1: header {header} lacks column(s) {absent}; "
-                            f"a {task} file has columns {list(wanted) + [spec.label_column]}")
+                        f"a {task} file has columns {list(wanted) + [spec.label_column]}")
     columns = [header.index(c) for c in wanted]
     label_at = header.index(spec.label_column) if spec.label_column in header else None
 

@@ -29,7 +29,7 @@ def predict_file(trained: TrainedModel, task: str, path: Path, batch_size: int,
                  chunk_size: int = 10_000, out_file: Optional[Path] = None):
     """Streams a task file: (head outputs, gold labels or None), writing the CS224N
     prediction file (ids with predictions, in input order) as it goes."""
-    encoding = trained.model_config.pair_encoding(task)
+    encoding = trained.run.model.pair_encoding(task)
     outputs, gold = [], []
     handle = open(out_file, "w") if out_file else None
     try:
@@ -71,7 +71,7 @@ def evaluate_run(workdir: str | Path, which: str = "best", splits: Sequence[str]
     results: dict = {"workdir": str(workdir), "checkpoint": which, "step": trained.step}
     for split in splits:
         split_results = {}
-        for task in trained.model_config.tasks:
+        for task in trained.run.model.tasks:
             path = (task_files or {}).get(split, {}).get(task)
             if path is None:
                 data_dir = data_dir or resolve_data_dir(trained.run.data_dir or None)
@@ -122,7 +122,7 @@ def score_texts(trained: TrainedModel, sentences: Sequence[str] = (), pairs: Seq
     from mtbert_jax.data.task_files import TaskRecords
 
     results = []
-    for task in trained.model_config.tasks:
+    for task in trained.run.model.tasks:
         spec = TASKS[task]
         items = list(pairs) if spec.is_pair else [(s,) for s in sentences]
         if not items:
@@ -130,7 +130,7 @@ def score_texts(trained: TrainedModel, sentences: Sequence[str] = (), pairs: Seq
         texts = [list(column) for column in zip(*items)]
         records = TaskRecords(task, Path("<input>"), [str(i) for i in range(len(items))], texts, None, [])
         segments, _ = tokenize_records(records, trained.tokenizer, trained.run.max_length,
-                                       trained.model_config.pair_encoding(task))
+                                       trained.run.model.pair_encoding(task))
         data = TaskData(task, "input", np.asarray(records.record_ids), None, segments, 0, [])
         outputs = predict(trained.predict_fn, trained.params, data, 32, trained.buckets)
         for item, out in zip(items, outputs):

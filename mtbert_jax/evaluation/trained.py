@@ -36,10 +36,6 @@ class TrainedModel:
         self.predict_fn = make_predict(self.model)
         self.buckets = bucket_lengths(self.run.max_length, self.run.bucket_step)
 
-    @property
-    def model_config(self):
-        return self.run.model
-
 
 def load_trained(workdir: str | Path, which: str = "best") -> TrainedModel:
     """Restores a run's config and parameters; refuses parameters that do not fit the model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Mapping
 
@@ -58,6 +59,7 @@ def split_for_devices(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v.reshape((devices, rows // devices) + v.shape[1:]) for k, v in batch.items()}
 
 
+@functools.lru_cache(maxsize=None)
 def _device_sharding() -> jax.sharding.NamedSharding:
     """A leading axis split over this process's devices (what pmap takes)."""
     mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()), ("devices",))
@@ -67,8 +69,7 @@ def _device_sharding() -> jax.sharding.NamedSharding:
 def to_devices(batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
     """[rows, ...] host arrays -> [local devices, rows / devices, ...] on the devices: a pmapped
     step then starts without a transfer (about 10x less dispatch time than from numpy)."""
-    sharding = _device_sharding()
-    return {k: jax.device_put(v, sharding) for k, v in split_for_devices(batch).items()}
+    return jax.device_put(split_for_devices(batch), _device_sharding())
 
 
 def replicate(tree: PyTree) -> PyTree:

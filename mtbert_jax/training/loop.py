@@ -23,7 +23,7 @@ from mtbert_jax.checkpoints.hf import load_hf_checkpoint, resolve_checkpoint_dir
 from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
 from mtbert_jax.config import RunConfig
 from mtbert_jax.data.batching import bucket_lengths
-from mtbert_jax.data.loader import MultiTaskLoader, padding_efficiency
+from mtbert_jax.data.loader import MultiTaskLoader
 from mtbert_jax.data.prefetch import Prefetcher
 from mtbert_jax.data.task_files import resolve_data_dir
 from mtbert_jax.data.task_schedules import Schedule
@@ -65,9 +65,10 @@ def train_and_evaluate(config, workdir: str | Path, data: Optional[RunData] = No
     """Trains as `config` (a ConfigDict or dict) says, in `workdir`; re-running resumes.
     `data` replaces the data directory's task files (tests, notebooks)."""
     run = RunConfig.from_dict(config)
-    if run.schedule.batch_size % (distributed.global_batch_divisor() * run.accumulation_steps):
+    divisor = distributed.global_batch_divisor() * run.accumulation_steps  # equal rows per device and micro-batch
+    if run.schedule.batch_size % divisor:
         raise ConfigError(f"schedule.batch_size={run.schedule.batch_size} must divide by devices x "
-                          f"accumulation_steps = {distributed.global_batch_divisor() * run.accumulation_steps}")
+                          f"accumulation_steps = {divisor}")
     workdir, is_main = Path(workdir), jax.process_index() == 0
     log = print if is_main else (lambda *a, **k: None)
     if is_main:
@@ -136,8 +137,8 @@ class Trainer:
             restored = self.checkpoints.restore(self.checkpoints.latest, latest,
                                                 {"train": state, "loader": self.loader.state_dict()})
             state = TrainState(*restored["train"])
-            self.loader.load_state_dict(restored["loader"])
-            self.loader.load_padding_state(meta.get("padding", {}))  # absent from older checkpoints
+            self.loader.restore({"state": restored["loader"],
+                                 "padding": meta.get("padding", {})})  # padding: absent from older checkpoints
             self.step = int(state.step)
             self.log(f"resumed from {self.workdir / 'checkpoints'} at step {self.step} (epoch {self.loader.epoch + 1})")
         self.state = distributed.replicate(state)
@@ -164,8 +165,10 @@ class Trainer:
         bar = tqdm(total=self.loader.steps_in_epoch(), initial=self.loader.step, disable=not self.is_main,
                    desc=f"epoch {epoch + 1}/{self.run.num_epochs + self.run.frozen_epochs}", unit="step")
         self.window, self.pending = LogWindow(), []
+        # `index` (record positions) only puts evaluation outputs back in file order: not sent.
         prefetcher = Prefetcher(self.loader, lambda batches: {
-            t: distributed.to_devices(distributed.process_shard(b)) for t, b in batches.items()})
+            t: distributed.to_devices(distributed.process_shard({k: v for k, v in b.items() if k != "index"}))
+            for t, b in batches.items()})
         try:
             for item in prefetcher:
                 self.state, metrics = self.runner(self.state, item.batches, self.dropout_key)
@@ -176,7 +179,7 @@ class Trainer:
                 bar.update(1)
                 if self.step % self.run.log_every_steps == 0 or self.step == stage_end:
                     record = self.window.record(self.step, epoch + 1, self.check_pending(epoch),
-                                                padding_efficiency(item.position["padding"]))
+                                                item.padding_efficiency)
                     self.metrics_log.write(record)
                     bar.set_postfix({**{t: f"{v:.3f}" for t, v in record["loss"].items()},
                                      "ex/s": f"{record['examples_per_second']:.1f}"})

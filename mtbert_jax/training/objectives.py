@@ -122,7 +122,7 @@ def make_objective(model: MultiTaskModel, task: str, config: ObjectiveConfig,
     bi_encoder = model.config.pair_encoding(task) == "bi"
     if (mnrl_on or (TASKS[task].kind == REGRESSION and config.sts_loss == "cosine_embedding")) and not bi_encoder:
         raise ConfigError(f"{task}: MNRL and the cosine embedding loss need a bi-encoder pair head, "
-                         f"not {model.config.pair_head(task)!r}")
+                          f"not {model.config.pair_head(task)!r}")
 
     def forward(params, batch, key, deltas=None):
         return model.apply({"params": params}, task, batch, deterministic=deterministic,
