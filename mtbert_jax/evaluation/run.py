@@ -14,15 +14,12 @@ import numpy as np
 
 from mtbert_jax.data.task_files import iter_task_file
 from mtbert_jax.data.tokenized import TaskData, tokenize_records
+from mtbert_jax.evaluation import prediction_file
 from mtbert_jax.evaluation.metrics import classification_report, overall_score, task_metrics
 from mtbert_jax.evaluation.plots import plot_confusion_matrix, plot_scatter
 from mtbert_jax.evaluation.predict import labels_from_outputs, predict
 from mtbert_jax.evaluation.trained import TrainedModel, load_trained
-from mtbert_jax.tasks import BINARY, MULTICLASS, REGRESSION, TASKS
-
-# The CS224N starter code's output headers (its "Similiarity" spelling included).
-_OUTPUT = {"sst": ("sst", "Predicted_Sentiment"), "cfimdb": ("cfimdb", "Predicted_Sentiment"),
-           "quora": ("para", "Predicted_Is_Paraphrase"), "sts": ("sts", "Predicted_Similiarity")}
+from mtbert_jax.tasks import BINARY, MULTICLASS, TASKS
 
 
 def predict_file(trained: TrainedModel, task: str, path: Path, batch_size: int,
@@ -34,16 +31,14 @@ def predict_file(trained: TrainedModel, task: str, path: Path, batch_size: int,
     handle = open(out_file, "w") if out_file else None
     try:
         if handle:
-            handle.write(f"id \t {_OUTPUT[task][1]} \n")
+            prediction_file.write_header(handle, task)
         for chunk in iter_task_file(path, task, lenient=False, chunk_size=chunk_size):
             segments, truncated = tokenize_records(chunk, trained.tokenizer, trained.run.max_length, encoding)
             data = TaskData(task, "eval", np.asarray(chunk.record_ids), chunk.labels, segments, truncated, [])
             out = predict(trained.predict_fn, trained.params, data, batch_size, trained.buckets)
             labels = labels_from_outputs(task, out)
             if handle:
-                for record_id, label in zip(chunk.record_ids, labels):
-                    handle.write(f"{record_id} , {label:.4f} \n" if TASKS[task].kind == REGRESSION
-                                 else f"{record_id} , {label} \n")
+                prediction_file.write_records(handle, task, chunk.record_ids, labels)
             outputs.append(out)
             if chunk.labels is not None:
                 gold.append(chunk.labels)
@@ -79,7 +74,7 @@ def evaluate_run(workdir: str | Path, which: str = "best", splits: Sequence[str]
                 if not path.exists():
                     print(f"{task} {split}: no file {path}; skipped")
                     continue
-            out_file = out_dir / "predictions" / f"{_OUTPUT[task][0]}-{split}-output.csv"
+            out_file = out_dir / "predictions" / f"{prediction_file.FILE_PREFIXES[task]}-{split}-output.csv"
             outputs, gold = predict_file(trained, task, Path(path), batch_size, chunk_size, out_file)
             if gold is None:
                 continue  # unlabelled (test) files: predictions only

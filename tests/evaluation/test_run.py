@@ -60,7 +60,7 @@ def test_end_to_end_with_predictions_reports_and_plots(trained_run, tiny_data_di
     assert len(metrics["dev"]["sst"]["confusion_matrix"]) == 5
     # Predictions line up with the input ids, in the course's format.
     lines = (out / "predictions" / "sts-dev-output.csv").read_text().splitlines()
-    assert lines[0] == "id \t Predicted_Similiarity "
+    assert lines[0] == "id \t Predicted_Similiary "  # sic, the starter's spelling
     ids = [line.split(" , ")[0] for line in lines[1:]]
     expected = [line.split("\t")[1] for line in (tiny_data_dir / "sts-dev.csv").read_text().splitlines()[1:]]
     assert ids == expected
