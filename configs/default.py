@@ -54,7 +54,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.model.tasks = ("sst", "quora", "sts")
     # Sentence vector: pooler (BERT's tanh dense on [CLS]) | cls | mean | max.
     c.model.pooling = "pooler"
-    # Per pair task: cross | bi_sum | bi_concat | bi_concat_diff_prod | cosine | bi_cosine_concat.
+    # Per pair task: cross | bi_sum | bi_concat | bi_concat_diff_prod | cosine | bi_cosine_concat
+    # | bi_cosine (no parameters: STS 2.5 (1 + cos(u, v))); see mtbert_jax/model/config.py.
     c.model.pair_heads = ml_collections.ConfigDict({"quora": "cross", "sts": "cross"})
     # One dense + GELU layer shared by the pair heads (seed 003); needs equal bi-encoder heads.
     c.model.shared_pair_hidden = False
@@ -89,7 +90,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 
     # What each task's loss is made of (mtbert_jax/training/objectives.py).
     c.objective = ml_collections.ConfigDict()
-    # STS: "mse" on the head's score, or "cosine_embedding" on the two sentence vectors (seed 002).
+    # STS: "mse" on the head's score, or "cosine_embedding" on the two sentence vectors (seed 002;
+    # needs model.pair_heads.sts = "bi_cosine", which scores STS from those vectors).
     c.objective.sts_loss = "mse"
     # Learned uncertainty weighting of the task losses (Kendall et al. 2018).
     c.objective.uncertainty_weighting = False

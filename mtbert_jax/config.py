@@ -16,7 +16,7 @@ from mtbert_jax.data.task_schedules import ALL_TASK_KINDS, ScheduleConfig
 from mtbert_jax.errors import ConfigError
 from mtbert_jax.model.config import ModelConfig
 from mtbert_jax.tasks import TASKS
-from mtbert_jax.training.objectives import MnrlConfig, ObjectiveConfig
+from mtbert_jax.training.objectives import MnrlConfig, ObjectiveConfig, check_objective
 from mtbert_jax.training.optimizer import OptimizerConfig
 from mtbert_jax.training.smart import SmartConfig
 
@@ -72,6 +72,7 @@ class RunConfig:
                                   "(its first epochs train one task)")
             if len(self.model.tasks) < 2:
                 raise ConfigError(f"optimizer.combiner={combiner!r} needs two or more tasks")
+        check_objective(self.objective, self.model)
 
     @classmethod
     def from_dict(cls, config: Any) -> "RunConfig":

@@ -13,8 +13,12 @@ POOLINGS = ("pooler", "cls", "mean", "max")
 # The others encode each sentence separately (a bi-encoder), then combine u and v:
 #   bi_sum: u + v (seed 000); bi_concat: [u; v]; bi_concat_diff_prod: [u; v; |u-v|; u*v];
 #   cosine: s = 20 cos(W u, W v), the STS score 5 sigmoid(s), the Quora logit s (seed 002's d features);
-#   bi_cosine_concat: [u; v; cos(u, v)] -> dropout -> linear (seed 002's 2d + 1).
-PAIR_HEADS = ("cross", "bi_sum", "bi_concat", "bi_concat_diff_prod", "cosine", "bi_cosine_concat")
+#   bi_cosine_concat: [u; v; cos(u, v)] -> dropout -> linear (seed 002's 2d + 1);
+#   bi_cosine: no parameters, the STS score 2.5 (1 + cos(u, v)), the Quora logit 20 cos(u, v)
+#   (seed 002's cosine embedding loss experiment, which trains the two vectors only).
+PAIR_HEADS = ("cross", "bi_sum", "bi_concat", "bi_concat_diff_prod", "cosine", "bi_cosine_concat", "bi_cosine")
+# Pair heads that score cos(., .) directly: nothing for a shared hidden layer to feed.
+COSINE_PAIR_HEADS = ("cosine", "bi_cosine")
 ADAPTERS = ("none", "pals", "low_rank", "top_layer", "low_rank_top_layer")
 ADAPTER_LAYERS = ("all", "top", "bottom")
 
@@ -57,7 +61,7 @@ class ModelConfig:
         if self.shared_pair_hidden:
             pair_tasks = [t for t in self.tasks if t in TASKS and TASKS[t].is_pair]
             heads = {self.pair_head(t) for t in pair_tasks}
-            if len(pair_tasks) < 2 or len(heads) != 1 or "cosine" in heads:
+            if len(pair_tasks) < 2 or len(heads) != 1 or heads & set(COSINE_PAIR_HEADS):
                 problems.append("shared_pair_hidden needs two pair tasks with the same "
                                 f"non-cosine pair head, got {dict((t, self.pair_head(t)) for t in pair_tasks)}")
         if self.adapter == "pals" and self.adapter_size % self.adapter_heads:

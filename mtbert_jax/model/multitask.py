@@ -19,7 +19,7 @@ from mtbert_jax.model.adapters import TaskAdapter
 from mtbert_jax.model.bert_config import BertConfig
 from mtbert_jax.model.config import ModelConfig
 from mtbert_jax.model.encoder import BertModel, attention_bias, gelu
-from mtbert_jax.model.heads import STS_MAX, CosineHead, LinearHead, pair_features, pool
+from mtbert_jax.model.heads import COSINE_SCALE, STS_MAX, CosineHead, LinearHead, cosine, pair_features, pool
 from mtbert_jax.tasks import MULTICLASS, REGRESSION, TASKS
 
 Array = jax.Array
@@ -47,6 +47,8 @@ class MultiTaskModel(nn.Module):
                 heads[task] = LinearHead(spec.num_classes, cfg.head_dropout)
             elif cfg.pair_head(task) == "cosine":
                 heads[task] = CosineHead()
+            elif cfg.pair_head(task) == "bi_cosine":
+                continue  # no parameters
             else:
                 heads[task] = LinearHead(1, cfg.head_dropout)
         self.heads = heads
@@ -86,15 +88,19 @@ class MultiTaskModel(nn.Module):
                                  batch["attention_mask" + s], deterministic,
                                  None if perturbations is None else perturbations[k], example_ids)
             for k, s in enumerate(segments))
-        head = self.heads[task]
         if TASKS[task].kind == MULTICLASS:
-            return TaskOutput(head(vectors[0], deterministic, example_ids), vectors)
+            return TaskOutput(self.heads[task](vectors[0], deterministic, example_ids), vectors)
         mode = self.config.pair_head(task)
         expected = 1 if mode == "cross" else 2
         if len(vectors) != expected:
             raise ValueError(f"{task}: pair head {mode!r} needs {expected} encoded sequence(s), "
                              f"the batch has {len(vectors)}; tokenize with pair_encoding="
                              f"{self.config.pair_encoding(task)!r}")
+        if mode == "bi_cosine":
+            c = cosine(*vectors)
+            return TaskOutput(STS_MAX / 2 * (1 + c) if TASKS[task].kind == REGRESSION else COSINE_SCALE * c,
+                              vectors)
+        head = self.heads[task]
         if mode == "cosine":
             score = head(*vectors)  # 20 cos(W u, W v)
         else:

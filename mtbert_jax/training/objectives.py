@@ -16,6 +16,7 @@ import optax
 
 from mtbert_jax.data.tokenized import TaskData
 from mtbert_jax.errors import ConfigError
+from mtbert_jax.model.config import ModelConfig
 from mtbert_jax.model.heads import COSINE_SCALE, cosine
 from mtbert_jax.model.multitask import MultiTaskModel
 from mtbert_jax.tasks import REGRESSION, TASKS
@@ -46,7 +47,9 @@ class ObjectiveConfig:
 
     smart: SmartConfig = SmartConfig()
     mnrl: MnrlConfig = MnrlConfig()
-    sts_loss: str = "mse"  # or "cosine_embedding" (label thresholded at 2.5; bi-encoder)
+    # or "cosine_embedding" on the two sentence vectors (label thresholded at 2.5); it trains no
+    # head parameters, so it needs STS's parameter-free `bi_cosine` pair head (scored 2.5 (1 + cos)).
+    sts_loss: str = "mse"
     uncertainty_weighting: bool = False  # Kendall et al. 2018: exp(-s_t) L_t + s_t, s_t learned
 
     def __post_init__(self):
@@ -114,15 +117,24 @@ def cosine_embedding_loss(u: Array, v: Array, labels: Array) -> Array:
     return jnp.where(labels > 2.5, 1.0 - c, jnp.maximum(c, 0.0))
 
 
+def check_objective(config: ObjectiveConfig, model: ModelConfig) -> None:
+    """Refuses losses the model's heads cannot take (run before any data is loaded)."""
+    for task in config.mnrl.tasks:
+        if task in model.tasks and model.pair_encoding(task) != "bi":
+            raise ConfigError(f"objective.mnrl.tasks: {task} needs a bi-encoder pair head for MNRL, "
+                              f"not model.pair_heads.{task}={model.pair_head(task)!r}")
+    if config.sts_loss == "cosine_embedding" and "sts" in model.tasks and model.pair_head("sts") != "bi_cosine":
+        raise ConfigError("objective.sts_loss='cosine_embedding' trains the two sentence vectors only, "
+                          "so STS must be scored from them: set model.pair_heads.sts='bi_cosine', "
+                          f"not {model.pair_head('sts')!r} (its parameters would never train)")
+
+
 def make_objective(model: MultiTaskModel, task: str, config: ObjectiveConfig,
                    deterministic: bool = False) -> Callable:
     """(params, teacher, batch, key) -> (loss summed over real rows, number of real rows)."""
     smart_on = task in config.smart.tasks
     mnrl_on = task in config.mnrl.tasks
-    bi_encoder = model.config.pair_encoding(task) == "bi"
-    if (mnrl_on or (TASKS[task].kind == REGRESSION and config.sts_loss == "cosine_embedding")) and not bi_encoder:
-        raise ConfigError(f"{task}: MNRL and the cosine embedding loss need a bi-encoder pair head, "
-                          f"not {model.config.pair_head(task)!r}")
+    check_objective(config, model.config)
 
     def forward(params, batch, key, deltas=None):
         return model.apply({"params": params}, task, batch, deterministic=deterministic,

@@ -130,6 +130,38 @@ def test_cosine_embedding_loss_by_hand():
     np.testing.assert_allclose(cosine_embedding_loss(u, v, jnp.array([4.0, 1.0])), [1 - c, c], rtol=1e-6)
 
 
+def test_cosine_embedding_loss_trains_what_scores_sts():
+    """Under the cosine embedding loss STS is scored 2.5 (1 + cos(u, v)) from the very vectors the
+    loss trains, and that score moves as the encoder trains (a head with parameters would not:
+    its gradient under this loss is zero)."""
+    config = ModelConfig(tasks=("sts",), pair_heads={"sts": "bi_cosine"})
+    model, params = init_model(TINY, config, jax.random.PRNGKey(0))
+    assert "heads_sts" not in params
+    batch = synthetic_batch("sts", 6, 8, np.random.default_rng(0), pair_encoding="bi")
+    objective = make_objective(model, "sts", ObjectiveConfig(sts_loss="cosine_embedding"), deterministic=True)
+
+    def score(p):
+        out = model.apply({"params": p}, "sts", batch)
+        u, v = np.asarray(out.embeddings[0], np.float64), np.asarray(out.embeddings[1], np.float64)
+        cos = (u * v).sum(-1) / np.linalg.norm(u, axis=-1) / np.linalg.norm(v, axis=-1)
+        np.testing.assert_allclose(np.asarray(out.prediction), 2.5 * (1 + cos), rtol=1e-5, atol=1e-5)
+        return np.asarray(out.prediction)
+
+    before = score(params)
+    grads = jax.grad(lambda p: objective(p, None, batch, jax.random.PRNGKey(0))[0])(params)
+    params = jax.tree_util.tree_map(lambda p, g: p - 0.5 * g, params, grads)
+    assert np.abs(score(params) - before).max() > 1e-3
+
+
+@pytest.mark.parametrize("head", ["bi_concat", "cosine", "bi_cosine_concat"])
+def test_cosine_embedding_loss_refuses_a_head_it_cannot_train(head):
+    from mtbert_jax.errors import ConfigError
+    from mtbert_jax.training.objectives import check_objective
+    with pytest.raises(ConfigError, match="pair_heads.sts='bi_cosine'"):
+        check_objective(ObjectiveConfig(sts_loss="cosine_embedding"),
+                        ModelConfig(tasks=("sts",), pair_heads={"sts": head}))
+
+
 def test_uncertainty_weighting():
     model, params = init_model(TINY, ModelConfig(tasks=("sst",)), jax.random.PRNGKey(0))
     params = {**params, "uncertainty_sst": jnp.asarray(0.5)}
