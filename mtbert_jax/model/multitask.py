@@ -71,7 +71,7 @@ class MultiTaskModel(nn.Module):
         bias = attention_bias(attention_mask)
         residual_fn = None
         if adapter is not None and adapter.has_residual:
-            residual_fn = lambda layer, h: adapter.residual(layer, h, bias)  # noqa: E731
+            residual_fn = lambda layer, h: adapter.residual(layer, h, bias, deterministic, example_ids)  # noqa: E731
         sequence = self.bert.encode(x, attention_mask, deterministic, residual_fn, example_ids)
         if adapter is not None:
             sequence = adapter.top(sequence, bias, deterministic, example_ids)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -118,6 +119,80 @@ def test_pal_parameter_count_for_bert_base(d_s, heads):
     if d_s == 204:
         assert per_task == 1_811_520  # "about 1.8M per task"
     assert counts["bert"] == 109_482_240  # bert-base-uncased
+
+
+def test_low_rank_adapters_are_per_layer_with_gelu_inside():
+    """Bert-n-Pals' BERTLowRank: each layer its own V^E, V^D; TS(h) = V^D(GELU(V^E h)).
+    L x (2 d d_s + d + d_s) parameters per task: 1,183,488 for MiniLM (6 x 384) at d_s 256."""
+    minilm = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
+    config = ModelConfig(tasks=("sst", "sts"), adapter="low_rank", adapter_size=256)
+    counts = count_parameters(jax.eval_shape(lambda: init_model(minilm, config, jax.random.PRNGKey(0))[1]))
+    assert counts["adapters_sst"] == counts["adapters_sts"] == 6 * (2 * 384 * 256 + 384 + 256) == 1_183_488
+
+    config = ModelConfig(tasks=("sst",), adapter="low_rank", adapter_size=8)
+    model, params = init_model(TINY, config, jax.random.PRNGKey(0))
+    adapters = params["adapters_sst"]
+    assert sorted(adapters) == [f"low_rank_{i}" for i in range(TINY.num_hidden_layers)]
+    h = np.random.default_rng(0).normal(size=(2, 5, TINY.hidden_size)).astype(np.float32)
+
+    def by_hand(p):
+        x = h @ np.asarray(p["down"]["kernel"]) + np.asarray(p["down"]["bias"])
+        x = 0.5 * x * (1 + np.vectorize(math.erf)(x / np.sqrt(2)))
+        return x @ np.asarray(p["up"]["kernel"]) + np.asarray(p["up"]["bias"])
+
+    for layer in range(TINY.num_hidden_layers):
+        got = model.apply({"params": params}, h, layer,
+                          method=lambda m, h, i: m.adapters["sst"].residual(i, h, None))
+        np.testing.assert_allclose(got, by_hand(adapters[f"low_rank_{layer}"]), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(by_hand(adapters["low_rank_0"]), by_hand(adapters["low_rank_1"]))
+
+
+def test_pal_layer_output_is_the_parallel_wiring():
+    """out = LN(FFN(A) + A + TS(h)), A = LN(h + MHA(h)), TS(h) = GELU(V^D(MHA_s(V^E h))), with h
+    the layer's input, computed here from the parameters (serial wiring, TS(A), would differ)."""
+    from mtbert_jax.model.adapters import ProjectedAttention
+    from mtbert_jax.model.encoder import BertAttention, attention_bias, gelu
+
+    config = ModelConfig(tasks=("sst",), pooling="mean", adapter="pals", adapter_size=12, adapter_heads=3)
+    model, params = init_model(TINY, config, jax.random.PRNGKey(0))
+    # std 0.02 makes TS(h) too small to tell the wirings apart; scale the adapters up to std 1
+    params["adapters_sst"] = jax.tree_util.tree_map(lambda x: 50 * x, params["adapters_sst"])
+    batch = _batch(config, "sst")
+    _, inter = model.apply({"params": params}, "sst", batch, capture_intermediates=True, mutable=["intermediates"])
+    encoder = inter["intermediates"]["bert"]["encoder"]
+    h = encoder["layer_0"]["__call__"][0]  # layer 1's input
+    got = encoder["layer_1"]["__call__"][0]
+
+    bias = attention_bias(batch["attention_mask"])
+    layer, pal = params["bert"]["encoder"]["layer_1"], params["adapters_sst"]
+    a = BertAttention(TINY).apply({"params": layer["attention"]}, h, bias, True)
+    dense = lambda x, p: x @ p["kernel"] + p["bias"]  # noqa: E731
+    ffn = dense(gelu(dense(a, layer["intermediate"]["dense"])), layer["output"]["dense"])
+    inner = ProjectedAttention(12, 3).apply({"params": pal["attention_1"]}, dense(h, pal["down"]), bias)
+    ts = gelu(dense(inner, pal["up"]))
+    x = ffn + a + ts
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    ln = layer["output"]["LayerNorm"]
+    expected = (x - mean) / jnp.sqrt(var + TINY.layer_norm_eps) * ln["scale"] + ln["bias"]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_pal_attention_probabilities_get_dropout():
+    """The reference PAL attention drops its probabilities at BERT's attention dropout rate."""
+    from mtbert_jax.model.adapters import ProjectedAttention
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 12)), jnp.float32)
+    bias, rngs = jnp.zeros((2, 1, 1, 5)), {"dropout": jax.random.PRNGKey(1)}
+    params = ProjectedAttention(12, 3).init(jax.random.PRNGKey(0), x, bias)
+    assert np.abs(ProjectedAttention(12, 3, dropout=1.0).apply(params, x, bias, True)).max() > 1e-3
+    np.testing.assert_array_equal(ProjectedAttention(12, 3, dropout=1.0).apply(params, x, bias, False, rngs=rngs), 0.0)
+    half = ProjectedAttention(12, 3, dropout=0.5).apply(params, x, bias, False, rngs=rngs)
+    assert not np.allclose(half, ProjectedAttention(12, 3, dropout=0.5).apply(params, x, bias, True))
+
+    dropping = tiny_bert_config(attention_probs_dropout_prob=0.1)
+    config = ModelConfig(tasks=("sst",), adapter="pals", adapter_size=12, adapter_heads=3)
+    model, params = init_model(dropping, config, jax.random.PRNGKey(0))
+    rates = model.apply({"params": params}, method=lambda m: [a.dropout for a in m.adapters["sst"].attention])
+    assert rates == [0.1] * dropping.num_hidden_layers
 
 
 def test_adapter_layers_top_and_bottom_half():
