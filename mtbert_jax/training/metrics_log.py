@@ -71,5 +71,9 @@ class LogWindow:
         if "pcgrad_conflicts" in metrics:
             record["pcgrad_conflicts"] = int(metrics["pcgrad_conflicts"])
             record["pcgrad_cosines"] = np.asarray(metrics["pcgrad_cosines"]).round(4).tolist()
+        if "gse/loss" in metrics:  # GSE's second forward: each task's loss after the first update
+            record["gse"] = {"loss": {t: float(v) for t, v in sorted(metrics["gse/loss"].items())},
+                             "grad_norm": np.asarray(metrics["gse/grad_norm"]).tolist(),
+                             "update_norm": float(metrics["gse/update_norm"])}
         self.__init__()
         return record

@@ -41,13 +41,21 @@ class OptimizerConfig:
     freeze_encoder: bool = False
     # sum / mean: add or average per-task gradients; pcgrad: project conflicts first (sum of
     # projected gradients, or their mean with pcgrad_reduction="mean"); gse: seed 002's PCGrad
-    # update followed in the same step by a plain summed-gradient update.
+    # update followed in the same step by an update with the summed loss's gradient taken
+    # afresh at the parameters the first gave (see `second_update`).
     combiner: str = "sum"
-    pcgrad_reduction: str = "sum"
+    pcgrad_reduction: Optional[str] = None  # None: "sum" (the paper) for pcgrad, "mean" for gse
 
     def __post_init__(self):
         if self.combiner not in COMBINERS:
             raise ConfigError(f"optimizer.combiner={self.combiner!r}: expected one of {COMBINERS}")
+
+    @property
+    def reduction(self) -> str:
+        """PCGrad's reduction: GSE's first update uses "the mean of the adjusted gradients"."""
+        if self.pcgrad_reduction is not None:
+            return self.pcgrad_reduction
+        return "mean" if self.combiner == "gse" else "sum"
 
 
 def learning_rate_schedule(peak: float, total_steps: int, warmup_fraction: float) -> optax.Schedule:
@@ -101,7 +109,7 @@ class Optimizer:
         self.gse = config.combiner == "gse"
         if config.combiner in ("pcgrad", "gse"):
             combiner = pcgrad(key if key is not None else jax.random.PRNGKey(0), num_tasks_per_step,
-                              shared_parameters(params, tasks), config.pcgrad_reduction)
+                              shared_parameters(params, tasks), config.reduction)
         elif config.combiner == "mean":
             combiner = mean_tasks()
         else:
@@ -147,19 +155,28 @@ class Optimizer:
 
     def update(self, stacked_grads: PyTree, opt_state: PyTree, params: PyTree
                ) -> tuple[PyTree, PyTree, dict[str, jax.Array]]:
-        """Per-task gradients (a leading task axis on every leaf) -> (new params, state, metrics)."""
+        """Per-task gradients (a leading task axis on every leaf) -> (new params, state, metrics).
+
+        With GSE this is the step's first update (PCGrad); the caller then takes the per-task
+        gradients afresh at the new parameters, on the same batches, for `second_update`."""
         metrics = {"grad_norm": _task_norms(stacked_grads),
                    **{f"lr/{group}": lr for group, lr in self.learning_rates(opt_state).items()}}
         updates, opt_state = self.tx.update(stacked_grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
-        if self.gse:  # seed 002: then a plain summed-gradient update through the same AdamW
-            summed = jax.tree_util.tree_map(lambda g: g.sum(0), stacked_grads)
-            combiner_state, base_state = opt_state
-            second, base_state = self.base.update(summed, base_state, new_params)
-            new_params = optax.apply_updates(new_params, second)
-            opt_state = (combiner_state, base_state)
         if isinstance(opt_state[0], PCGradState):
             metrics |= {"pcgrad_conflicts": opt_state[0].num_conflicts, "pcgrad_cosines": opt_state[0].cosines}
         metrics["param_norm"] = _norm(new_params)
         metrics["update_norm"] = _norm(jax.tree_util.tree_map(jnp.subtract, new_params, params))
         return new_params, opt_state, metrics
+
+    def second_update(self, stacked_grads: PyTree, opt_state: PyTree, params: PyTree
+                      ) -> tuple[PyTree, PyTree, dict[str, jax.Array]]:
+        """GSE's second update (seed 002: "re-update them using the combined loss"): the summed
+        loss's gradient, taken at the parameters after `update`, through the same clipping
+        and AdamW (whose moments and schedule it advances)."""
+        summed = jax.tree_util.tree_map(lambda g: g.sum(0), stacked_grads)
+        combiner_state, base_state = opt_state
+        updates, base_state = self.base.update(summed, base_state, params)
+        new_params = optax.apply_updates(params, updates)
+        return new_params, (combiner_state, base_state), {
+            "gse/grad_norm": _task_norms(stacked_grads), "gse/update_norm": _norm(updates)}

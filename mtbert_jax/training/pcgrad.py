@@ -75,7 +75,7 @@ def pcgrad(key: Array, num_tasks: int, shared: Union[PyTree, Callable[[PyTree], 
     For each task i, in a fresh random order of the other tasks j: if g_i' . g_j < 0 then
     g_i' -= (g_i' . g_j) / ||g_j||^2 g_j, always against the ORIGINAL g_j. The update is the sum
     (or mean) of the projected gradients. Parameters that are not shared (a task's head or
-    adapters) keep their plain gradient. Every projection is a linear combination of the
+    adapters) keep their task's plain gradient, with either reduction (as in the PyTorch port). Every projection is a linear combination of the
     original gradients, so the work is one Gram matrix of dot products plus one weighted sum.
 
     Args:
@@ -83,7 +83,7 @@ def pcgrad(key: Array, num_tasks: int, shared: Union[PyTree, Callable[[PyTree], 
       num_tasks: the size of the leading task axis.
       shared: a pytree of bools like the parameters (True: shared by two or more tasks, to be
         projected), or a function params -> such a tree.
-      reduction: "sum" (the paper) or "mean" (the popular PyTorch port).
+      reduction: "sum" (the paper) or "mean" (the popular PyTorch port) of the shared parts.
 
     Returns:
       A GradientTransformation whose input has a leading task axis, [num_tasks, *param.shape],
@@ -123,8 +123,8 @@ def pcgrad(key: Array, num_tasks: int, shared: Union[PyTree, Callable[[PyTree], 
         scale = 1.0 / tasks if reduction == "mean" else 1.0
 
         def combine(g, is_shared):
-            if not is_shared:
-                return g.sum(0) * scale
+            if not is_shared:  # one task's own parameter: that task's gradient, never averaged
+                return g.sum(0)
             return (jnp.tensordot(weights, g.astype(jnp.float32), axes=1) * scale).astype(g.dtype)
 
         combined = treedef.unflatten([combine(g, m) for g, m in zip(leaves, mask_leaves)])

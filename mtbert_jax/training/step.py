@@ -92,32 +92,58 @@ def task_gradient(params: PyTree, teacher: PyTree, batch: Mapping[str, jax.Array
 
 
 def apply_update(state: TrainState, grads: Sequence[PyTree], loss_weights: jax.Array, *,
-                 optimizer: Optimizer, total_steps: int = 1) -> tuple[TrainState, dict]:
+                 optimizer: Optimizer, total_steps: int = 1, second: bool = False) -> tuple[TrainState, dict]:
     """Per device: the per-task gradients (already averaged over devices), weighted and stacked
-    on a leading task axis, through the optimizer; SMART's teacher follows the parameters."""
+    on a leading task axis, through the optimizer; SMART's teacher follows the parameters.
+
+    GSE (`optimizer.gse`) updates twice per step: first on the gradients at the step's
+    parameters (second=False: the PCGrad update), then on the gradients taken afresh at the
+    parameters that gave (second=True). The step counter and the teacher advance once, after
+    the step's last update.
+    """
     stacked = jax.tree_util.tree_map(
         lambda *g: jnp.stack(g) * loss_weights.reshape((-1,) + (1,) * g[0].ndim), *grads)
-    params, opt_state, metrics = optimizer.update(stacked, state.opt_state, state.params)
+    update = optimizer.second_update if second else optimizer.update
+    params, opt_state, metrics = update(stacked, state.opt_state, state.params)
+    if optimizer.gse and not second:
+        return state._replace(params=params, opt_state=opt_state), metrics
     teacher = state.teacher
     if teacher is not None:
         teacher = update_teacher(teacher, params, state.step, total_steps)
     return TrainState(params, opt_state, state.step + 1, teacher), metrics
 
 
+def gse_key(key: jax.Array) -> jax.Array:
+    """The dropout key of GSE's second forward and backward: fresh masks, as a second
+    forward pass in PyTorch would draw."""
+    return jax.random.fold_in(key, 1 << 30)
+
+
 def train_step(state: TrainState, batches: Mapping[str, Mapping[str, jax.Array]], key: jax.Array,
                loss_weights: jax.Array, *, gradients: Mapping[str, Callable], optimizer: Optimizer,
                total_steps: int = 1) -> tuple[TrainState, dict]:
-    """Per device, one whole step: every task's gradient, the combiner and the update.
+    """Per device, one whole step: every task's gradient, the combiner and the update (GSE:
+    then every task's gradient again at the updated parameters, and the second update).
 
     `gradients[task]` is `task_gradient` bound to the task's objective. Metrics stay on the
     device: each task's loss and the optimizer's metrics.
     """
-    grads, losses = [], {}
-    for task in batches:  # the caller's order: PCGrad's task indices
-        grad, losses[task], _ = gradients[task](state.params, state.teacher, batches[task], state.step, key)
-        grads.append(grad)
-    state, metrics = apply_update(state, tuple(grads), loss_weights, optimizer=optimizer, total_steps=total_steps)
-    return state, {**metrics, "loss": losses}
+    def all_gradients(state, key):
+        grads, losses = [], {}
+        for task in batches:  # the caller's order: PCGrad's task indices
+            grad, losses[task], _ = gradients[task](state.params, state.teacher, batches[task], state.step, key)
+            grads.append(grad)
+        return tuple(grads), losses
+
+    grads, losses = all_gradients(state, key)
+    update = functools.partial(apply_update, loss_weights=loss_weights, optimizer=optimizer, total_steps=total_steps)
+    state, metrics = update(state, grads)
+    metrics["loss"] = losses
+    if optimizer.gse:
+        grads, losses = all_gradients(state, gse_key(key))
+        state, second = update(state, grads, second=True)
+        metrics |= {**second, "gse/loss": losses}
+    return state, metrics
 
 
 class StepRunner:
@@ -143,8 +169,11 @@ class StepRunner:
             accumulation=accumulation, frozen=frozen) for i, t in enumerate(self.tasks)}
         self.grad_fns = {t: jax.pmap(g, axis_name=AXIS, in_axes=(0, 0, 0, 0, None))
                          for t, g in self.gradients.items()}
+        self.gse = optimizer.gse
         self.update = jax.pmap(functools.partial(apply_update, optimizer=optimizer, total_steps=total_steps),
                                axis_name=AXIS, donate_argnums=(0,))
+        self.second_update = jax.pmap(functools.partial(apply_update, optimizer=optimizer, total_steps=total_steps,
+                                                        second=True), axis_name=AXIS, donate_argnums=(0,))
         self.whole_step = jax.pmap(
             functools.partial(train_step, gradients=self.gradients, optimizer=optimizer, total_steps=total_steps),
             axis_name=AXIS, in_axes=(0, 0, None, 0), donate_argnums=(0,))
@@ -161,9 +190,19 @@ class StepRunner:
         weights = self._weights(tasks)
         if len(tasks) == 1:
             return self.whole_step(state, {tasks[0]: batches[tasks[0]]}, key, weights)
-        grads, losses = [], {}
-        for task in tasks:
-            grad, losses[task], _ = self.grad_fns[task](state.params, state.teacher, batches[task], state.step, key)
-            grads.append(grad)
-        state, metrics = self.update(state, tuple(grads), weights)
-        return state, {**metrics, "loss": losses}
+
+        def all_gradients(state, key):
+            grads, losses = [], {}
+            for task in tasks:
+                grad, losses[task], _ = self.grad_fns[task](state.params, state.teacher, batches[task], state.step, key)
+                grads.append(grad)
+            return tuple(grads), losses
+
+        grads, losses = all_gradients(state, key)
+        state, metrics = self.update(state, grads, weights)
+        metrics["loss"] = losses
+        if self.gse:  # the second update's gradients, afresh at the first update's parameters
+            grads, losses = all_gradients(state, gse_key(key))
+            state, second = self.second_update(state, grads, weights)
+            metrics |= {**second, "gse/loss": losses}
+        return state, metrics

@@ -1,7 +1,9 @@
 """Learning rates per parameter group (the encoder, the task parts, the task-specific top
-layers), and GSE's two updates per step."""
+layers), and GSE's two updates per step against a numpy GSE."""
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +15,7 @@ from mtbert_jax.model.multitask import init_model
 from mtbert_jax.synthetic import tiny_bert_config
 from mtbert_jax.training import distributed
 from mtbert_jax.training.optimizer import Optimizer, OptimizerConfig
-from mtbert_jax.training.step import StepRunner, TrainState
+from mtbert_jax.training.step import AXIS, TrainState, train_step
 
 
 def _moves_after_two_steps(config: OptimizerConfig) -> dict:
@@ -34,7 +36,7 @@ def _moves_after_two_steps(config: OptimizerConfig) -> dict:
     return {
         "encoder": moved["bert"]["encoder"]["layer_0"]["attention"]["self"]["query"]["kernel"],
         "head": moved["heads_sst"]["dense"]["kernel"],
-        "adapter": moved["adapters_sts"]["down"]["kernel"],
+        "adapter": moved["adapters_sts"]["low_rank_0"]["down"]["kernel"],
         "top_layer": moved["adapters_sts"]["top_layer"]["attention"]["self"]["query"]["kernel"],
     }
 
@@ -50,47 +52,88 @@ def test_each_group_moves_by_its_own_learning_rate(top_layer_lr, expected_top):
     np.testing.assert_allclose(moves["top_layer"], expected_top, rtol=1e-3)
 
 
-def _gse_moves(total_steps: int, grads: tuple) -> list:
-    """How far the parameters move in each of `total_steps` GSE steps of constant gradients."""
-    params = {"bert": {"w": jnp.zeros(3)}, "heads_a": {"w": jnp.zeros(2)}, "heads_b": {"w": jnp.zeros(2)}}
-    config = OptimizerConfig(combiner="gse", encoder_lr=1e-2, task_lr=1e-2, warmup_fraction=0.1,
+A_TARGET = {"bert": np.array([1.0, 0.5, 0.0]), "heads_a": np.array([2.0, -1.0]), "heads_b": np.zeros(2)}
+B_TARGET = {"bert": np.array([-1.0, 1.0, 0.2]), "heads_a": np.zeros(2), "heads_b": np.array([-3.0, 0.5])}
+
+
+def _quadratic_gradients():
+    """Task t's loss 1/2 ||theta - t's target||^2 over the shared part and its own head: at
+    theta = 0 the two shared gradients conflict (-a . -b = -0.5 < 0)."""
+    def task(target, own):
+        def loss(params):
+            return sum(0.5 * jnp.sum(jnp.square(params[k]["w"] - target[k])) for k in ("bert", own))
+
+        def gradient(params, teacher, batch, step, key):
+            value, grad = jax.value_and_grad(loss)(params)
+            return grad, value, jnp.ones(())
+        return gradient
+    return {"a": task(A_TARGET, "heads_a"), "b": task(B_TARGET, "heads_b")}
+
+
+def _adam(state, grad, lr):
+    """optax.adamw without weight decay, by hand: returns (update, state)."""
+    m, v, n = state
+    m, v, n = 0.9 * m + 0.1 * grad, 0.999 * v + 0.001 * grad ** 2, n + 1
+    return -lr * (m / (1 - 0.9 ** n)) / (np.sqrt(v / (1 - 0.999 ** n)) + 1e-8), (m, v, n)
+
+
+def _gse_by_hand(steps, schedule, reduction="mean", fresh=True):
+    """Seed 002's GSE: a PCGrad update ("the mean of the adjusted gradients"), then an update
+    with the combined loss's gradient at the parameters after the first (fresh=True)."""
+    theta = {k: np.zeros_like(v) for k, v in A_TARGET.items()}
+    adam = {k: (np.zeros_like(v), np.zeros_like(v), 0) for k, v in theta.items()}
+    count = 0
+
+    def gradients(theta):
+        ga = {k: theta[k] - A_TARGET[k] if k in ("bert", "heads_a") else np.zeros_like(theta[k]) for k in theta}
+        gb = {k: theta[k] - B_TARGET[k] if k in ("bert", "heads_b") else np.zeros_like(theta[k]) for k in theta}
+        return ga, gb
+
+    def apply(theta, adam, grad, count):
+        out, new_adam = {}, {}
+        for k in theta:
+            update, new_adam[k] = _adam(adam[k], grad[k], float(schedule(count)))
+            out[k] = theta[k] + update
+        return out, new_adam
+
+    for _ in range(steps):
+        ga, gb = gradients(theta)
+        sa, sb = ga["bert"], gb["bert"]
+        dot = sa @ sb
+        pa = sa - dot / (sb @ sb) * sb if dot < 0 else sa
+        pb = sb - dot / (sa @ sa) * sa if dot < 0 else sb
+        first = {"bert": (pa + pb) / (2 if reduction == "mean" else 1),
+                 "heads_a": ga["heads_a"], "heads_b": gb["heads_b"]}
+        theta_1, adam = apply(theta, adam, first, count)
+        ga2, gb2 = gradients(theta_1) if fresh else (ga, gb)
+        theta, adam = apply(theta_1, adam, {k: ga2[k] + gb2[k] for k in theta}, count + 1)
+        count += 2
+    return theta
+
+
+def test_gse_is_a_mean_pcgrad_update_then_a_fresh_combined_loss_update():
+    """Conflicting task gradients, against a numpy GSE: tells it apart from PCGrad's sum
+    reduction and from a second update that reuses the first update's gradient."""
+    params = {k: {"w": jnp.zeros_like(jnp.asarray(v, jnp.float32))} for k, v in A_TARGET.items()}
+    config = OptimizerConfig(combiner="gse", encoder_lr=0.1, task_lr=0.1, warmup_fraction=0.0,
                              weight_decay=0.0, max_grad_norm=0.0)
-    optimizer = Optimizer(config, params, ("a", "b"), total_steps, 2)
-    update = StepRunner(None, optimizer, (), {}).update
+    steps = 4
+    optimizer = Optimizer(config, params, ("a", "b"), steps, 2)
+    assert config.reduction == "mean"
+    step = jax.pmap(functools.partial(train_step, gradients=_quadratic_gradients(), optimizer=optimizer),
+                    axis_name=AXIS, in_axes=(0, 0, None, 0))
     state = distributed.replicate(TrainState.create(params, optimizer))
-    grads, weights = distributed.replicate(grads), distributed.replicate(jnp.ones(2))
-    moves = []
-    for _ in range(total_steps):
-        before = distributed.unreplicate(state.params)
-        state, metrics = update(state, grads, weights)
-        after = distributed.unreplicate(state.params)
-        moves.append({k: np.abs(np.asarray(after[k]["w"] - before[k]["w"])) for k in after})
-        moves[-1]["metrics"] = jax.tree_util.tree_map(lambda x: np.asarray(x[0]), metrics)
-        moves[-1]["param_norm"] = float(np.sqrt(sum(np.sum(np.square(v["w"])) for v in after.values())))
-    return moves
-
-
-def test_gse_is_a_pcgrad_update_then_a_summed_update_each_step():
-    # Orthogonal task gradients: PCGrad leaves them as they are, so both updates of a step use
-    # the summed gradient, and each is an AdamW step of the learning rate for its update count
-    # (Adam's m / sqrt(v) is 1 for a constant gradient). 10 steps: 20 updates, 2 of warm-up.
-    grads = ({"bert": {"w": jnp.array([1.0, 0.0, 0.0])}, "heads_a": {"w": jnp.ones(2)}, "heads_b": {"w": jnp.zeros(2)}},
-             {"bert": {"w": jnp.array([0.0, 2.0, 0.0])}, "heads_a": {"w": jnp.zeros(2)}, "heads_b": {"w": jnp.ones(2)}})
-    moves = _gse_moves(10, grads)
-    rates = [0.0, 0.5e-2] + [1e-2 * (1 - k / 18) for k in range(18)]  # 2 warm-up, 18 decaying
-    for step, move in enumerate(moves):
-        expected = rates[2 * step] + rates[2 * step + 1]
-        np.testing.assert_allclose(move["bert"][:2], expected, rtol=1e-4, err_msg=f"step {step}")
-        np.testing.assert_allclose(move["heads_a"], expected, rtol=1e-4, err_msg=f"step {step}")
-        assert move["bert"][2] == 0.0  # no task moves it
-        # What the step logs: the learning rate of its first update (a schedule that runs at
-        # twice the speed shows from the first record on), the update and parameter norms.
-        metrics = move["metrics"]
-        np.testing.assert_allclose(metrics["lr/encoder"], rates[2 * step], rtol=1e-5, atol=1e-9)
-        np.testing.assert_allclose(metrics["lr/task"], rates[2 * step], rtol=1e-5, atol=1e-9)
-        assert "lr/top_layer" not in metrics  # no parameter of that group
-        total_move = np.sqrt(sum(np.sum(np.square(v)) for k, v in move.items() if k in ("bert", "heads_a", "heads_b")))
-        np.testing.assert_allclose(metrics["update_norm"], total_move, rtol=1e-4)
-        np.testing.assert_allclose(metrics["param_norm"], move["param_norm"], rtol=1e-5)
-        np.testing.assert_allclose(metrics["grad_norm"], [np.sqrt(3.0), np.sqrt(6.0)], rtol=1e-6)
-    assert moves[-1]["bert"][0] > 0  # the learning rate reaches zero only at the run's end
+    batches = distributed.replicate({"a": {"x": jnp.zeros(1)}, "b": {"x": jnp.zeros(1)}})
+    weights = distributed.replicate(jnp.ones(2))
+    for _ in range(steps):
+        state, metrics = step(state, batches, jax.random.PRNGKey(0), weights)
+    assert int(distributed.unreplicate(state.step)) == steps  # one step, two updates
+    got = {k: np.asarray(v["w"]) for k, v in distributed.unreplicate(state.params).items()}
+    schedule = optimizer.schedules["encoder"]
+    expected = _gse_by_hand(steps, schedule)
+    for k in got:
+        np.testing.assert_allclose(got[k], expected[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    for wrong in (_gse_by_hand(steps, schedule, reduction="sum"), _gse_by_hand(steps, schedule, fresh=False)):
+        assert max(np.abs(wrong[k] - expected[k]).max() for k in got) > 1e-3
+    # The second forward's losses are logged: each task's loss after the first update.
+    assert set(jax.tree_util.tree_map(lambda x: x[0], metrics)["gse/loss"]) == {"a", "b"}

@@ -97,6 +97,12 @@ def test_task_specific_parameters_keep_their_own_gradient():
     np.testing.assert_allclose(out["head_a"], [5.0, -5.0])
     np.testing.assert_allclose(out["head_b"], [7.0, 7.0])
     np.testing.assert_allclose(out["shared"], [0.5, 1.5], atol=1e-6)
+    # The mean reduction averages the projected shared gradients only; a head keeps its task's
+    # gradient (the PyTorch port's merged_grad[~shared] = sum), it is not divided by T.
+    mean, _ = _run(pcgrad(jax.random.PRNGKey(0), 2, shared, reduction="mean"), g)
+    np.testing.assert_allclose(mean["head_a"], [5.0, -5.0])
+    np.testing.assert_allclose(mean["head_b"], [7.0, 7.0])
+    np.testing.assert_allclose(mean["shared"], [0.25, 0.75], atol=1e-6)
     # The shared mask may also be a function of the parameters.
     fn_out, _ = _run(pcgrad(jax.random.PRNGKey(0), 2, lambda p: shared), g)
     np.testing.assert_allclose(fn_out["shared"], out["shared"])

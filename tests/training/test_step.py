@@ -39,3 +39,31 @@ def test_frozen_encoder_gets_zero_gradient_and_the_rest_is_unchanged():
         if name != "bert":  # adapters and head: the same gradient either way (dropout keys alike)
             for a, b in zip(jax.tree_util.tree_leaves(grad[name]), jax.tree_util.tree_leaves(full_grad[name])):
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_gse_step_runner_equals_the_module_level_step():
+    """StepRunner's separate programs (gradients, first update, gradients again, second update)
+    take the same GSE step as the one-function `train_step`."""
+    from mtbert_jax.training.optimizer import Optimizer, OptimizerConfig
+    from mtbert_jax.training.step import StepRunner, TrainState, train_step
+
+    tasks = ("sst", "sts")
+    model, params = init_model(TINY, ModelConfig(tasks=tasks), jax.random.PRNGKey(0))
+    optimizer = Optimizer(OptimizerConfig(combiner="gse", encoder_lr=1e-3, warmup_fraction=0.0), params,
+                          tasks, 10, 2)
+    runner = StepRunner(model, optimizer, tasks, {}, deterministic=True)
+    rng = np.random.default_rng(0)
+    batches = {t: distributed.split_for_devices(synthetic_batch(t, 8, 12, rng)) for t in tasks}
+    fused = jax.pmap(functools.partial(train_step, gradients=runner.gradients, optimizer=optimizer),
+                     axis_name=AXIS, in_axes=(0, 0, None, 0))
+    key = jax.random.PRNGKey(3)
+    a, metrics = runner(distributed.replicate(TrainState.create(params, optimizer)), batches, key)
+    b, _ = fused(distributed.replicate(TrainState.create(params, optimizer)), batches, key, runner._weights(tasks))
+    assert int(distributed.unreplicate(a.step)) == 1
+    assert set(metrics["gse/loss"]) == set(tasks)
+    for x, y, p in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params),
+                       jax.tree_util.tree_leaves(params)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+    moved = sum(float(np.abs(np.asarray(x[0]) - np.asarray(p)).sum())
+                for x, p in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(params)))
+    assert moved > 0
