@@ -1,7 +1,8 @@
-"""Step time and peak memory of the train step with PCGrad, SMART and both, against the plain
-(summed-gradient) step, on the default model (embedded MiniLM), three tasks per step.
+"""Step time and peak memory of the train step with PCGrad, GSE, SMART and SMART with PCGrad,
+against the plain (summed-gradient) step, on the default model (embedded MiniLM), three tasks
+per step. GSE (seed 002) takes every task's gradient twice per step.
 
-python benchmarks/step_variants.py [--batch 32] [--seq 64] [--steps 8] [--rounds 2]
+python benchmarks/step_variants.py [--batch 32] [--seq 64] [--steps 8] [--rounds 2] [--variants plain,gse]
 Each variant runs in its own process (peak resident memory is per process); the variants run
 in turn, `rounds` times over, and each variant's time is the median of all its measured steps
 (after two warm-up steps per process), so slow drift of the machine's load hits all alike.
@@ -18,7 +19,8 @@ import time
 import common
 
 VARIANTS = {"plain": dict(combiner="sum", smart=False), "pcgrad": dict(combiner="pcgrad", smart=False),
-            "smart": dict(combiner="sum", smart=True), "smart+pcgrad": dict(combiner="pcgrad", smart=True)}
+            "gse": dict(combiner="gse", smart=False), "smart": dict(combiner="sum", smart=True),
+            "smart+pcgrad": dict(combiner="pcgrad", smart=True)}
 TASKS = ("sst", "quora", "sts")
 
 
@@ -68,15 +70,21 @@ def main():
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="comma-separated, the first is the baseline (default: all)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
         print(json.dumps(run_variant(args.variant, args.batch, args.seq, args.steps)))
         return
-    times = {name: [] for name in VARIANTS}
-    rss = {name: 0.0 for name in VARIANTS}
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {unknown}; expected some of {list(VARIANTS)}")
+    times = {name: [] for name in names}
+    rss = {name: 0.0 for name in names}
     for _ in range(args.rounds):
-        for name in VARIANTS:
+        for name in names:
             out = common.run_side(__file__, ["--variant", name, "--batch", str(args.batch),
                                              "--seq", str(args.seq), "--steps", str(args.steps)])
             machine = out["machine"]
@@ -85,11 +93,11 @@ def main():
     rows = [{"variant": name, "step_seconds": statistics.median(t), "steps_measured": len(t),
              "examples_per_second": 3 * args.batch / statistics.median(t), "peak_rss_mib": rss[name],
              "times": t} for name, t in times.items()]
-    plain = rows[0]["step_seconds"]
+    plain = rows[0]["step_seconds"]  # the first variant named
     for r in rows:
         r["ratio_to_plain"] = r["step_seconds"] / plain
     common.print_table([("variant", "variant", "s"), ("step_seconds", "step s", ".3f"),
-                        ("ratio_to_plain", "x plain", ".3f"), ("examples_per_second", "ex/s", ".1f"),
+                        ("ratio_to_plain", f"x {names[0]}", ".3f"), ("examples_per_second", "ex/s", ".1f"),
                         ("peak_rss_mib", "peak RSS MiB", ".0f")], rows)
     common.print_json("step_variants", {"batch": args.batch, "seq": args.seq, "tasks": TASKS,
                                         "results": rows}, machine)

@@ -1,7 +1,15 @@
 """Each task's training objective: its loss, plus optionally MNRL, SMART and uncertainty weighting.
 
 An objective returns (sum of per-example losses over the real rows, number of real rows), so
-micro-batches and devices add up to the exact mean (see train_step.py).
+micro-batches and devices add up to the exact mean (see step.py).
+
+MNRL's in-batch negatives span the global batch: every device and every micro-batch. The step
+first encodes the whole batch without gradients (`Objective.pair_vectors`), gathers the vectors
+across devices, takes the ranking loss and its gradient with respect to every vector
+(`Objective.ranking`), and hands each micro-batch its rows' vector gradients: the objective
+then backpropagates them through the encoder (a gradient cache, as in GradCache and
+sentence-transformers' CachedMNRL). The step is then the same on 1 or N devices and with or
+without accumulation. The MNRL term is a mean over the positive pairs of the global batch.
 """
 
 from __future__ import annotations
@@ -129,35 +137,72 @@ def check_objective(config: ObjectiveConfig, model: ModelConfig) -> None:
                           f"not {model.pair_head('sts')!r} (its parameters would never train)")
 
 
-def make_objective(model: MultiTaskModel, task: str, config: ObjectiveConfig,
-                   deterministic: bool = False) -> Callable:
-    """(params, teacher, batch, key) -> (loss summed over real rows, number of real rows)."""
-    smart_on = task in config.smart.tasks
-    mnrl_on = task in config.mnrl.tasks
-    check_objective(config, model.config)
+class Objective:
+    """A task's objective: `objective(params, teacher, batch, key, vector_grads=None)` ->
+    (loss summed over real rows, number of real rows).
 
-    def forward(params, batch, key, deltas=None):
-        return model.apply({"params": params}, task, batch, deterministic=deterministic,
-                           perturbations=deltas, rngs={"dropout": key})
+    With MNRL on (`self.mnrl_on`), `vector_grads` = (du, dv, values): the gradients of the
+    global batch's MNRL term with respect to this batch's two sentence vectors, and this
+    batch's rows' share of its value (see `ranking`); the objective backpropagates the
+    gradients through the encoder. Without them, MNRL runs over this batch alone.
+    """
 
-    def objective(params, teacher, batch, key):
+    def __init__(self, model: MultiTaskModel, task: str, config: ObjectiveConfig, deterministic: bool = False):
+        check_objective(config, model.config)
+        self.model, self.task, self.config, self.deterministic = model, task, config, deterministic
+        self.smart_on = task in config.smart.tasks
+        self.mnrl_on = task in config.mnrl.tasks
+
+    def forward(self, params, batch, key, deltas=None):
+        return self.model.apply({"params": params}, self.task, batch, deterministic=self.deterministic,
+                                perturbations=deltas, rngs={"dropout": key})
+
+    def pair_vectors(self, params, batch, key) -> tuple[Array, Array]:
+        """The batch's two sentence vectors ([rows, hidden] each), as the objective computes them
+        (same dropout masks: they depend on the key and the example ids only)."""
+        return self.forward(params, batch, key).embeddings
+
+    def positive_rows(self, batch) -> Array:
+        """[rows] 1.0 for the real rows whose pair is positive: MNRL's rows."""
+        return positives(self.task, batch["labels"], self.config.mnrl.sts_threshold) * batch["weights"]
+
+    def ranking(self, u: Array, v: Array, rows: Array, input_ids_b: Array, real_rows: Array) -> Array:
+        """[rows] each row's MNRL term in a (global) batch, scaled to add to a loss sum that the
+        step divides by the number of real rows: weight x real rows / positive rows x its
+        ranking loss, so that the MNRL term ends as a mean over the positive pairs; with
+        `mnrl.only`, the ranking loss itself (the task then counts its positive rows)."""
+        losses = mnrl(u, v, rows, input_ids_b)
+        if self.config.mnrl.only:
+            return losses
+        return self.config.mnrl.weight * real_rows / jnp.maximum(rows.sum(), 1.0) * losses
+
+    def __call__(self, params, teacher, batch, key, vector_grads=None):
+        config, task = self.config, self.task
         weights = batch["weights"]
         count = weights.sum()
-        out = forward(params, batch, key)
+        out = self.forward(params, batch, key)
         if TASKS[task].kind == REGRESSION and config.sts_loss == "cosine_embedding":
             per_example = cosine_embedding_loss(*out.embeddings, batch["labels"])
         else:
             per_example = per_example_loss(task, out.prediction, batch["labels"])
         total = (per_example * weights).sum()
-        if mnrl_on:
-            rows = positives(task, batch["labels"], config.mnrl.sts_threshold) * weights
-            ranking = mnrl(*out.embeddings, rows, batch["input_ids_b"]).sum()
+        if self.mnrl_on:
+            rows = self.positive_rows(batch)
+            if vector_grads is None:  # this batch alone
+                ranking = self.ranking(*out.embeddings, rows, batch["input_ids_b"], count).sum()
+            else:  # this batch's share of the global batch's MNRL, and its gradient through u, v
+                du, dv, values = vector_grads
+                surrogate = sum(jnp.sum(g * x.astype(jnp.float32)) for g, x in ((du, out.embeddings[0]),
+                                                                              (dv, out.embeddings[1])))
+                ranking = values.sum() + surrogate - jax.lax.stop_gradient(surrogate)
             if config.mnrl.only:
                 total, count = ranking, rows.sum()
             else:
-                total = total + config.mnrl.weight * ranking
-        if smart_on:
+                total = total + ranking
+        if self.smart_on:
             cfg = config.smart
+            forward = self.forward
+            model = self.model
             frozen = jax.lax.stop_gradient(params)  # the ascent step does not train the weights
             shapes = [batch["input_ids" + s].shape + (model.bert_config.hidden_size,)
                       for s in ("", "_b") if "input_ids" + s in batch]
@@ -175,4 +220,8 @@ def make_objective(model: MultiTaskModel, task: str, config: ObjectiveConfig,
             total = jnp.exp(-s) * total + s * count
         return total, count
 
-    return objective
+
+def make_objective(model: MultiTaskModel, task: str, config: ObjectiveConfig,
+                   deterministic: bool = False) -> Objective:
+    """(params, teacher, batch, key[, vector_grads]) -> (loss summed over real rows, real rows)."""
+    return Objective(model, task, config, deterministic)

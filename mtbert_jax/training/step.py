@@ -50,45 +50,75 @@ def task_gradient(params: PyTree, teacher: PyTree, batch: Mapping[str, jax.Array
     the batch's rows divide by `accumulation`. The dropout key is folded per step and task only:
     the batch's `example_ids` (each row's index in the global batch) make the masks differ per
     example, so that an example draws the same dropout on any device, in any micro-batch
-    (without them, rows are numbered from this device's index). `frozen` names top-level parameter groups (such as "bert") that are not
-    differentiated: their gradient is zeros without being computed (with heads only, the
-    backward pass stops at the frozen encoder's output). Call it under pmap (or shard_map) with
-    the axis name AXIS.
+    (without them, rows are numbered from this device's index). With MNRL on and more than one
+    device or micro-batch, the in-batch negatives span the global batch through a gradient cache
+    (`_ranking_vector_grads`; an extra forward pass of the batch). `frozen` names top-level
+    parameter groups (such as "bert") that are not differentiated: their gradient is zeros
+    without being computed (with heads only, the backward pass stops at the frozen encoder's
+    output). Call it under pmap (or shard_map) with the axis name AXIS.
     """
     frozen = tuple(frozen)
 
-    def loss_of_trainable(trainable, fixed, teacher, batch, key):
-        return loss_sum({**trainable, **fixed}, teacher, batch, key)
-
-    def value_and_grad(batch, key):
-        trainable = {k: v for k, v in params.items() if k not in frozen}
-        fixed = {k: jax.lax.stop_gradient(params[k]) for k in frozen if k in params}
-        value, grad = jax.value_and_grad(loss_of_trainable, has_aux=True)(trainable, fixed, teacher, batch, key)
-        return value, {**grad, **jax.tree_util.tree_map(jnp.zeros_like, fixed)}
+    def loss_of_trainable(trainable, fixed, teacher, batch, key, **kwargs):
+        return loss_sum({**trainable, **fixed}, teacher, batch, key, **kwargs)
 
     key = jax.random.fold_in(jax.random.fold_in(key, step), task_index)
+    rows = batch["weights"].shape[0]
     if "example_ids" not in batch:
-        rows = batch["weights"].shape[0]
         batch = {**batch, "example_ids": jax.lax.axis_index(AXIS) * rows + jnp.arange(rows, dtype=jnp.int32)}
+    micro = jax.tree_util.tree_map(lambda x: x.reshape((accumulation, rows // accumulation) + x.shape[1:]), batch)
+    # MNRL over more than this one batch (devices or micro-batches): its gradient cache.
+    global_ranking = getattr(loss_sum, "mnrl_on", False) and (accumulation > 1 or jax.lax.axis_size(AXIS) > 1)
+    vector_grads = _ranking_vector_grads(loss_sum, params, batch, micro, key) if global_ranking else None
+
+    def value_and_grad(batch, key, vector_grads):
+        trainable = {k: v for k, v in params.items() if k not in frozen}
+        fixed = {k: jax.lax.stop_gradient(params[k]) for k in frozen if k in params}
+        objective = functools.partial(loss_of_trainable, vector_grads=vector_grads) if global_ranking \
+            else loss_of_trainable
+        value, grad = jax.value_and_grad(objective, has_aux=True)(trainable, fixed, teacher, batch, key)
+        return value, {**grad, **jax.tree_util.tree_map(jnp.zeros_like, fixed)}
+
     if accumulation == 1:  # no zero-filled accumulators: a full pass over the params saved
-        (loss, count), grad = value_and_grad(batch, key)
+        first = None if vector_grads is None else jax.tree_util.tree_map(lambda x: x[0], vector_grads)
+        (loss, count), grad = value_and_grad(batch, key, first)
         totals = (grad, loss, count)
     else:
-        rows = batch["weights"].shape[0]
-        micro = jax.tree_util.tree_map(
-            lambda x: x.reshape((accumulation, rows // accumulation) + x.shape[1:]), batch)
-
-        def accumulate(totals, mb):
-            (loss, count), grad = value_and_grad(mb, key)
+        def accumulate(totals, inputs):
+            mb, vg = inputs
+            (loss, count), grad = value_and_grad(mb, key, vg)
             total_grad, total_loss, total_count = totals
             return (jax.tree_util.tree_map(jnp.add, total_grad, grad), total_loss + loss,
                     total_count + count), None
 
         zeros = (jax.tree_util.tree_map(jnp.zeros_like, params), jnp.zeros(()), jnp.zeros(()))
-        totals, _ = jax.lax.scan(accumulate, zeros, micro)
+        totals, _ = jax.lax.scan(accumulate, zeros, (micro, vector_grads))
     grad, loss, count = jax.lax.psum(totals, AXIS)
     denominator = jnp.maximum(count, 1.0)
     return jax.tree_util.tree_map(lambda g: g / denominator, grad), loss / denominator, count
+
+
+def _ranking_vector_grads(objective, params, batch, micro, key):
+    """MNRL's gradient cache: the whole global batch's sentence vectors (every device, every
+    micro-batch; no gradients kept), its MNRL term, and that term's gradient with respect to
+    each of this device's vectors, with each row's share of the value: [accumulation, rows, ...]."""
+    accumulation, rows = micro["weights"].shape[:2]
+    fixed = jax.lax.stop_gradient(params)
+    u, v = jax.lax.map(lambda mb: tuple(x.astype(jnp.float32) for x in objective.pair_vectors(fixed, mb, key)),
+                       micro)
+    u, v = u.reshape(accumulation * rows, -1), v.reshape(accumulation * rows, -1)
+    gather = functools.partial(jax.lax.all_gather, axis_name=AXIS, tiled=True)
+    positive, ids_b = gather(objective.positive_rows(batch)), gather(batch["input_ids_b"])
+    real_rows = jax.lax.psum(batch["weights"].sum(), AXIS)
+
+    def ranking(u, v):
+        values = objective.ranking(u, v, positive, ids_b, real_rows)
+        return values.sum(), values
+
+    (_, values), (du, dv) = jax.value_and_grad(ranking, argnums=(0, 1), has_aux=True)(gather(u), gather(v))
+    mine = jax.lax.axis_index(AXIS) * accumulation * rows  # this device's rows in the gathered order
+    return tuple(jax.lax.dynamic_slice_in_dim(x, mine, accumulation * rows).reshape((accumulation, rows) + x.shape[1:])
+                 for x in (du, dv, values))
 
 
 def apply_update(state: TrainState, grads: Sequence[PyTree], loss_weights: jax.Array, *,

@@ -147,21 +147,26 @@ def test_killed_run_resumes_to_the_same_parameters(tiny_checkpoint, tiny_data_di
     assert logged(tmp_path / "killed") == logged(tmp_path / "whole")
 
 
-def _data_parallel(devices: int, path: Path, accumulation: int = 1) -> dict:
+def _data_parallel(devices: int, path: Path, accumulation: int = 1, mnrl: bool = False) -> dict:
     subprocess.run([sys.executable, str(ROOT / "tests" / "training" / "data_parallel_steps.py"),
-                    str(devices), str(path), str(accumulation)], check=True, cwd=ROOT,
+                    str(devices), str(path), str(accumulation), "mnrl" if mnrl else "plain"], check=True, cwd=ROOT,
                    env=dict(os.environ))
     return dict(np.load(path))
 
 
-def test_four_devices_take_the_same_steps_as_one(tmp_path):
-    one, four = _data_parallel(1, tmp_path / "one.npz"), _data_parallel(4, tmp_path / "four.npz")
+@pytest.mark.parametrize("mnrl", [False, True], ids=["plain", "mnrl"])
+def test_four_devices_take_the_same_steps_as_one(tmp_path, mnrl):
+    """MNRL included: its in-batch negatives span the four devices' rows."""
+    one, four = _data_parallel(1, tmp_path / "one.npz", mnrl=mnrl), _data_parallel(4, tmp_path / "four.npz", mnrl=mnrl)
     for name in one:
         np.testing.assert_allclose(four[name], one[name], atol=1e-5, err_msg=name)
 
 
-def test_gradient_accumulation_equals_the_full_batch(tmp_path):
-    full, accumulated = _data_parallel(1, tmp_path / "k1.npz"), _data_parallel(1, tmp_path / "k2.npz", 2)
+@pytest.mark.parametrize("mnrl", [False, True], ids=["plain", "mnrl"])
+def test_gradient_accumulation_equals_the_full_batch(tmp_path, mnrl):
+    """MNRL included: its gradient cache makes two micro-batches one batch of negatives."""
+    full = _data_parallel(1, tmp_path / "k1.npz", mnrl=mnrl)
+    accumulated = _data_parallel(1, tmp_path / "k2.npz", 2, mnrl=mnrl)
     for name in full:
         np.testing.assert_allclose(accumulated[name], full[name], atol=1e-5, err_msg=name)
 

@@ -124,6 +124,28 @@ def test_unique_text_batches_never_repeat_a_text():
     assert sorted(seen) == list(range(40))
 
 
+def test_mnrl_term_is_a_mean_over_positive_pairs():
+    """loss / rows = task loss mean + weight x MNRL mean over the positive pairs only."""
+    from mtbert_jax.training.losses import per_example_loss
+    from mtbert_jax.training.objectives import MnrlConfig, positives
+    config = ModelConfig(tasks=("quora",), pair_heads={"quora": "bi_concat"})
+    model, params = init_model(TINY, config, jax.random.PRNGKey(0))
+    batch = synthetic_batch("quora", 8, 8, np.random.default_rng(1), pair_encoding="bi", filler_rows=2)
+    batch["labels"] = np.array([1, 0, 1, 0, 0, 1, 0, 0], np.int32)
+    key = jax.random.PRNGKey(0)
+    total, count = make_objective(model, "quora", ObjectiveConfig(mnrl=MnrlConfig(tasks=("quora",), weight=0.5)),
+                                  True)(params, None, batch, key)
+    out = model.apply({"params": params}, "quora", batch)
+    w = np.asarray(batch["weights"])
+    rows = np.asarray(positives("quora", batch["labels"], 4.0)) * w
+    assert 0 < rows.sum() < w.sum()
+    ranking = np.asarray(mnrl(*out.embeddings, jnp.asarray(rows), batch["input_ids_b"]))
+    task = np.asarray(per_example_loss("quora", out.prediction, batch["labels"]))
+    expected = (task * w).sum() / w.sum() + 0.5 * ranking.sum() / rows.sum()
+    assert float(count) == w.sum()
+    assert float(total) / float(count) == pytest.approx(expected, rel=1e-5)
+
+
 def test_cosine_embedding_loss_by_hand():
     u, v = jnp.array([[1.0, 0.0], [1.0, 0.0]]), jnp.array([[1.0, 1.0], [1.0, 1.0]])
     c = 1 / np.sqrt(2)
