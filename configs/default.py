@@ -82,8 +82,14 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.schedule.oversample_max = 1.0
     # Steps per epoch times this factor (seed 002: 3x the smallest task's epoch).
     c.schedule.iterations_multiplier = 1.0
-    # The first N epochs train only the largest task (seed 004: Quora first).
+    # Curriculum: epochs per stage, 0 for none (seed 004: Quora first).
     c.schedule.curriculum_epochs = 0
+    # largest_first: those epochs train the largest task alone, then all; one_by_one: tasks join
+    # largest first, one more every curriculum_epochs epochs (seed 004's gradual introduction).
+    c.schedule.curriculum = "largest_first"
+    # Method 3 starts every task's pass afresh each epoch, discarding the rest (seed 001); True
+    # continues each task where the last epoch stopped, so that over epochs all data is seen.
+    c.schedule.method3_carry_over = False
 
     # Loss weight per task (Method 1 schedules use their own).
     c.loss_weights = ml_collections.ConfigDict({"sst": 1.0, "quora": 1.0, "sts": 1.0})

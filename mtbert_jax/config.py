@@ -105,8 +105,13 @@ def _check_fields(name: str, section: type, values: Mapping) -> None:
 
 
 def upgrade(saved: Mapping) -> dict:
-    """A saved config in today's layout: runs written before the objective group still load."""
+    """A saved config in today's layout: runs written before the objective group still load,
+    and go on as they started."""
     d = dict(saved)
     if any(k in d for k in _OBJECTIVE_KEYS) and "objective" not in d:
         d["objective"] = {k: d.pop(k) for k in _OBJECTIVE_KEYS if k in d}
+    if "schedule" in d and "method3_carry_over" not in d["schedule"]:
+        # Runs saved before Method 3 restarted its passes each epoch carried them over: a
+        # resumed one goes on as it started.
+        d["schedule"] = {**d["schedule"], "method3_carry_over": True}
     return d

@@ -100,5 +100,9 @@ def test_a_config_saved_before_the_objective_group_still_loads():
     run = RunConfig.from_dict(old)
     assert run.objective.smart.tasks == ("sst",) and run.objective.uncertainty_weighting
     assert "smart" not in upgrade(old) and upgrade(c) == c
+    # Method 3 carried its passes over epochs then: a resumed old run goes on doing so.
+    old["schedule"] = {k: v for k, v in c["schedule"].items() if k != "method3_carry_over"}
+    assert RunConfig.from_dict(old).schedule.method3_carry_over
+    assert not RunConfig.from_dict(c).schedule.method3_carry_over
     # ... and what a run saves reads back to the same configuration.
     assert RunConfig.from_dict(dataclasses.asdict(run)) == run

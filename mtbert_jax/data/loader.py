@@ -2,7 +2,8 @@
 
 Each task's stream goes through its records in shuffled passes (pass p of task t is shuffled
 by a generator seeded with (seed, t, p)); a task that runs out in an epoch starts its next pass
-(Method 2's cycling, oversampling). All randomness is seeded from positions, so the loader's
+(Method 2's cycling, oversampling). Under Method 3 each epoch starts every task's next pass
+instead, discarding what the last epoch left (unless schedule.method3_carry_over). All randomness is seeded from positions, so the loader's
 state is a handful of integers: `state_dict()` after any step and `load_state_dict()` in a new
 process continue with exactly the batches an uninterrupted run would have seen.
 """
@@ -44,6 +45,11 @@ class _TaskStream:
     def restore(self, pass_index: int, position: int) -> None:
         self.pass_index, self.position, self._order = pass_index, position, None
 
+    def start_next_pass(self) -> None:
+        """Discards the rest of the current pass (nothing to do at a pass's start)."""
+        if self.position:
+            self.restore(self.pass_index + 1, 0)
+
 
 class MultiTaskLoader:
     """Yields, step by step, {task: batch} for the tasks the schedule puts in each step."""
@@ -73,6 +79,9 @@ class MultiTaskLoader:
     def __iter__(self) -> Iterator[dict[str, Batch]]:
         """The remaining steps of the current epoch; afterwards the loader is at the next epoch."""
         plan = self.plan(self.epoch)
+        if self.step == 0 and self.schedule.restarts_streams:
+            for stream in self.streams.values():
+                stream.start_next_pass()
         while self.step < len(plan):
             tasks = plan[self.step]
             batches = {t: self.streams[t].next_batch() for t in tasks}

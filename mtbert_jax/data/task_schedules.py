@@ -10,12 +10,16 @@ Kinds (see ../shared/docs/algorithms.md; n_t = batches in task t's epoch share):
 - method1:      all tasks every step; ceil(N_max / B) steps; task t's batch ceil(N_t / steps);
                 loss_t weighted by (sum of the other tasks' batch sizes) / (t's batch size)
 - method2:      all tasks every step, equal batches, until the largest is exhausted (others cycle)
-- method3:      all tasks every step, equal batches, until the smallest is exhausted
+- method3:      all tasks every step, equal batches, until the smallest is exhausted; each
+                epoch restarts every task's pass, discarding the rest of the larger tasks (seed
+                001), unless method3_carry_over continues where the last epoch stopped
 - proportional / sqrt / annealed: one task per step, sampled with p_t ~ N_t^alpha, alpha = 1,
                 0.5, or 1 - 0.8 (e - 1) / (E - 1) in epoch e of E; sum n_t steps per epoch
 Modifiers: task_weights (N_t -> w_t N_t; 0 removes a task), oversample_max k (a smaller task
-grows to min(k N_t, N_max)), iterations_multiplier (steps per epoch times m), curriculum_epochs
-(the first c epochs train only the task with the most records, judged before oversampling).
+grows to min(k N_t, N_max)), iterations_multiplier (steps per epoch times m), curriculum_epochs c
+with curriculum "largest_first" (the first c epochs train only the task with the most records,
+judged before oversampling, then all) or "one_by_one" (tasks join largest first, one more every
+c epochs: seed 004's "gradually introduced").
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from mtbert_jax.tasks import TASKS
 
 ALL_TASK_KINDS = ("method1", "method2", "method3")
 SAMPLED_KINDS = {"proportional": 1.0, "sqrt": 0.5, "annealed": None}
+CURRICULA = ("largest_first", "one_by_one")
 KINDS = ("sequential", "round_robin") + ALL_TASK_KINDS + tuple(SAMPLED_KINDS)
 
 Step = tuple[str, ...]  # the tasks that train in one step
@@ -48,11 +53,15 @@ class ScheduleConfig:
     oversample_max: float = 1.0
     iterations_multiplier: float = 1.0
     curriculum_epochs: int = 0
+    curriculum: str = "largest_first"  # or "one_by_one"
+    method3_carry_over: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "task_weights", dict(self.task_weights or {}))
         if self.kind not in KINDS:
             raise ConfigError(f"schedule.kind={self.kind!r}: expected one of {KINDS}")
+        if self.curriculum not in CURRICULA:
+            raise ConfigError(f"schedule.curriculum={self.curriculum!r}: expected one of {CURRICULA}")
         for name, value, ok, expected in (
                 ("batch_size", self.batch_size, self.batch_size > 0, "> 0"),
                 ("oversample_max", self.oversample_max, self.oversample_max >= 1, ">= 1"),
@@ -77,9 +86,10 @@ class Schedule:
         if not effective:
             raise ConfigError(f"schedule: no task left to train (sizes {dict(sizes)}, weights {weights})")
         largest = max(effective.values())
-        # The curriculum's first task: the largest before oversampling, which can raise a
+        # The curriculum's order: largest first, judged before oversampling, which can raise a
         # small task to the largest's size (seed 004: SST x5 ties with Quora).
-        self.curriculum_task = max(effective, key=effective.get)
+        self.curriculum_order = tuple(sorted(effective, key=lambda t: -effective[t]))
+        self.curriculum_task = self.curriculum_order[0]
         self.sizes = {t: int(math.ceil(max(n, min(config.oversample_max * n, largest))))
                       for t, n in effective.items()}
         self.config, self.num_epochs, self.seed = config, num_epochs, seed
@@ -90,10 +100,19 @@ class Schedule:
         """Whether every step holds a batch of every task (what PCGrad needs)."""
         return self.config.kind in ALL_TASK_KINDS
 
+    @property
+    def restarts_streams(self) -> bool:
+        """Whether each epoch starts every task's pass afresh (Method 3: the rest is discarded)."""
+        return self.config.kind == "method3" and not self.config.method3_carry_over
+
     def active_tasks(self, epoch: int) -> tuple[str, ...]:
-        if epoch < self.config.curriculum_epochs:
-            return (self.curriculum_task,)
-        return self.tasks
+        c = self.config.curriculum_epochs
+        if not c:
+            return self.tasks
+        if self.config.curriculum == "one_by_one":
+            joined = set(self.curriculum_order[:1 + epoch // c])
+            return tuple(t for t in self.tasks if t in joined)
+        return (self.curriculum_task,) if epoch < c else self.tasks
 
     def batch_sizes(self, epoch: int = -1) -> dict[str, int]:
         """Per-task batch size (Method 1: proportional to the task's size)."""

@@ -113,14 +113,40 @@ def test_order_is_reproducible_and_changes_with_seed_and_epoch():
     assert e0 != _fingerprint(_loader(seed=1))
 
 
-@pytest.mark.parametrize("kind", ["method2", "annealed", "round_robin"])
+def _epoch_indices(loader):
+    seen = {}
+    for step in loader:
+        for task, batch in step.items():
+            seen.setdefault(task, []).extend(batch["index"][batch["weights"] > 0].tolist())
+    return seen
+
+
+@pytest.mark.parametrize("carry_over", [False, True])
+def test_method3_discards_the_rest_of_each_epoch_unless_carried_over(carry_over):
+    """Seed 001's Method 3 uses each example at most once per epoch: every epoch starts each
+    task's next pass (a fresh shuffle) and the larger tasks' remaining records are dropped."""
+    loader = _loader("method3", method3_carry_over=carry_over)
+    first, second = _epoch_indices(loader), _epoch_indices(loader)
+    assert len(first["c"]) == 30  # 4 steps: the smallest task's 30 records in batches of 8
+    for task, n in (("a", 200), ("b", 50)):
+        assert len(set(first[task])) == len(first[task])
+        if carry_over:  # the second epoch continues a's pass (200 records): nothing seen twice
+            assert task == "b" or not set(first[task]) & set(second[task])
+        else:  # a fresh pass: a fresh shuffle of all n records, not the rest of the first
+            fresh = np.random.default_rng([0, sorted(loader.streams).index(task), 1])
+            order = loader.streams[task].batcher.pass_order(fresh)
+            expected = [i for batch in order[:4] for i in batch.tolist() if i >= 0]
+            assert second[task] == expected
+
+
+@pytest.mark.parametrize("kind", ["method2", "method3", "annealed", "round_robin"])
 def test_save_and_restore_gives_the_same_continuation(kind):
     uninterrupted = _loader(kind)
     reference = _fingerprint(uninterrupted) + _fingerprint(uninterrupted)
 
     interrupted = _loader(kind)
     it = iter(interrupted)
-    head = [next(it) for _ in range(7)]
+    head = [next(it) for _ in range(min(7, interrupted.steps_in_epoch() - 1))]
     state = {k: np.array(v) for k, v in interrupted.state_dict().items()}
     padding = json.loads(json.dumps(interrupted.padding_state()))  # as the checkpoint's JSON holds it
     resumed = _loader(kind)  # as in a new process

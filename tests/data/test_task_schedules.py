@@ -98,7 +98,15 @@ def test_curriculum_starts_with_the_largest_task_before_oversampling():
     assert _counts(plan) == {"quora": 100}
 
 
-@pytest.mark.parametrize("bad", [dict(kind="nope"), dict(batch_size=0), dict(oversample_max=0.5)])
+def test_one_by_one_curriculum_adds_a_task_every_k_epochs_largest_first():
+    schedule = Schedule(ScheduleConfig(kind="round_robin", batch_size=10, curriculum_epochs=2,
+                                       curriculum="one_by_one"), SIZES, 8)
+    joined = [set(_counts(schedule.plan(e))) for e in range(7)]
+    assert joined == [{"quora"}] * 2 + [{"quora", "sst"}] * 2 + [{"quora", "sst", "sts"}] * 3
+
+
+@pytest.mark.parametrize("bad", [dict(kind="nope"), dict(batch_size=0), dict(oversample_max=0.5),
+                                 dict(curriculum="gradual")])
 def test_bad_config(bad):
     with pytest.raises(ValueError):
         ScheduleConfig(**bad)
