@@ -15,7 +15,7 @@ without accumulation. The MNRL term is a mean over the positive pairs of the glo
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
