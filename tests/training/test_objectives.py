@@ -73,6 +73,49 @@ def test_perturbation_stays_in_the_eps_ball(sst_model):
     assert float(jnp.max(jnp.abs(deltas[0]))) == pytest.approx(1e-5, rel=1e-3)  # the step reaches the ball
 
 
+def test_perturbation_steps_up_the_divergence(sst_model):
+    """One ascent step from the noise nu: the divergence at nu + step exceeds that at the point
+    reflected the other way, nu - step (a descent step would reverse the two)."""
+    model, params = sst_model
+    batch = _batch()
+    config = SmartConfig(tasks=("sst",), sigma=1e-2, eta=1e-2, eps=1.0)  # eps: no clipping here
+
+    def forward(deltas):
+        return model.apply({"params": params}, "sst", batch, perturbations=deltas).prediction
+
+    clean, key = forward(None), jax.random.PRNGKey(0)
+    (delta,) = perturbation("sst", forward, clean, [(4, 8, 32)], batch["weights"], key, config)
+    noise = config.sigma * jax.random.normal(jax.random.split(key, 1)[0], (4, 8, 32))  # perturbation's own draw
+    step = delta - noise
+    np.testing.assert_allclose(jnp.max(jnp.abs(step), axis=(1, 2)), config.eta, rtol=1e-4)  # eta g / ||g||_inf
+
+    def divergence(d):
+        return float((symmetric_divergence("sst", forward([d]), clean) * batch["weights"]).sum())
+
+    assert divergence(noise + step) > divergence(noise - step) > 0
+
+
+def test_unique_text_batches_hold_no_text_twice_on_either_side_or_across():
+    """MNRL's negatives: no text twice among the first sentences, among the second ones, nor
+    one record's first sentence equal to another record's second sentence in the batch."""
+    rng = np.random.default_rng(0)
+    pool = [np.array([101, 5 + k, 102], np.int32) for k in range(12)]  # 12 texts shared by both sides
+    firsts = [pool[i] for i in rng.integers(0, 12, 60)]
+    seconds = [pool[i] for i in rng.integers(0, 12, 60)]
+    segments = tuple(Segments.from_lists(side, [np.zeros(3, np.int32)] * 60) for side in (firsts, seconds))
+    data = TaskData("quora", "train", np.arange(60).astype(str), np.ones(60, np.int32), segments, 0, [])
+    batcher = TaskBatcher(data, 4, bucket_lengths(16), unique_texts=True)
+    seen = []
+    for indices in batcher.pass_order(np.random.default_rng(0)):
+        a = [tuple(firsts[i]) for i in indices]
+        b = [tuple(seconds[i]) for i in indices]
+        assert len(set(a)) == len(a) and len(set(b)) == len(b), (a, b)
+        # across the sides, a text may meet only itself: a record whose two sentences are equal
+        assert all(a[i] != b[j] for i in range(len(a)) for j in range(len(b)) if i != j), (a, b)
+        seen += list(indices)
+    assert sorted(seen) == list(range(60))
+
+
 def test_teacher_update_rule():
     teacher, params = {"w": jnp.array([1.0])}, {"w": jnp.array([0.0])}
     early = update_teacher(teacher, params, jnp.asarray(5), total_steps=100)  # < 10%: beta 0.99
