@@ -183,7 +183,12 @@ class Trainer:
                     self.metrics_log.write(record)
                     bar.set_postfix({**{t: f"{v:.3f}" for t, v in record["loss"].items()},
                                      "ex/s": f"{record['examples_per_second']:.1f}"})
-                if self.step % self.run.checkpoint_every_steps == 0:
+                after = item.position["state"]  # the loader runs ahead in its thread: this step's position
+                ends_epoch = int(after["step"]) == self.loader.steps_in_epoch(epoch) or self.step >= stage_end
+                # Not at an epoch's end: its dev record and checkpoint follow (`end_epoch`). A
+                # checkpoint there without the record would let a run killed while evaluating
+                # restart as finished, with no dev record, best checkpoint or plots.
+                if self.step % self.run.checkpoint_every_steps == 0 and not ends_epoch:
                     self.save()
                 if self.step >= stage_end:
                     break

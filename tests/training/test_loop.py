@@ -147,6 +147,54 @@ def test_killed_run_resumes_to_the_same_parameters(tiny_checkpoint, tiny_data_di
     assert logged(tmp_path / "killed") == logged(tmp_path / "whole")
 
 
+KILLED_AT_EVALUATION = """
+import os, runpy, signal, sys
+import mtbert_jax.training.loop as loop
+
+real, calls = loop.dataset_metrics, []
+
+def dies(*args, **kwargs):  # kill -9 in the middle of the dev evaluation numbered $KILL_AT_EVALUATION
+    calls.append(1)
+    if len(calls) == int(os.environ["KILL_AT_EVALUATION"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+
+loop.dataset_metrics = dies
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_run_killed_during_its_final_evaluation_finishes_on_restart(tiny_checkpoint, tiny_data_dir, tmp_path):
+    """Its last step (12) is a multiple of checkpoint_every_steps: killed while evaluating after
+    it, the restart must still write the final dev record, best/ and the plots."""
+    config = _write_config(tmp_path / "tiny.py", tiny_checkpoint, tiny_data_dir, tmp_path / "cache",
+                           schedule__kind="method2", num_epochs=2, checkpoint_every_steps=3)
+    workdir = tmp_path / "run"
+    wrapper = tmp_path / "killed_at_evaluation.py"
+    wrapper.write_text(KILLED_AT_EVALUATION)
+    env = {**os.environ, "KILL_AT_EVALUATION": "2", "MTBERT_HUGE_PAGES": "0"}  # no re-exec: keep the patch
+    killed = subprocess.run([sys.executable, str(wrapper), *_train_command(config, workdir)[1:]], env=env,
+                            cwd=ROOT, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert [r["epoch"] for r in _metrics(workdir) if "dev" in r] == [1]
+    assert not (workdir / "plots").exists()
+
+    restarted = subprocess.run(_train_command(config, workdir), env=dict(os.environ), cwd=ROOT,
+                               capture_output=True, text=True)
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    dev = [r for r in _metrics(workdir) if "dev" in r]
+    assert [r["epoch"] for r in dev] == [1, 2] and dev[-1]["step"] == 12
+    best = max(dev, key=lambda r: r["dev_overall"])
+    assert sorted(int(p.name) for p in (workdir / "best").glob("*") if p.name.isdigit()) == [best["step"]]
+    assert (workdir / "plots" / "training_curves.png").exists()
+    evaluated = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--workdir", str(workdir)],
+                               env=dict(os.environ), cwd=ROOT, capture_output=True, text=True)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    scores = json.loads((workdir / "eval" / "metrics.json").read_text())
+    assert scores["dev"]["overall"] == pytest.approx(best["dev_overall"], abs=1e-6)
+
+
 def _data_parallel(devices: int, path: Path, accumulation: int = 1, mnrl: bool = False) -> dict:
     subprocess.run([sys.executable, str(ROOT / "tests" / "training" / "data_parallel_steps.py"),
                     str(devices), str(path), str(accumulation), "mnrl" if mnrl else "plain"], check=True, cwd=ROOT,
