@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from mtbert_jax.data.task_files import iter_task_file
+from mtbert_jax.errors import ConfigError, DataError
 from mtbert_jax.data.tokenized import TaskData, tokenize_records
 from mtbert_jax.evaluation import prediction_file
 from mtbert_jax.evaluation.metrics import classification_report, overall_score, task_metrics
@@ -49,6 +50,28 @@ def predict_file(trained: TrainedModel, task: str, path: Path, batch_size: int,
     return outputs, (np.concatenate(gold) if gold else None)
 
 
+EVALUATED_SPLITS = ("dev", "test")
+
+
+def check_task_files(task_files: dict[str, dict[str, Path]], splits: Sequence[str],
+                     tasks: Optional[Sequence[str]] = None) -> None:
+    """Refuses a --task-file that would not be used: an unknown split or task, a split this
+    evaluation does not run, a task the model lacks (`tasks`), a file that does not exist."""
+    for split, files in task_files.items():
+        for task, path in files.items():
+            spec = f"--task-file {split}:{task}={path}"
+            if split not in EVALUATED_SPLITS:
+                raise ConfigError(f"{spec}: unknown split {split!r}, expected one of {EVALUATED_SPLITS}")
+            if split not in splits:
+                raise ConfigError(f"{spec}: this evaluation runs --split {'/'.join(splits)}, not {split}")
+            if task not in TASKS:
+                raise ConfigError(f"{spec}: unknown task {task!r}, expected one of {sorted(TASKS)}")
+            if tasks is not None and task not in tasks:
+                raise ConfigError(f"{spec}: the model has no {task} head (it trains {', '.join(tasks)})")
+            if not Path(path).is_file():
+                raise ConfigError(f"{spec}: no such file")
+
+
 def evaluate_run(workdir: str | Path, which: str = "best", splits: Sequence[str] = ("dev",),
                  task_files: Optional[dict[str, dict[str, Path]]] = None, out_dir: Optional[Path] = None,
                  batch_size: int = 128, chunk_size: int = 10_000) -> dict:
@@ -57,8 +80,10 @@ def evaluate_run(workdir: str | Path, which: str = "best", splits: Sequence[str]
     from mtbert_jax.data.task_files import resolve_data_dir
     from mtbert_jax.evaluation.plots import plot_training_curves
 
-    workdir = Path(workdir)
+    workdir, task_files = Path(workdir), task_files or {}
+    check_task_files(task_files, splits)
     trained = load_trained(workdir, which)
+    check_task_files(task_files, splits, trained.run.model.tasks)
     out_dir = Path(out_dir) if out_dir else workdir / "eval"
     (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
@@ -67,7 +92,7 @@ def evaluate_run(workdir: str | Path, which: str = "best", splits: Sequence[str]
     for split in splits:
         split_results = {}
         for task in trained.run.model.tasks:
-            path = (task_files or {}).get(split, {}).get(task)
+            path = task_files.get(split, {}).get(task)
             if path is None:
                 data_dir = data_dir or resolve_data_dir(trained.run.data_dir or None)
                 path = data_dir / TASKS[task].file_name(split)
@@ -77,6 +102,9 @@ def evaluate_run(workdir: str | Path, which: str = "best", splits: Sequence[str]
             out_file = out_dir / "predictions" / f"{prediction_file.FILE_PREFIXES[task]}-{split}-output.csv"
             outputs, gold = predict_file(trained, task, Path(path), batch_size, chunk_size, out_file)
             if gold is None:
+                if split == "dev":  # a dev file is there to be scored: never drop it silently
+                    raise DataError(f"{path}: no {TASKS[task].label_column!r} column, which a dev file needs "
+                                    "for its metrics (unlabelled files: --split test, predictions only)")
                 continue  # unlabelled (test) files: predictions only
             predicted = labels_from_outputs(task, outputs)
             metrics = task_metrics(task, predicted, gold)
@@ -89,7 +117,7 @@ def evaluate_run(workdir: str | Path, which: str = "best", splits: Sequence[str]
                 plot_scatter(predicted, gold, f"{task} {split}: r = {metrics['pearson']:.3f}",
                              out_dir / "plots" / f"scatter-{task}-{split}.png")
             split_results[task] = metrics
-        if split_results:
+        if split_results and set(split_results) == set(trained.run.model.tasks):  # every task or none
             split_results["overall"] = overall_score(
                 {t: {k: v for k, v in m.items() if k in ("accuracy", "pearson")} for t, m in split_results.items()})
         results[split] = split_results

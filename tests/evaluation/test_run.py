@@ -88,6 +88,40 @@ def test_any_file_in_the_format_and_a_bad_record(trained_run, tiny_data_dir, tmp
     assert "bad.csv: line 2: similarity='' is empty" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("spec, message", [
+    ("dev:STS={sts}", "unknown task 'STS'"),
+    ("val:sts={sts}", "unknown split 'val'"),
+    ("test:sts={sts}", "this evaluation runs --split dev, not test"),
+    ("dev:cfimdb={sts}", "the model has no cfimdb head"),
+    ("dev:sts={missing}", "no such file"),
+])
+def test_a_task_file_that_would_not_be_used_is_refused(trained_run, tiny_data_dir, tmp_path, capsys, spec, message):
+    """Before, each of these exited 0 after scoring the data directory's file instead."""
+    spec = spec.format(sts=tiny_data_dir / "sts-dev.csv", missing=tmp_path / "nope.csv")
+    out = tmp_path / "out"
+    assert evaluate.main(["--workdir", str(trained_run), "--task-file", spec, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (out / "metrics.json").exists()
+
+
+def test_a_dev_file_without_labels_is_an_error_not_a_missing_task(trained_run, tiny_data_dir, tmp_path, capsys):
+    """Before, the task vanished from the table and the overall score averaged the other two."""
+    rows = (tiny_data_dir / "sts-dev.csv").read_text().splitlines()
+    unlabelled = tmp_path / "sts-unlabelled.csv"
+    unlabelled.write_text("".join("\t".join(line.split("\t")[:4]) + "\n" for line in rows))
+    assert evaluate.main(["--workdir", str(trained_run), "--task-file", f"dev:sts={unlabelled}",
+                          "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "sts-unlabelled.csv: no 'similarity' column" in err and len(err.strip().splitlines()) == 1
+    # Unlabelled files as the test split: predictions, and no overall score over a part of the tasks.
+    assert evaluate.main(["--workdir", str(trained_run), "--split", "test", "--task-file", f"test:sts={unlabelled}",
+                          "--out", str(tmp_path / "test")]) == 0
+    metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())
+    assert "overall" not in metrics["test"]
+    assert len((tmp_path / "test" / "predictions" / "sts-test-output.csv").read_text().splitlines()) == len(rows)
+
+
 def test_scoring_sentences_and_pairs(trained_run, capsys):
     assert evaluate.main(["--workdir", str(trained_run), "--sentence", "great film",
                           "--pair", "a car road", "a car road"]) == 0
