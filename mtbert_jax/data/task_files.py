@@ -4,7 +4,9 @@ Columns are found by their header names, so the unlabelled *-test-student files 
 has an extra leading field) read like the others. Quoted fields with doubled quotes parse as
 the csv module does. In a training file a record with a missing or unparseable label or the
 wrong number of fields is skipped and counted; in an evaluation file it is an error naming the
-file and line. A label out of range and bytes that are not UTF-8 are always errors.
+file and line. A label out of range, bytes that are not UTF-8 and a quoted field that runs
+over several lines (an unclosed quote, which would swallow the records after it) are always
+errors.
 """
 
 from __future__ import annotations
@@ -110,6 +112,9 @@ def iter_task_file(path: str | Path, task: str, lenient: bool = False,
         line, end_line = end_line + 1, reader.line_num
         if not fields:
             continue  # a blank line holds no record
+        if end_line > line:  # none of the course's files has a field spanning lines
+            raise DataError(f"{path}: line {line}: a quoted field runs on to line {end_line}, taking "
+                            f"{end_line - line} more line(s) into this record: an opening quote never closed?")
         problem = None
         if len(fields) != len(header):
             problem = f"{len(fields)} fields, expected {len(header)} as in the header"

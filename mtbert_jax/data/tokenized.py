@@ -17,6 +17,7 @@ import numpy as np
 
 from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
 from mtbert_jax.data.task_files import read_task_file, task_file_paths
+from mtbert_jax.errors import DataError
 from mtbert_jax.tasks import TASKS
 
 CACHE_DIR_ENV = "MTBERT_CACHE_DIR"
@@ -137,6 +138,12 @@ def load_task_data(task: str, split: str, data_dir: str | Path, tokenizer: BertT
     if cache_file.exists():
         return _load_cache(cache_file, task, split)
     records = read_task_file(path, task, lenient=(split == "train"))
+    if split in ("train", "dev") and records.labels is None:
+        raise DataError(f"{path}: line 1: no {TASKS[task].label_column!r} column, which a {split} file needs")
+    if not records.record_ids:
+        skipped = f" ({len(records.skipped)} skipped as malformed, the first at line {records.skipped[0][0]})" \
+            if records.skipped else ""
+        raise DataError(f"{path}: no {task} records after the header{skipped}")
     segments, num_truncated = tokenize_records(records, tokenizer, max_length, pair_encoding)
     data = TaskData(task, split, np.asarray(records.record_ids, dtype=str), records.labels,
                     segments, num_truncated, records.skipped)

@@ -46,7 +46,9 @@ def predict_file(trained: TrainedModel, task: str, path: Path, batch_size: int,
     finally:
         if handle:
             handle.close()
-    outputs = np.concatenate(outputs) if outputs else np.zeros(0)
+    if not sum(len(o) for o in outputs):
+        raise DataError(f"{path}: no {task} records after the header")
+    outputs = np.concatenate(outputs)
     return outputs, (np.concatenate(gold) if gold else None)
 
 

@@ -93,10 +93,15 @@ def test_non_utf8_names_file_and_line(tmp_path):
         read_task_file(path, "sst")
 
 
-def test_quoted_field_spanning_lines_keeps_line_numbers(tmp_path):
-    path = _sst(tmp_path, '0\ta\t"two\nlines"\t1', "1\tb\tbad\tx")
-    records = read_task_file(path, "sst", lenient=True)
-    assert records.texts[0] == ["two\nlines"] and records.skipped[0][0] == 4
+@pytest.mark.parametrize("lenient", [False, True])
+def test_an_unclosed_quote_is_an_error_not_swallowed_records(tmp_path, lenient):
+    """An opening quote never closed makes csv read the following records into one field (11
+    records merged into 1, before); training files too, since skipping would lose them all."""
+    rows = ['0\ta\t"an opening quote\t1'] + [f"{i}\tid{i}\tsentence {i}\t2" for i in range(1, 12)] + ['12\tz\tend"\t3']
+    path = _sst(tmp_path, *rows)
+    with pytest.raises(DataError, match=r"ids-sst-train.csv: line 2: a quoted field runs on to line 14, "
+                                        r"taking 12 more line\(s\)"):
+        read_task_file(path, "sst", lenient=lenient)
 
 
 def test_missing_files_listed_in_one_error(tmp_path):

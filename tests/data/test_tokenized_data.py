@@ -65,6 +65,24 @@ def test_skips_survive_the_cache(tmp_path, tokenizer):
         assert len(data) == 1 and data.skipped == [(3, "sentiment='' is empty")]
 
 
+@pytest.mark.parametrize("split", ["train", "dev"])
+def test_a_header_only_or_unlabelled_file_is_an_error(tmp_path, tokenizer, split):
+    """Before: a header-only training file trained its task on nothing, exit 0; a training file
+    without its label column ended in KeyError('labels') deep in the objectives."""
+    from mtbert_jax.errors import DataError
+    path = tmp_path / f"ids-sst-{split}.csv"
+    write_tsv(path, ["\tid\tsentence\tsentiment"])
+    with pytest.raises(DataError, match=rf"ids-sst-{split}.csv: no sst records after the header"):
+        load_task_data("sst", split, tmp_path, tokenizer, 16, cache_dir=tmp_path / "c")
+    write_tsv(path, ["\tid\tsentence", "0\ta\tfine"])
+    with pytest.raises(DataError, match=rf"ids-sst-{split}.csv: line 1: no 'sentiment' column, which a {split} file needs"):
+        load_task_data("sst", split, tmp_path, tokenizer, 16, cache_dir=tmp_path / "c")
+    if split == "train":  # every record skipped: nothing left to train on, said with the first skip
+        write_tsv(path, ["\tid\tsentence\tsentiment", "0\ta\tfine\t", "1\tb\tok\tx"])
+        with pytest.raises(DataError, match=r"no sst records after the header \(2 skipped as malformed, the first at line 2\)"):
+            load_task_data("sst", split, tmp_path, tokenizer, 16, cache_dir=tmp_path / "c")
+
+
 def test_real_quora_train(data_dir, tokenizer, tmp_path):
     data = load_task_data("quora", "train", data_dir, tokenizer, 128, cache_dir=tmp_path)
     assert len(data) == 15957 and len(data.skipped) == 2
