@@ -13,8 +13,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from mtbert_jax.data.task_files import iter_task_file
-from mtbert_jax.errors import ConfigError, DataError
 from mtbert_jax.data.tokenized import TaskData, tokenize_records
+from mtbert_jax.errors import ConfigError, DataError
 from mtbert_jax.evaluation import prediction_file
 from mtbert_jax.evaluation.metrics import classification_report, overall_score, task_metrics
 from mtbert_jax.evaluation.plots import plot_confusion_matrix, plot_scatter
