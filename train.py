@@ -13,6 +13,19 @@ config_flags.DEFINE_config_file("config", "configs/default.py", "Training config
 flags.DEFINE_string("workdir", "runs/default", "Directory for checkpoints, metrics and plots.")
 
 
+def parse_flags(argv):
+    """absl's parsing, with a bad --config override answered in one line (exit 2)."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+        problem = str(e).strip("\"'") if isinstance(e, (AttributeError, KeyError)) else str(e)
+        if isinstance(e, (AttributeError, KeyError)):
+            problem = f"no config field {problem!r} (see configs/default.py)"
+        print(f"error: {' '.join(overrides) or 'flags'}: {problem}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax reports every save at INFO
@@ -34,4 +47,4 @@ if __name__ == "__main__":
     from mtbert_jax.training.huge_pages import restart_with_huge_pages
 
     restart_with_huge_pages()  # before anything allocates: glibc reads its tunables at start-up
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

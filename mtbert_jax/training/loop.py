@@ -71,13 +71,17 @@ def train_and_evaluate(config, workdir: str | Path, data: Optional[RunData] = No
                           f"accumulation_steps = {divisor}")
     workdir, is_main = Path(workdir), jax.process_index() == 0
     log = print if is_main else (lambda *a, **k: None)
-    if is_main:
+    check_resumable(run, workdir)
+    checkpoint_dir = resolve_checkpoint_dir(run.checkpoint)
+    bert_config, bert_params, report = load_hf_checkpoint(checkpoint_dir, run.compute_dtype)
+    if run.max_length > bert_config.max_position_embeddings:
+        raise ConfigError(f"max_length={run.max_length} is more than the checkpoint's "
+                          f"max_position_embeddings={bert_config.max_position_embeddings}")
+    if is_main:  # only once the run is known to be valid: a refused run leaves the workdir as it was
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(json.dumps(dataclasses.asdict(run), indent=2) + "\n")
 
     # --- the encoder and the data
-    checkpoint_dir = resolve_checkpoint_dir(run.checkpoint)
-    bert_config, bert_params, report = load_hf_checkpoint(checkpoint_dir, run.compute_dtype)
     log(report.summary())
     data = data or load_run_data(run, BertTextTokenizer(checkpoint_dir))
     train_data = {t: run.objective.training_subset(d) for t, d in data.train.items()}
@@ -111,6 +115,43 @@ def train_and_evaluate(config, workdir: str | Path, data: Optional[RunData] = No
         from mtbert_jax.evaluation.plots import plot_training_curves
         plot_training_curves(workdir / "metrics.jsonl", workdir / "plots")
     return {"step": trainer.step, "dev": results, "best_score": trainer.best_score}
+
+
+# What a checkpoint's shapes and meaning depend on: a run resumed with any of them changed is refused.
+RESUME_FIELDS = ("checkpoint", "compute_dtype", "seed", "model", "objective", "optimizer.combiner",
+                 "optimizer.freeze_encoder", "schedule.kind", "schedule.batch_size")
+
+
+def check_resumable(run: RunConfig, workdir: Path) -> None:
+    """Refuses, before anything is written, to resume a workdir's checkpoints under a config that
+    changes what they hold; names the differing fields in one line."""
+    saved_path = workdir / "config.json"
+    if not saved_path.exists() or not any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*")):
+        return
+    try:
+        saved = dataclasses.asdict(RunConfig.from_dict(json.loads(saved_path.read_text())))
+    except (ValueError, ConfigError) as e:
+        raise ConfigError(f"{saved_path}: cannot read the saved configuration of the run to resume ({e})") from None
+    now = dataclasses.asdict(run)
+
+    def at(d, dotted):
+        for part in dotted.split("."):
+            d = d[part]
+        return d
+
+    def leaves(d, prefix):
+        if isinstance(d, dict):
+            return {k: v for key, sub in d.items() for k, v in leaves(sub, f"{prefix}.{key}").items()}
+        return {prefix: d}
+
+    changed = []
+    for field in RESUME_FIELDS:
+        before, after = leaves(at(saved, field), field), leaves(at(now, field), field)
+        changed += [f"{k} {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(set(before) | set(after))
+                    if json.dumps(before.get(k), sort_keys=True, default=str) != json.dumps(after.get(k), sort_keys=True, default=str)]
+    if changed:
+        raise ConfigError(f"{workdir} holds checkpoints of a run configured otherwise: " + "; ".join(changed)
+                          + " (use a new --workdir, or the saved config.json)")
 
 
 class Trainer:

@@ -49,6 +49,12 @@ class OptimizerConfig:
     def __post_init__(self):
         if self.combiner not in COMBINERS:
             raise ConfigError(f"optimizer.combiner={self.combiner!r}: expected one of {COMBINERS}")
+        for name in ("encoder_lr", "task_lr", "top_layer_lr", "weight_decay", "max_grad_norm"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:  # also refuses NaN
+                raise ConfigError(f"optimizer.{name}={value}: expected a number >= 0")
+        if not 0 <= self.warmup_fraction <= 1:
+            raise ConfigError(f"optimizer.warmup_fraction={self.warmup_fraction}: expected a number in [0, 1]")
 
     @property
     def reduction(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -79,6 +80,45 @@ def test_pcgrad_with_a_one_task_schedule_is_a_clear_error(tiny_checkpoint, tiny_
     config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path, optimizer__combiner="pcgrad")
     with pytest.raises(ConfigError, match="needs a batch of every task in every step.*'sqrt'"):
         train_and_evaluate(config, tmp_path / "run")
+
+
+def test_resuming_under_a_changed_model_is_refused_before_anything_is_written(tiny_checkpoint, tiny_data_dir, tmp_path):
+    config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache", num_epochs=1, max_steps=2,
+                                  checkpoint_every_steps=1)
+    train_and_evaluate(config, tmp_path / "run")
+    saved = (tmp_path / "run" / "config.json").read_bytes()
+    changed = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache", num_epochs=1, max_steps=2,
+                                   checkpoint_every_steps=1, model__pooling="cls", seed=7)
+    with pytest.raises(ConfigError) as refused:
+        train_and_evaluate(changed, tmp_path / "run")
+    message = str(refused.value)
+    assert "seed 0 -> 7" in message and "model.pooling 'mean' -> 'cls'" in message
+    assert len(message) < 400 and "\n" not in message
+    assert (tmp_path / "run" / "config.json").read_bytes() == saved
+    # What does not change the checkpoints' meaning may change: more epochs, another log interval.
+    train_and_evaluate(tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache", num_epochs=1,
+                                            max_steps=3, checkpoint_every_steps=1, log_every_steps=2), tmp_path / "run")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("max_length", 1000, "max_length=1000 is more than the checkpoint's max_position_embeddings="),
+    ("optimizer__encoder_lr", -1e-5, "optimizer.encoder_lr=-1e-05: expected a number >= 0"),
+    ("optimizer__warmup_fraction", 1.5, "optimizer.warmup_fraction=1.5: expected a number in [0, 1]"),
+])
+def test_bad_config_is_refused_before_the_workdir_is_touched(tiny_checkpoint, tiny_data_dir, tmp_path, field, value, message):
+    config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache", **{field: value})
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_config_field_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "default.py"),
+                             "--workdir", str(tmp_path / "run"), "--config.foo=1"], cwd=ROOT, capture_output=True,
+                            text=True, env={**os.environ, "MTBERT_HUGE_PAGES": "0"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --config.foo: no config field 'foo' (see configs/default.py)"
+    assert not (tmp_path / "run").exists()
 
 
 def test_nan_loss_stops_and_saves_nothing(tiny_checkpoint, tiny_data_dir, tmp_path):
