@@ -6,7 +6,12 @@ Truncation to `max_length` (pairs longest-first), int32 numpy output.
 
 from __future__ import annotations
 
-import copy
+import os
+
+# transformers announces "PyTorch was not found" on import; nothing here needs torch at run time.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+import copy  # noqa: E402
 import dataclasses
 import hashlib
 from pathlib import Path

@@ -44,3 +44,20 @@ def test_fingerprint_depends_on_vocabulary(tokenizer, tmp_path, minilm_dir):
     (tmp_path / "vocab.txt").write_text("\n".join(vocab[:-1] + ["zzzznewtoken"]) + "\n")
     assert BertTextTokenizer(tmp_path).fingerprint != tokenizer.fingerprint
     assert BertTextTokenizer(minilm_dir).fingerprint == tokenizer.fingerprint
+
+
+def test_no_pytorch_advice_where_torch_is_absent():
+    """transformers prints "PyTorch was not found..." on import when torch is missing (every
+    evaluate.py run of a runtime-only install); nothing here needs torch, so it stays quiet."""
+    import subprocess
+    import sys
+    hide_torch = ("import importlib.util as u; find = u.find_spec; "
+                  "u.find_spec = lambda name, *a, **k: None if name == 'torch' else find(name, *a, **k); "
+                  "from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer; BertTextTokenizer('default'); "
+                  "from transformers.utils import is_torch_available; print(is_torch_available())")
+    import os
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRANSFORMERS_")}  # as a user's shell
+    result = subprocess.run([sys.executable, "-c", hide_torch], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "False"  # torch really looked absent to transformers
+    assert "PyTorch was not found" not in result.stderr
