@@ -146,6 +146,10 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
                               f"({type(e).__name__}: {e})") from None
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: expected a state dict of tensors, but {name!r} holds a "
+                                  f"{type(value).__name__}")
     return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
             for k, v in state.items()}
 

@@ -38,6 +38,7 @@ from mtbert_jax.training.metrics_log import LogWindow, MetricsLog
 from mtbert_jax.training.param_groups import parameter_report
 from mtbert_jax.training.stages import Stages
 from mtbert_jax.training.step import TrainState
+from mtbert_jax.training.workdir_lock import WorkdirLock
 
 
 @dataclasses.dataclass
@@ -77,10 +78,17 @@ def train_and_evaluate(config, workdir: str | Path, data: Optional[RunData] = No
     if run.max_length > bert_config.max_position_embeddings:
         raise ConfigError(f"max_length={run.max_length} is more than the checkpoint's "
                           f"max_position_embeddings={bert_config.max_position_embeddings}")
-    if is_main:  # only once the run is known to be valid: a refused run leaves the workdir as it was
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(json.dumps(dataclasses.asdict(run), indent=2) + "\n")
+    # Only now that the run is known to be valid: a refused run leaves the workdir as it was.
+    with WorkdirLock(workdir, log, enabled=is_main):
+        check_resumable(run, workdir)  # again, holding the workdir
+        if is_main:
+            (workdir / "config.json").write_text(json.dumps(dataclasses.asdict(run), indent=2) + "\n")
+        return _train(run, workdir, data, checkpoint_dir, bert_config, bert_params, report, log)
 
+
+def _train(run: RunConfig, workdir: Path, data: Optional[RunData], checkpoint_dir, bert_config, bert_params,
+           report, log) -> dict:
+    is_main = jax.process_index() == 0
     # --- the encoder and the data
     log(report.summary())
     data = data or load_run_data(run, BertTextTokenizer(checkpoint_dir))
@@ -100,17 +108,19 @@ def train_and_evaluate(config, workdir: str | Path, data: Optional[RunData] = No
     log(parameter_report(params))
     trainer = Trainer(run, workdir, loader, Stages(run, schedule, loader, model, params, pcgrad_key),
                       dropout_key, log)
-    trainer.resume()
+    try:  # orbax's threads are closed on every way out: no asyncio noise after an error
+        trainer.resume()
 
-    # --- train and evaluate, epoch by epoch
-    dev_predict = make_predict(model)
-    results: dict = {}
-    while loader.epoch < run.num_epochs + run.frozen_epochs and trainer.step < trainer.stages.last_step:
-        epoch = trainer.train_epoch()
-        params_now = distributed.unreplicate(trainer.state).params
-        results = dataset_metrics(dev_predict, params_now, data.dev, run.eval_batch_size, buckets)
-        trainer.end_epoch(epoch, results)
-    trainer.checkpoints.close()
+        # --- train and evaluate, epoch by epoch
+        dev_predict = make_predict(model)
+        results: dict = {}
+        while loader.epoch < run.num_epochs + run.frozen_epochs and trainer.step < trainer.stages.last_step:
+            epoch = trainer.train_epoch()
+            params_now = distributed.unreplicate(trainer.state).params
+            results = dataset_metrics(dev_predict, params_now, data.dev, run.eval_batch_size, buckets)
+            trainer.end_epoch(epoch, results)
+    finally:
+        trainer.checkpoints.close()
     if is_main:
         from mtbert_jax.evaluation.plots import plot_training_curves
         plot_training_curves(workdir / "metrics.jsonl", workdir / "plots")
