@@ -8,6 +8,8 @@ orbax commits them atomically, so a run killed at any moment resumes from the la
 from __future__ import annotations
 
 import math
+import shutil
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -51,6 +53,27 @@ class Checkpoints:
 
     def latest_step(self) -> Optional[int]:
         return self.latest.latest_step()
+
+    def unreadable(self, step: int) -> Optional[str]:
+        """None when the latest-checkpoint at `step` reads completely (state and meta), else why
+        not, in one line. Reads it as stored, so that a checkpoint of another model's shape is
+        not mistaken for a damaged one."""
+        try:
+            self.latest.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                              meta=ocp.args.JsonRestore()))
+        except Exception as e:  # whatever orbax or tensorstore raise on a damaged or missing file
+            first = (str(e).strip().splitlines() or [""])[0]
+            return f"{type(e).__name__}: {first[:200]}"
+        return None
+
+    def set_aside(self, step: int) -> Path:
+        """Moves the checkpoint at `step` out of orbax's sight, for inspection; returns where."""
+        source = Path(self.latest.directory) / str(step)
+        target = source.parent.parent / "checkpoints-unreadable" / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(source), str(target))
+        self.latest.reload()
+        return target
 
     def meta(self, manager: ocp.CheckpointManager, step: int) -> dict:
         return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta

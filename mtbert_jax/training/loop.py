@@ -28,7 +28,7 @@ from mtbert_jax.data.prefetch import Prefetcher
 from mtbert_jax.data.task_files import resolve_data_dir
 from mtbert_jax.data.task_schedules import Schedule
 from mtbert_jax.data.tokenized import TaskData, load_task_data
-from mtbert_jax.errors import ConfigError, TrainingError
+from mtbert_jax.errors import CheckpointError, ConfigError, TrainingError
 from mtbert_jax.evaluation.metrics import overall_score
 from mtbert_jax.evaluation.predict import dataset_metrics, make_predict
 from mtbert_jax.model.multitask import init_model
@@ -177,9 +177,27 @@ class Trainer:
         self.pending: list = []  # (step, device metrics) not yet fetched
         self.position: Optional[dict] = None  # the loader's position after the last step, mid-epoch
 
+    def newest_intact_step(self) -> Optional[int]:
+        """The newest checkpoint that reads completely; unreadable ones (a truncated or missing
+        file) are set aside with one line each. None: no checkpoint at all."""
+        skipped = []
+        while (step := self.checkpoints.latest_step()) is not None:
+            why = self.checkpoints.unreadable(step)
+            if why is None:
+                return step
+            where = self.checkpoints.set_aside(step)
+            skipped.append(step)
+            self.log(f"checkpoint at step {step} is unreadable ({why}); set aside in {where}")
+        if skipped:
+            raise CheckpointError(f"{self.workdir / 'checkpoints'}: no intact checkpoint left (unreadable "
+                                  f"steps {skipped} set aside in {self.workdir / 'checkpoints-unreadable'}); "
+                                  "start afresh in another --workdir")
+        return None
+
     def resume(self) -> None:
-        """From the latest checkpoint in the workdir, if any; else a fresh state."""
-        latest = self.checkpoints.latest_step()
+        """From the newest intact checkpoint in the workdir, if any; else a fresh state."""
+        # Multi-process runs share the files: only a single process sets checkpoints aside.
+        latest = self.newest_intact_step() if jax.process_count() == 1 else self.checkpoints.latest_step()
         meta = self.checkpoints.meta(self.checkpoints.latest, latest) if latest is not None else {}
         self.stage, self.best_score = meta.get("stage", 0), meta.get("best_score", -math.inf)
         self.optimizer, self.runner = self.stages.build(self.stage)

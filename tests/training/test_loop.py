@@ -121,6 +121,33 @@ def test_an_unknown_config_field_is_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_a_damaged_latest_checkpoint_is_set_aside_and_the_run_resumes_before_it(tiny_checkpoint, tiny_data_dir,
+                                                                                tmp_path, capsys, damage):
+    config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache", num_epochs=1, max_steps=3,
+                                  checkpoint_every_steps=1)
+    train_and_evaluate(config, tmp_path / "whole")
+    short = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache", num_epochs=1, max_steps=3,
+                                 checkpoint_every_steps=1)
+    train_and_evaluate(short, tmp_path / "run")
+    # The latest checkpoint (step 3) loses its largest data file, or half of it.
+    latest = tmp_path / "run" / "checkpoints" / "3"
+    victim = max((p for p in latest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    if damage == "truncate":
+        victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    else:
+        victim.unlink()
+    capsys.readouterr()
+    train_and_evaluate(config, tmp_path / "run")  # resumes from step 2 and redoes step 3
+    out = capsys.readouterr().out
+    assert "checkpoint at step 3 is unreadable" in out and "resumed from" in out and "at step 2" in out
+    aside = list((tmp_path / "run" / "checkpoints-unreadable").iterdir())
+    assert len(aside) == 1 and aside[0].name.startswith("3-")
+    whole, run = _final_params(tmp_path / "whole"), _final_params(tmp_path / "run")
+    for name in whole:
+        np.testing.assert_array_equal(whole[name], run[name], err_msg=name)
+
+
 def test_nan_loss_stops_and_saves_nothing(tiny_checkpoint, tiny_data_dir, tmp_path):
     config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache",
                                   schedule__kind="method3")
