@@ -81,8 +81,6 @@ def train_and_evaluate(config, workdir: str | Path, data: Optional[RunData] = No
     # Only now that the run is known to be valid: a refused run leaves the workdir as it was.
     with WorkdirLock(workdir, log, enabled=is_main):
         check_resumable(run, workdir)  # again, holding the workdir
-        if is_main:
-            (workdir / "config.json").write_text(json.dumps(dataclasses.asdict(run), indent=2) + "\n")
         return _train(run, workdir, data, checkpoint_dir, bert_config, bert_params, report, log)
 
 
@@ -92,6 +90,8 @@ def _train(run: RunConfig, workdir: Path, data: Optional[RunData], checkpoint_di
     # --- the encoder and the data
     log(report.summary())
     data = data or load_run_data(run, BertTextTokenizer(checkpoint_dir))
+    if is_main:  # once the data is known to be good: a refused run leaves the workdir's files as they were
+        (workdir / "config.json").write_text(json.dumps(dataclasses.asdict(run), indent=2) + "\n")
     train_data = {t: run.objective.training_subset(d) for t, d in data.train.items()}
     for d in [*train_data.values(), *data.dev.values()]:
         log(d.summary())
