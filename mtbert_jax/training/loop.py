@@ -203,8 +203,13 @@ class Trainer:
         self.optimizer, self.runner = self.stages.build(self.stage)
         state = self.stages.initial_state(self.optimizer)
         if latest is not None:
-            restored = self.checkpoints.restore(self.checkpoints.latest, latest,
-                                                {"train": state, "loader": self.loader.state_dict()})
+            try:
+                restored = self.checkpoints.restore(self.checkpoints.latest, latest,
+                                                    {"train": state, "loader": self.loader.state_dict()})
+            except Exception as e:  # read whole above, so a shape mismatch (another model) or a damaged file
+                first = (str(e).strip().splitlines() or [""])[0][:200]
+                raise CheckpointError(f"{self.workdir / 'checkpoints'}: the checkpoint at step {latest} does not "
+                                      f"restore into this run's state ({type(e).__name__}: {first})") from None
             state = TrainState(*restored["train"])
             self.loader.restore({"state": restored["loader"],
                                  "padding": meta.get("padding", {})})  # padding: absent from older checkpoints
