@@ -38,10 +38,11 @@ def main(argv=None) -> int:
     parser.add_argument("--export-hf", metavar="DIR", help="write the fine-tuned encoder as a HF directory")
     args = parser.parse_args(argv)
 
-    from mtbert_jax.errors import MtbertError
+    from mtbert_jax.errors import MtbertError, exit_on_error, quiet_closed_event_loops
     from mtbert_jax.evaluation.run import evaluate_run, format_table, load_trained, score_texts
     from mtbert_jax.training import compilation_cache
 
+    quiet_closed_event_loops()
     compilation_cache.enable()
     try:
         if args.export_hf:
@@ -72,6 +73,8 @@ def main(argv=None) -> int:
         results = evaluate_run(args.workdir, args.checkpoint, splits, task_files,
                                Path(args.out) if args.out else None, args.batch_size)
     except (MtbertError, FileNotFoundError) as e:
+        if __name__ == "__main__":  # a command line: one line and exit 2, no shutdown noise
+            exit_on_error(str(e))
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_table(results))

@@ -29,15 +29,18 @@ def parse_flags(argv):
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax reports every save at INFO
-    from mtbert_jax.errors import MtbertError
+    from mtbert_jax.errors import MtbertError, exit_on_error, quiet_closed_event_loops
     from mtbert_jax.training import compilation_cache, distributed
     from mtbert_jax.training.loop import train_and_evaluate
 
+    quiet_closed_event_loops()
     compilation_cache.enable()
     distributed.initialize_from_env()
     try:
         train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
     except (MtbertError, FileNotFoundError) as e:
+        if __name__ == "__main__":  # a command line: one line and exit 2, no shutdown noise
+            exit_on_error(str(e))
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

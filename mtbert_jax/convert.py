@@ -19,7 +19,7 @@ import numpy as np
 from flax import traverse_util
 
 from mtbert_jax.checkpoints.hf import export_hf_checkpoint, load_hf_checkpoint, resolve_checkpoint_dir
-from mtbert_jax.errors import MtbertError
+from mtbert_jax.errors import MtbertError, exit_on_error
 from mtbert_jax.model.bert_config import BertConfig
 from mtbert_jax.training.checkpointing import restore_trained
 
@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         export_hf_checkpoint(params, config, args.out, tokenizer_dir=source)
         _, reread, _ = load_hf_checkpoint(args.out)
     except (MtbertError, FileNotFoundError) as e:
+        if __name__ == "__main__":  # a command line: one line and exit 2, no shutdown noise
+            exit_on_error(str(e))
         print(f"error: {e}", file=sys.stderr)
         return 2
     difference = _max_difference(jax.device_get(params), reread)

@@ -1,6 +1,10 @@
 """One error hierarchy: everything the user can fix is an MtbertError, and both command lines
 (train.py, evaluate.py) print its message on one line and exit with status 2."""
 
+from __future__ import annotations
+
+import contextlib
+
 
 class MtbertError(Exception):
     """A problem the user can fix; the message names the file, field or key and what was expected."""
@@ -20,3 +24,73 @@ class CheckpointError(MtbertError, ValueError):
 
 class TrainingError(MtbertError, RuntimeError):
     """The run cannot go on (a NaN loss, an impossible combination found while running)."""
+
+
+_command_line = False  # set by the command lines (quiet_closed_event_loops)
+_error_fd: int | None = None  # stderr, kept aside once everything else is silenced
+
+
+def _silence_output() -> None:
+    """Sends everything written to stdout and stderr to /dev/null; the error line still goes out."""
+    global _error_fd
+    import os
+    import sys
+
+    if _error_fd is not None:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    _error_fd = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+
+
+@contextlib.contextmanager
+def silenced_after_failure():
+    """Around an orbax restore: in a command line, its stdout and stderr go to /dev/null while it
+    runs and, when it fails, stay there until the one error line. A failed restore leaves
+    tensorstore's threads posting to orbax's closed asyncio loop, and each prints an "Event loop
+    is closed" traceback (up to hundreds of lines), some before the failure reaches us."""
+    global _error_fd
+    import os
+    import sys
+
+    if not _command_line or _error_fd is not None:
+        yield
+        return
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    kept = (os.dup(1), os.dup(2))
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    except BaseException:
+        _error_fd = kept[1]  # silenced for good: exit_on_error writes the error line here
+        raise
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os.dup2(kept[0], 1)
+    os.dup2(kept[1], 2)
+    os.close(kept[0])
+    os.close(kept[1])
+
+
+def exit_on_error(message: str) -> None:
+    """Writes `error: message` as the one line a user sees and ends the process with status 2
+    at once (no interpreter shutdown, during which those threads print as well)."""
+    import os
+
+    _silence_output()
+    os.write(_error_fd, f"error: {message}\n".encode())
+    os._exit(2)
+
+
+def quiet_closed_event_loops() -> None:
+    """Marks this process as a command line: failed orbax operations silence its output until
+    the one error line (see silenced_after_failure)."""
+    global _command_line
+    _command_line = True

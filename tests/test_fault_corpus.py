@@ -56,9 +56,15 @@ def _check(command: list[str], workdir: Path, expected: str):
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
-    errors = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(errors) == 1 and errors[0].startswith("error: ") and expected in errors[0], result.stderr[-3000:]
+    _one_error_line(result.stderr, expected)
     assert _hashes(workdir) == before
+
+
+def _one_error_line(stderr: str, expected: str) -> None:
+    """The run's last line on stderr is its one error line (progress bars may come before it)."""
+    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error")]
+    assert len(errors) == 1 and lines[-1] == errors[0] and expected in errors[0], stderr[-3000:]
 
 
 def _train(corpus, workdir, *flags):
@@ -141,3 +147,29 @@ def test_convert_on_a_bin_that_is_not_a_state_dict(corpus, tmp_path, content, ex
            "pytorch_model.bin: expected a state dict of tensors")
     assert expected in subprocess.run([sys.executable, "-m", "mtbert_jax.convert", "--checkpoint", str(bad), "--out",
                                        str(tmp_path / "out")], cwd=ROOT, env=ENV, capture_output=True, text=True).stderr
+
+
+def test_evaluate_py_on_a_damaged_checkpoint(corpus, tmp_path):
+    """One line, and none of the asyncio tracebacks orbax's threads print at shutdown."""
+    run = tmp_path / "run"
+    shutil.copytree(corpus["run"], run)
+    latest = max((p for p in (run / "checkpoints").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    victim = max((p for p in latest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[:1000])
+    _check([str(ROOT / "evaluate.py"), "--workdir", str(run), "--checkpoint", "latest", "--out", str(tmp_path / "e")],
+           run, "cannot restore")
+
+
+def test_train_py_never_saves_non_finite_parameters(corpus, tmp_path):
+    """A learning rate that sends the parameters to inf after a finite loss: the save refuses."""
+    workdir = tmp_path / "run"
+    result = subprocess.run([sys.executable, *_train(corpus, workdir, "--config.max_steps=3", "--config.checkpoint_every_steps=1",
+                                                      "--config.optimizer.encoder_lr=1e30", "--config.optimizer.task_lr=1e30",
+                                                      "--config.optimizer.max_grad_norm=0", "--config.optimizer.warmup_fraction=0")],
+                            cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and sum(line.startswith("error") for line in lines) == 1, lines[-3:]
+    assert "holds NaN or inf; not saved" in lines[-1] or "loss is nan" in lines[-1], lines[-1]
+    saved = [p.name for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()]
+    assert saved in ([], ["1"])  # step 1's update had rate 0 (a one-step warm-up); nothing after it saved

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mtbert_jax.errors import CheckpointError
+from mtbert_jax.errors import CheckpointError, silenced_after_failure
 
 PyTree = Any
 
@@ -61,7 +61,7 @@ class Checkpoints:
         try:
             self.latest.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
                                                               meta=ocp.args.JsonRestore()))
-        except Exception as e:  # whatever orbax or tensorstore raise on a damaged or missing file
+        except Exception as e:  # noqa: BLE001  # whatever orbax or tensorstore raise on a damaged or missing file
             first = (str(e).strip().splitlines() or [""])[0]
             return f"{type(e).__name__}: {first[:200]}"
         return None
@@ -107,10 +107,13 @@ def restore_trained(workdir: str | Path, which: str = "best") -> tuple[dict, PyT
             step = int(which)
             if step not in steps:
                 raise CheckpointError(f"{folder}: no checkpoint at step {step}; have {steps}")
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+        with silenced_after_failure():
+            restored = manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
     except (ValueError, OSError, KeyError) as e:
-        raise CheckpointError(f"{folder}: cannot restore ({type(e).__name__}: {e})") from None
-    finally:
-        manager.close()
+        # Not closed: closing stops orbax's event loop under the reads still in flight after the
+        # failure, whose threads then print "Event loop is closed" tracebacks.
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise CheckpointError(f"{folder}: cannot restore step {step} ({type(e).__name__}: {first})") from None
+    manager.close()
     return restored.meta["config"], restored.state["train"]["params"], step

@@ -108,7 +108,7 @@ def _train(run: RunConfig, workdir: Path, data: Optional[RunData], checkpoint_di
     log(parameter_report(params))
     trainer = Trainer(run, workdir, loader, Stages(run, schedule, loader, model, params, pcgrad_key),
                       dropout_key, log)
-    try:  # orbax's threads are closed on every way out: no asyncio noise after an error
+    try:
         trainer.resume()
 
         # --- train and evaluate, epoch by epoch
@@ -119,7 +119,9 @@ def _train(run: RunConfig, workdir: Path, data: Optional[RunData], checkpoint_di
             params_now = distributed.unreplicate(trainer.state).params
             results = dataset_metrics(dev_predict, params_now, data.dev, run.eval_batch_size, buckets)
             trainer.end_epoch(epoch, results)
-    finally:
+    except BaseException:
+        raise  # orbax left open: closing it under reads still in flight makes its threads print tracebacks
+    else:
         trainer.checkpoints.close()
     if is_main:
         from mtbert_jax.evaluation.plots import plot_training_curves
