@@ -8,7 +8,10 @@ orbax commits them atomically, so a run killed at any moment resumes from the la
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -57,14 +60,14 @@ class Checkpoints:
     def unreadable(self, step: int) -> Optional[str]:
         """None when the latest-checkpoint at `step` reads completely (state and meta), else why
         not, in one line. Reads it as stored, so that a checkpoint of another model's shape is
-        not mistaken for a damaged one."""
-        try:
-            self.latest.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                              meta=ocp.args.JsonRestore()))
-        except Exception as e:  # noqa: BLE001  # whatever orbax or tensorstore raise on a damaged or missing file
-            first = (str(e).strip().splitlines() or [""])[0]
-            return f"{type(e).__name__}: {first[:200]}"
-        return None
+        not mistaken for a damaged one, and in a child process: a failed read leaves
+        tensorstore's threads printing "Event loop is closed" tracebacks for seconds after."""
+        child = subprocess.run([sys.executable, "-m", "mtbert_jax.training.checkpointing",
+                                str(self.latest.directory), str(step)], capture_output=True, text=True)
+        if child.returncode == 0:
+            return None
+        lines = [line for line in child.stdout.splitlines() if line.strip()]
+        return lines[-1] if lines else f"the check exited with status {child.returncode}"
 
     def set_aside(self, step: int) -> Path:
         """Moves the checkpoint at `step` out of orbax's sight, for inspection; returns where."""
@@ -86,6 +89,19 @@ class Checkpoints:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+def _check_readable(directory: str, step: int) -> int:
+    """The child process of `Checkpoints.unreadable`: exit 0 when the checkpoint reads whole,
+    else 1 with the reason as the last line of stdout."""
+    manager = _manager(Path(directory), keep=1000, best=False)
+    try:
+        manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # noqa: BLE001  whatever orbax or tensorstore raise on a damaged file
+        first = (str(e).strip().splitlines() or [""])[0]
+        print(f"{type(e).__name__}: {first[:200]}", flush=True)
+        os._exit(1)
+    os._exit(0)
 
 
 def restore_trained(workdir: str | Path, which: str = "best") -> tuple[dict, PyTree, int]:
@@ -117,3 +133,7 @@ def restore_trained(workdir: str | Path, which: str = "best") -> tuple[dict, PyT
         raise CheckpointError(f"{folder}: cannot restore step {step} ({type(e).__name__}: {first})") from None
     manager.close()
     return restored.meta["config"], restored.state["train"]["params"], step
+
+
+if __name__ == "__main__":
+    _check_readable(sys.argv[1], int(sys.argv[2]))
