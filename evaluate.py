@@ -38,11 +38,11 @@ def main(argv=None) -> int:
     parser.add_argument("--export-hf", metavar="DIR", help="write the fine-tuned encoder as a HF directory")
     args = parser.parse_args(argv)
 
-    from mtbert_jax.errors import MtbertError, exit_on_error, quiet_closed_event_loops
+    from mtbert_jax.errors import MtbertError, exit_on_error, mark_command_line
     from mtbert_jax.evaluation.run import evaluate_run, format_table, load_trained, score_texts
     from mtbert_jax.training import compilation_cache
 
-    quiet_closed_event_loops()
+    mark_command_line()
     compilation_cache.enable()
     try:
         if args.export_hf:

@@ -29,11 +29,11 @@ def parse_flags(argv):
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax reports every save at INFO
-    from mtbert_jax.errors import MtbertError, exit_on_error, quiet_closed_event_loops
+    from mtbert_jax.errors import MtbertError, exit_on_error, mark_command_line
     from mtbert_jax.training import compilation_cache, distributed
     from mtbert_jax.training.loop import train_and_evaluate
 
-    quiet_closed_event_loops()
+    mark_command_line()
     compilation_cache.enable()
     distributed.initialize_from_env()
     try:

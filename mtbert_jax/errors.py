@@ -26,24 +26,28 @@ class TrainingError(MtbertError, RuntimeError):
     """The run cannot go on (a NaN loss, an impossible combination found while running)."""
 
 
-_command_line = False  # set by the command lines (quiet_closed_event_loops)
+_command_line = False  # set by the command lines (mark_command_line)
 _error_fd: int | None = None  # stderr, kept aside once everything else is silenced
 
 
-def _silence_output() -> None:
-    """Sends everything written to stdout and stderr to /dev/null; the error line still goes out."""
-    global _error_fd
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """`Kind: the first line of its message`, for one-line reports of library errors."""
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:limit]}"
+
+
+def _to_devnull() -> tuple[int, int]:
+    """Points stdout and stderr at /dev/null; returns copies of the originals."""
     import os
     import sys
 
-    if _error_fd is not None:
-        return
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    _error_fd = os.dup(2)
+    kept = (os.dup(1), os.dup(2))
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
+    os.close(devnull)
+    return kept
 
 
 @contextlib.contextmanager
@@ -59,13 +63,7 @@ def silenced_after_failure():
     if not _command_line or _error_fd is not None:
         yield
         return
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    kept = (os.dup(1), os.dup(2))
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
-    os.close(devnull)
+    kept = _to_devnull()
     try:
         yield
     except BaseException:
@@ -73,23 +71,24 @@ def silenced_after_failure():
         raise
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    os.dup2(kept[0], 1)
-    os.dup2(kept[1], 2)
-    os.close(kept[0])
-    os.close(kept[1])
+    for fd, original in zip((1, 2), kept):
+        os.dup2(original, fd)
+        os.close(original)
 
 
 def exit_on_error(message: str) -> None:
     """Writes `error: message` as the one line a user sees and ends the process with status 2
     at once (no interpreter shutdown, during which those threads print as well)."""
+    global _error_fd
     import os
 
-    _silence_output()
+    if _error_fd is None:
+        _error_fd = _to_devnull()[1]
     os.write(_error_fd, f"error: {message}\n".encode())
     os._exit(2)
 
 
-def quiet_closed_event_loops() -> None:
+def mark_command_line() -> None:
     """Marks this process as a command line: failed orbax operations silence its output until
     the one error line (see silenced_after_failure)."""
     global _command_line

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mtbert_jax.errors import CheckpointError, silenced_after_failure
+from mtbert_jax.errors import CheckpointError, first_line, silenced_after_failure
 
 PyTree = Any
 
@@ -98,8 +98,7 @@ def _check_readable(directory: str, step: int) -> int:
     try:
         manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
     except Exception as e:  # noqa: BLE001  whatever orbax or tensorstore raise on a damaged file
-        first = (str(e).strip().splitlines() or [""])[0]
-        print(f"{type(e).__name__}: {first[:200]}", flush=True)
+        print(first_line(e), flush=True)
         os._exit(1)
     os._exit(0)
 
@@ -129,8 +128,7 @@ def restore_trained(workdir: str | Path, which: str = "best") -> tuple[dict, PyT
     except (ValueError, OSError, KeyError) as e:
         # Not closed: closing stops orbax's event loop under the reads still in flight after the
         # failure, whose threads then print "Event loop is closed" tracebacks.
-        first = (str(e).strip().splitlines() or [""])[0][:300]
-        raise CheckpointError(f"{folder}: cannot restore step {step} ({type(e).__name__}: {first})") from None
+        raise CheckpointError(f"{folder}: cannot restore step {step} ({first_line(e, 300)})") from None
     manager.close()
     return restored.meta["config"], restored.state["train"]["params"], step
 

@@ -28,7 +28,7 @@ from mtbert_jax.data.prefetch import Prefetcher
 from mtbert_jax.data.task_files import resolve_data_dir
 from mtbert_jax.data.task_schedules import Schedule
 from mtbert_jax.data.tokenized import TaskData, load_task_data
-from mtbert_jax.errors import CheckpointError, ConfigError, TrainingError
+from mtbert_jax.errors import CheckpointError, ConfigError, TrainingError, first_line
 from mtbert_jax.evaluation.metrics import overall_score
 from mtbert_jax.evaluation.predict import dataset_metrics, make_predict
 from mtbert_jax.model.multitask import init_model
@@ -72,7 +72,6 @@ def train_and_evaluate(config, workdir: str | Path, data: Optional[RunData] = No
                           f"accumulation_steps = {divisor}")
     workdir, is_main = Path(workdir), jax.process_index() == 0
     log = print if is_main else (lambda *a, **k: None)
-    check_resumable(run, workdir)
     checkpoint_dir = resolve_checkpoint_dir(run.checkpoint)
     bert_config, bert_params, report = load_hf_checkpoint(checkpoint_dir, run.compute_dtype)
     if run.max_length > bert_config.max_position_embeddings:
@@ -80,7 +79,7 @@ def train_and_evaluate(config, workdir: str | Path, data: Optional[RunData] = No
                           f"max_position_embeddings={bert_config.max_position_embeddings}")
     # Only now that the run is known to be valid: a refused run leaves the workdir as it was.
     with WorkdirLock(workdir, log, enabled=is_main):
-        check_resumable(run, workdir)  # again, holding the workdir
+        check_resumable(run, workdir)
         return _train(run, workdir, data, checkpoint_dir, bert_config, bert_params, report, log)
 
 
@@ -108,21 +107,19 @@ def _train(run: RunConfig, workdir: Path, data: Optional[RunData], checkpoint_di
     log(parameter_report(params))
     trainer = Trainer(run, workdir, loader, Stages(run, schedule, loader, model, params, pcgrad_key),
                       dropout_key, log)
-    try:
-        trainer.resume()
+    trainer.resume()
 
-        # --- train and evaluate, epoch by epoch
-        dev_predict = make_predict(model)
-        results: dict = {}
-        while loader.epoch < run.num_epochs + run.frozen_epochs and trainer.step < trainer.stages.last_step:
-            epoch = trainer.train_epoch()
-            params_now = distributed.unreplicate(trainer.state).params
-            results = dataset_metrics(dev_predict, params_now, data.dev, run.eval_batch_size, buckets)
-            trainer.end_epoch(epoch, results)
-    except BaseException:
-        raise  # orbax left open: closing it under reads still in flight makes its threads print tracebacks
-    else:
-        trainer.checkpoints.close()
+    # --- train and evaluate, epoch by epoch
+    dev_predict = make_predict(model)
+    results: dict = {}
+    while loader.epoch < run.num_epochs + run.frozen_epochs and trainer.step < trainer.stages.last_step:
+        epoch = trainer.train_epoch()
+        params_now = distributed.unreplicate(trainer.state).params
+        results = dataset_metrics(dev_predict, params_now, data.dev, run.eval_batch_size, buckets)
+        trainer.end_epoch(epoch, results)
+    # Closed on success only: closing orbax under reads still in flight after a failure makes its
+    # threads print "Event loop is closed" tracebacks.
+    trainer.checkpoints.close()
     if is_main:
         from mtbert_jax.evaluation.plots import plot_training_curves
         plot_training_curves(workdir / "metrics.jsonl", workdir / "plots")
@@ -209,9 +206,8 @@ class Trainer:
                 restored = self.checkpoints.restore(self.checkpoints.latest, latest,
                                                     {"train": state, "loader": self.loader.state_dict()})
             except Exception as e:  # read whole above, so a shape mismatch (another model) or a damaged file
-                first = (str(e).strip().splitlines() or [""])[0][:200]
                 raise CheckpointError(f"{self.workdir / 'checkpoints'}: the checkpoint at step {latest} does not "
-                                      f"restore into this run's state ({type(e).__name__}: {first})") from None
+                                      f"restore into this run's state ({first_line(e)})") from None
             state = TrainState(*restored["train"])
             self.loader.restore({"state": restored["loader"],
                                  "padding": meta.get("padding", {})})  # padding: absent from older checkpoints
