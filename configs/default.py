@@ -25,8 +25,13 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.seed = 0
     # Tokens per sequence (a cross-encoder pair shares it); longer records are truncated.
     c.max_length = 128
-    # Batches are padded to a multiple of this many tokens (one compiled step per length).
+    # Batches are padded to a multiple of this many tokens (one compiled step per length) ...
     c.bucket_step = 16
+    # ... or packed: several examples per row of max_length tokens, each attending to itself only
+    # (data/packing.py; README says when it pays), with row counts rounded up to multiples of
+    # pack_row_step (1: least padding; larger: fewer compiled programs).
+    c.packing = False
+    c.pack_row_step = 1
     # "float32", or "bfloat16" matmuls with float32 parameters, LayerNorm and softmax.
     c.compute_dtype = "float32"
     # Epochs of fine-tuning ...

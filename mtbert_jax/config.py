@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from mtbert_jax.data.batching import bucket_lengths
+from mtbert_jax.data.packing import BatchLayout
 from mtbert_jax.data.task_schedules import ALL_TASK_KINDS, ScheduleConfig
 from mtbert_jax.errors import ConfigError
 from mtbert_jax.model.config import ModelConfig
@@ -22,7 +24,7 @@ from mtbert_jax.training.smart import SmartConfig
 
 # Saved configs from before the `objective` group: these top-level keys moved into it.
 _OBJECTIVE_KEYS = ("smart", "mnrl", "sts_loss", "uncertainty_weighting")
-_POSITIVE = ("max_length", "bucket_step", "num_epochs", "accumulation_steps", "eval_batch_size",
+_POSITIVE = ("max_length", "bucket_step", "pack_row_step", "num_epochs", "accumulation_steps", "eval_batch_size",
              "log_every_steps", "checkpoint_every_steps", "keep_checkpoints")
 _NON_NEGATIVE = ("frozen_epochs", "max_steps", "max_train_records")
 
@@ -35,6 +37,8 @@ class RunConfig:
     seed: int
     max_length: int
     bucket_step: int
+    packing: bool
+    pack_row_step: int
     compute_dtype: str
     num_epochs: int
     frozen_epochs: int
@@ -94,6 +98,10 @@ class RunConfig:
                     "optimizer": OptimizerConfig(**d["optimizer"])}
         return cls(**{**d, **sections, "loss_weights": dict(d["loss_weights"])})
 
+    def layout(self) -> BatchLayout:
+        """How records become batches: padded to length buckets, or packed."""
+        return BatchLayout(bucket_lengths(self.max_length, self.bucket_step), self.packing, self.pack_row_step)
+
     def task_loss_weights(self, tasks) -> dict[str, float]:
         return {t: float(self.loss_weights.get(t, 1.0)) for t in tasks}
 
@@ -110,6 +118,8 @@ def upgrade(saved: Mapping) -> dict:
     d = dict(saved)
     if any(k in d for k in _OBJECTIVE_KEYS) and "objective" not in d:
         d["objective"] = {k: d.pop(k) for k in _OBJECTIVE_KEYS if k in d}
+    for key, before in (("packing", False), ("pack_row_step", 1)):  # runs from before packing
+        d.setdefault(key, before)
     if "schedule" in d and "method3_carry_over" not in d["schedule"]:
         # Runs saved before Method 3 restarted its passes each epoch carried them over: a
         # resumed one goes on as it started.

@@ -10,11 +10,12 @@ process continue with exactly the batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
 from mtbert_jax.data.batching import Batch, PaddingStats, TaskBatcher
+from mtbert_jax.data.packing import BatchLayout, as_layout
 from mtbert_jax.data.task_schedules import Schedule
 from mtbert_jax.data.tokenized import TaskData
 from mtbert_jax.errors import ConfigError
@@ -52,18 +53,23 @@ class _TaskStream:
 
 
 class MultiTaskLoader:
-    """Yields, step by step, {task: batch} for the tasks the schedule puts in each step."""
+    """Yields, step by step, {task: batch} for the tasks the schedule puts in each step.
+
+    `layout`: bucket lengths (padded batches) or a BatchLayout (packed ones); `shards`: the
+    parts (devices x micro-batches) a packed batch is split into, each packed on its own.
+    """
 
     def __init__(self, datasets: Mapping[str, TaskData], schedule: Schedule,
-                 buckets: tuple[int, ...], seed: int = 0, pad_id: int = 0,
-                 unique_text_tasks: tuple[str, ...] = ()):
+                 layout: Union[BatchLayout, Sequence[int]], seed: int = 0, pad_id: int = 0,
+                 unique_text_tasks: tuple[str, ...] = (), shards: int = 1):
         missing = set(schedule.tasks) - set(datasets)
         if missing:
             raise ConfigError(f"the schedule trains {sorted(missing)} but no data was given for them")
         sizes = schedule.batch_sizes()
         self.schedule = schedule
-        self.streams = {t: _TaskStream(TaskBatcher(datasets[t], sizes[t], buckets, pad_id,
-                                                   unique_texts=t in unique_text_tasks), seed, i)
+        layout = as_layout(layout)
+        self.streams = {t: _TaskStream(layout.batcher(datasets[t], sizes[t], pad_id, t in unique_text_tasks, shards),
+                                       seed, i)
                         for i, t in enumerate(sorted(datasets)) if t in schedule.tasks}
         self.epoch, self.step = 0, 0
         self._plan_epoch, self._plan = None, None

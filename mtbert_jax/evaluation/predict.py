@@ -3,12 +3,12 @@ whole datasets."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence, Union
 
 import jax
 import numpy as np
 
-from mtbert_jax.data.batching import TaskBatcher
+from mtbert_jax.data.packing import BatchLayout, as_layout
 from mtbert_jax.data.tokenized import TaskData
 from mtbert_jax.evaluation.metrics import task_metrics
 from mtbert_jax.model.multitask import MultiTaskModel
@@ -21,13 +21,18 @@ def make_predict(model: MultiTaskModel):
                    static_argnums=1)
 
 
-def predict(predict_fn, params, data: TaskData, batch_size: int, buckets: tuple[int, ...]) -> np.ndarray:
+Layout = Union[BatchLayout, Sequence[int]]
+_MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "position_ids", "token_example", "example_start")
+
+
+def predict(predict_fn, params, data: TaskData, batch_size: int, layout: Layout) -> np.ndarray:
     """Head outputs for every record of `data`, in file order (memory: one batch at a time plus
-    the outputs). Records are batched by length, so batches carry little padding."""
-    batcher = TaskBatcher(data, batch_size, buckets)
+    the outputs). Records are batched by length, so batches carry little padding, or packed
+    (`layout`: bucket lengths or a BatchLayout)."""
+    batcher = as_layout(layout).batcher(data, batch_size)
     outputs = None
     for batch in batcher.by_length():
-        inputs = {k: v for k, v in batch.items() if k.startswith(("input_ids", "token_type_ids", "attention_mask"))}
+        inputs = {k: v for k, v in batch.items() if k.startswith(_MODEL_INPUTS)}
         real = batch["weights"] > 0
         out = np.asarray(predict_fn(params, data.task, inputs))[real]
         if outputs is None:
@@ -47,10 +52,10 @@ def labels_from_outputs(task: str, outputs: np.ndarray) -> np.ndarray:
 
 
 def dataset_metrics(predict_fn, params, datasets: Mapping[str, TaskData], batch_size: int,
-                    buckets: tuple[int, ...]) -> dict[str, dict[str, float]]:
+                    layout: Layout) -> dict[str, dict[str, float]]:
     """{task: its metrics} over whole labelled datasets (the dev record after each epoch)."""
     results = {}
     for task, data in datasets.items():
-        outputs = predict(predict_fn, params, data, batch_size, buckets)
+        outputs = predict(predict_fn, params, data, batch_size, layout)
         results[task] = task_metrics(task, labels_from_outputs(task, outputs), data.labels)
     return results

@@ -16,7 +16,6 @@ import numpy as np
 from mtbert_jax.checkpoints.hf import resolve_checkpoint_dir
 from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
 from mtbert_jax.config import RunConfig
-from mtbert_jax.data.batching import bucket_lengths
 from mtbert_jax.errors import CheckpointError, ConfigError
 from mtbert_jax.evaluation.predict import make_predict
 from mtbert_jax.model.bert_config import BertConfig
@@ -34,7 +33,7 @@ class TrainedModel:
 
     def __post_init__(self):
         self.predict_fn = make_predict(self.model)
-        self.buckets = bucket_lengths(self.run.max_length, self.run.bucket_step)
+        self.layout = self.run.layout()  # batches as in training: padded to buckets, or packed
 
 
 def load_trained(workdir: str | Path, which: str = "best") -> TrainedModel:

@@ -50,7 +50,7 @@ class ProjectedAttention(nn.Module):
         query = project("query") / jnp.sqrt(head_dim).astype(self.dtype)
         scores = jnp.einsum("bqhd,bkhd->bhqk", query, project("key"), preferred_element_type=jnp.float32) + bias
         probs = jax.nn.softmax(scores, axis=-1)
-        probs = Dropout(self.dropout)(probs, deterministic, example_ids).astype(self.dtype)
+        probs = Dropout(self.dropout, attention=True)(probs, deterministic, example_ids).astype(self.dtype)
         context = jnp.einsum("bhqk,bkhd->bqhd", probs, project("value"), preferred_element_type=jnp.float32)
         return context.astype(self.dtype).reshape(batch, seq, self.size)
 

@@ -58,6 +58,13 @@ def attention_bias(attention_mask: Array) -> Array:
     return jnp.where(attention_mask[:, None, None, :] > 0, 0.0, MASK_BIAS).astype(jnp.float32)
 
 
+def packed_attention_bias(token_example: Array) -> Array:
+    """[rows, seq] example slot of each token (-1: padding) -> [rows, 1, seq, seq] bias that
+    lets a token attend to the tokens of its own example only (a block-diagonal mask)."""
+    same = token_example[:, None, :, None] == token_example[:, None, None, :]
+    return jnp.where(same & (token_example[:, None, None, :] >= 0), 0.0, MASK_BIAS).astype(jnp.float32)
+
+
 class EncoderOutputs(NamedTuple):
     sequence_output: Array  # [batch, seq, hidden]
     pooled_output: Array  # [batch, hidden]: tanh(dense(sequence_output[:, 0]))
@@ -68,8 +75,9 @@ class BertEmbeddings(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: Array, token_type_ids: Array, deterministic: bool,
-                 example_ids: Optional[Array] = None) -> Array:
-        """[batch, seq] ids -> [batch, seq, hidden] after word + position + type, LayerNorm, dropout."""
+                 example_ids: Optional[Array] = None, position_ids: Optional[Array] = None) -> Array:
+        """[batch, seq] ids -> [batch, seq, hidden] after word + position + type, LayerNorm, dropout.
+        `position_ids` ([batch, seq]; default 0..seq-1) restart per example in packed rows."""
         cfg = self.config
         seq_len = input_ids.shape[-1]
         if seq_len > cfg.max_position_embeddings:
@@ -79,7 +87,8 @@ class BertEmbeddings(nn.Module):
             return nn.Embed(num, cfg.hidden_size, embedding_init=_INIT, name=name)(ids)
 
         x = (embed("word_embeddings", cfg.vocab_size, input_ids)
-             + embed("position_embeddings", cfg.max_position_embeddings, jnp.arange(seq_len)[None, :])
+             + embed("position_embeddings", cfg.max_position_embeddings,
+                     jnp.arange(seq_len)[None, :] if position_ids is None else position_ids)
              + embed("token_type_embeddings", cfg.type_vocab_size, token_type_ids))
         x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=jnp.float32, name="LayerNorm")(x)
         x = Dropout(cfg.hidden_dropout_prob)(x, deterministic, example_ids)
@@ -108,7 +117,7 @@ class BertSelfAttention(nn.Module):
         # with a float32 result than with a bfloat16 one (and it is the more accurate sum).
         scores = jnp.einsum("bhqd,bhkd->bhqk", query, key, preferred_element_type=jnp.float32) + bias
         probs = jax.nn.softmax(scores, axis=-1)
-        probs = Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic, example_ids)
+        probs = Dropout(cfg.attention_probs_dropout_prob, attention=True)(probs, deterministic, example_ids)
         context = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(cfg.dtype), value,
                              preferred_element_type=jnp.float32).astype(cfg.dtype)
         return context.transpose(0, 2, 1, 3).reshape(batch, seq, cfg.hidden_size)
@@ -209,16 +218,20 @@ class BertModel(nn.Module):
         self.pooler = BertPooler(self.config)
 
     def embed(self, input_ids: Array, token_type_ids: Optional[Array] = None,
-              deterministic: bool = True, example_ids: Optional[Array] = None) -> Array:
+              deterministic: bool = True, example_ids: Optional[Array] = None,
+              position_ids: Optional[Array] = None) -> Array:
         """[batch, seq] -> [batch, seq, hidden] embedding-layer output (after LayerNorm, dropout)."""
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        return self.embeddings(input_ids, token_type_ids, deterministic, example_ids)
+        return self.embeddings(input_ids, token_type_ids, deterministic, example_ids, position_ids)
 
     def encode(self, embeddings: Array, attention_mask: Array, deterministic: bool = True,
-               residual_fn: Optional[ResidualFn] = None, example_ids: Optional[Array] = None) -> Array:
-        """[batch, seq, hidden] embeddings, [batch, seq] mask -> [batch, seq, hidden]."""
-        return self.encoder(embeddings, attention_bias(attention_mask), deterministic, residual_fn, example_ids)
+               residual_fn: Optional[ResidualFn] = None, example_ids: Optional[Array] = None,
+               bias: Optional[Array] = None) -> Array:
+        """[batch, seq, hidden] embeddings, [batch, seq] mask -> [batch, seq, hidden]. `bias`
+        (an attention bias such as a packed batch's) replaces the mask's."""
+        bias = attention_bias(attention_mask) if bias is None else bias
+        return self.encoder(embeddings, bias, deterministic, residual_fn, example_ids)
 
     def pool(self, sequence_output: Array) -> Array:
         return self.pooler(sequence_output)

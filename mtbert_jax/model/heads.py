@@ -34,6 +34,26 @@ def pool(kind: str, sequence: Array, mask: Array, pooler: Callable[[Array], Arra
     raise ValueError(f"pooling {kind!r}: expected pooler, cls, mean or max")
 
 
+def pool_packed(kind: str, sequence: Array, token_example: Array, example_start: Array,
+                pooler: Callable[[Array], Array]) -> Array:
+    """Pooling of packed rows (data/packing.py): [rows, seq, hidden] with each token's example
+    slot ([rows, seq], -1: padding) and each example's first token ([examples], a flat index
+    into rows x seq) -> [examples, hidden], each example pooled over its own tokens only."""
+    flat = sequence.reshape((-1, sequence.shape[-1]))
+    examples = example_start.shape[0]
+    if kind in ("pooler", "cls"):
+        first = flat[example_start]  # each example's [CLS]
+        return pooler(first[:, None, :]) if kind == "pooler" else first
+    x, slot = flat.astype(jnp.float32), token_example.reshape(-1)  # slot -1 (padding) is dropped
+    if kind == "mean":
+        count = jax.ops.segment_sum(jnp.ones_like(slot, jnp.float32), slot, examples)
+        return (jax.ops.segment_sum(x, slot, examples) / jnp.maximum(count, 1.0)[:, None]).astype(sequence.dtype)
+    if kind == "max":
+        top = jax.ops.segment_max(x, slot, examples)
+        return jnp.maximum(top, jnp.finfo(jnp.float32).min).astype(sequence.dtype)  # empty slot: -inf -> finite
+    raise ValueError(f"pooling {kind!r}: expected pooler, cls, mean or max")
+
+
 def cosine(u: Array, v: Array, eps: float = 1e-8) -> Array:
     """[batch, d], [batch, d] -> [batch] cosine similarity, float32."""
     u, v = u.astype(jnp.float32), v.astype(jnp.float32)

@@ -1,6 +1,7 @@
 """The multi-task model: the shared encoder, task-specific adapters and one head per task.
 
-Called with a task name and that task's batch (the dict of `batching.py`). Parameters:
+Called with a task name and that task's batch: padded (`batching.py`) or packed, several
+examples per row (`packing.py`: the batch has `token_example`). Parameters:
 `bert/...` is the shared encoder (Hugging Face names), `adapters_{task}/...` and
 `heads_{task}/...` belong to one task, `pair_hidden/...` is shared by the pair heads.
 """
@@ -18,12 +19,30 @@ from mtbert_jax.errors import CheckpointError
 from mtbert_jax.model.adapters import TaskAdapter
 from mtbert_jax.model.bert_config import BertConfig
 from mtbert_jax.model.config import ModelConfig
-from mtbert_jax.model.encoder import BertModel, attention_bias, gelu
-from mtbert_jax.model.heads import COSINE_SCALE, STS_MAX, CosineHead, LinearHead, cosine, pair_features, pool
+from mtbert_jax.model.dropout import TokenIds, token_ids
+from mtbert_jax.model.encoder import BertModel, attention_bias, gelu, packed_attention_bias
+from mtbert_jax.model.heads import (COSINE_SCALE, STS_MAX, CosineHead, LinearHead, cosine, pair_features, pool,
+                                    pool_packed)
 from mtbert_jax.tasks import MULTICLASS, REGRESSION, TASKS
 
 Array = jax.Array
 SEGMENT_SUFFIXES = ("", "_b")
+
+
+def is_packed(batch: Mapping[str, Array]) -> bool:
+    return "token_example" in batch
+
+
+def dropout_token_ids(batch: Mapping[str, Array], suffix: str = "") -> Optional[TokenIds]:
+    """Each token's (example id, position in its example) for dropout and SMART's noise, or
+    None when the batch has no example ids: the same for a packed and a padded batch."""
+    example_ids = batch.get("example_ids")
+    if example_ids is None:
+        return None
+    if not is_packed(batch):
+        return token_ids(example_ids, batch["input_ids" + suffix].shape[-1])
+    slot = batch["token_example" + suffix]
+    return TokenIds(example_ids[jnp.maximum(slot, 0)], batch["position_ids" + suffix])
 
 
 class TaskOutput(NamedTuple):
@@ -56,26 +75,35 @@ class MultiTaskModel(nn.Module):
             self.pair_hidden = nn.Dense(self.bert_config.hidden_size,
                                         kernel_init=nn.initializers.normal(0.02))
 
-    def sentence_vector(self, task: str, input_ids: Array, token_type_ids: Array,
-                        attention_mask: Array, deterministic: bool = True,
-                        perturbation: Optional[Array] = None, example_ids: Optional[Array] = None) -> Array:
-        """One sequence through the encoder (with the task's adapters) -> [batch, hidden].
+    def sentence_vector(self, task: str, batch: Mapping[str, Array], suffix: str = "",
+                        deterministic: bool = True, perturbation: Optional[Array] = None) -> Array:
+        """One side of the batch (suffix "" or "_b") through the encoder, with the task's
+        adapters -> [examples, hidden].
 
-        `perturbation` ([batch, seq, hidden]) is added to the embedding-layer output (SMART);
-        `example_ids` make dropout masks depend on the example only (model/dropout.py).
+        `perturbation` ([rows, seq, hidden]) is added to the embedding-layer output (SMART).
+        Dropout masks depend on each token's example and position only (model/dropout.py).
         """
-        x = self.bert.embed(input_ids, token_type_ids, deterministic, example_ids)
+        input_ids, types = batch["input_ids" + suffix], batch["token_type_ids" + suffix]
+        ids = dropout_token_ids(batch, suffix)
+        if is_packed(batch):
+            slot = batch["token_example" + suffix]
+            bias, positions = packed_attention_bias(slot), batch["position_ids" + suffix]
+        else:
+            mask = batch["attention_mask" + suffix]
+            bias, positions = attention_bias(mask), None
+        x = self.bert.embed(input_ids, types, deterministic, ids, positions)
         if perturbation is not None:
             x = x + perturbation.astype(x.dtype)
         adapter = self.adapters[task] if self.config.adapter != "none" else None
-        bias = attention_bias(attention_mask)
         residual_fn = None
         if adapter is not None and adapter.has_residual:
-            residual_fn = lambda layer, h: adapter.residual(layer, h, bias, deterministic, example_ids)  # noqa: E731
-        sequence = self.bert.encode(x, attention_mask, deterministic, residual_fn, example_ids)
+            residual_fn = lambda layer, h: adapter.residual(layer, h, bias, deterministic, ids)  # noqa: E731
+        sequence = self.bert.encode(x, None, deterministic, residual_fn, ids, bias=bias)
         if adapter is not None:
-            sequence = adapter.top(sequence, bias, deterministic, example_ids)
-        return pool(self.config.pooling, sequence, attention_mask, self.bert.pool)
+            sequence = adapter.top(sequence, bias, deterministic, ids)
+        if is_packed(batch):
+            return pool_packed(self.config.pooling, sequence, slot, batch["example_start" + suffix], self.bert.pool)
+        return pool(self.config.pooling, sequence, mask, self.bert.pool)
 
     def __call__(self, task: str, batch: Mapping[str, Array], deterministic: bool = True,
                  perturbations: Optional[Sequence[Array]] = None) -> TaskOutput:
@@ -83,11 +111,9 @@ class MultiTaskModel(nn.Module):
             raise KeyError(f"task {task!r}: this model has {self.config.tasks}")
         segments = [s for s in SEGMENT_SUFFIXES if "input_ids" + s in batch]
         example_ids = batch.get("example_ids")  # [batch]: dropout per example (model/dropout.py)
-        vectors = tuple(
-            self.sentence_vector(task, batch["input_ids" + s], batch["token_type_ids" + s],
-                                 batch["attention_mask" + s], deterministic,
-                                 None if perturbations is None else perturbations[k], example_ids)
-            for k, s in enumerate(segments))
+        vectors = tuple(self.sentence_vector(task, batch, s, deterministic,
+                                             None if perturbations is None else perturbations[k])
+                        for k, s in enumerate(segments))
         if TASKS[task].kind == MULTICLASS:
             return TaskOutput(self.heads[task](vectors[0], deterministic, example_ids), vectors)
         mode = self.config.pair_head(task)

@@ -43,20 +43,20 @@ def global_batch_divisor() -> int:
 def process_shard(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """This process's rows of a global batch (each process reads its own slice)."""
     count, index = jax.process_count(), jax.process_index()
-    rows = next(iter(batch.values())).shape[0]
-    if rows % count:
-        raise ConfigError(f"a batch of {rows} rows does not split over {count} processes")
-    per = rows // count
-    return {k: v[index * per:(index + 1) * per] for k, v in batch.items()}
+    for k, v in batch.items():  # packed batches: rows and examples both split (data/packing.py)
+        if v.shape[0] % count:
+            raise ConfigError(f"a batch's {k} has {v.shape[0]} rows: they do not split over {count} processes")
+    return {k: v[index * (v.shape[0] // count):(index + 1) * (v.shape[0] // count)] for k, v in batch.items()}
 
 
 def split_for_devices(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """[rows, ...] -> [local devices, rows / devices, ...]."""
     devices = jax.local_device_count()
-    rows = next(iter(batch.values())).shape[0]
-    if rows % devices:
-        raise ConfigError(f"{rows} rows per process do not split over {devices} local devices")
-    return {k: v.reshape((devices, rows // devices) + v.shape[1:]) for k, v in batch.items()}
+    for k, v in batch.items():
+        if v.shape[0] % devices:
+            raise ConfigError(f"a batch's {k} has {v.shape[0]} rows per process: they do not split over "
+                              f"{devices} local devices")
+    return {k: v.reshape((devices, v.shape[0] // devices) + v.shape[1:]) for k, v in batch.items()}
 
 
 @functools.lru_cache(maxsize=None)

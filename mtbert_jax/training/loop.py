@@ -22,7 +22,6 @@ from tqdm import tqdm
 from mtbert_jax.checkpoints.hf import load_hf_checkpoint, resolve_checkpoint_dir
 from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
 from mtbert_jax.config import RunConfig
-from mtbert_jax.data.batching import bucket_lengths
 from mtbert_jax.data.loader import MultiTaskLoader
 from mtbert_jax.data.prefetch import Prefetcher
 from mtbert_jax.data.task_files import resolve_data_dir
@@ -96,11 +95,12 @@ def _train(run: RunConfig, workdir: Path, data: Optional[RunData], checkpoint_di
         log(d.summary())
 
     # --- schedule, model and training stages
-    buckets = bucket_lengths(run.max_length, run.bucket_step)
+    layout = run.layout()
     schedule = Schedule(run.schedule, {t: len(d) for t, d in train_data.items()},
                         run.num_epochs + run.frozen_epochs, run.seed)
-    loader = MultiTaskLoader(train_data, schedule, buckets, run.seed,
-                             unique_text_tasks=run.objective.unique_text_tasks)
+    loader = MultiTaskLoader(train_data, schedule, layout, run.seed,
+                             unique_text_tasks=run.objective.unique_text_tasks,
+                             shards=distributed.global_batch_divisor() * run.accumulation_steps)
     init_key, dropout_key, pcgrad_key = jax.random.split(jax.random.PRNGKey(run.seed), 3)
     model, params = init_model(bert_config, run.model, init_key, bert_params)
     params |= run.objective.extra_params(run.model.tasks)
@@ -115,7 +115,7 @@ def _train(run: RunConfig, workdir: Path, data: Optional[RunData], checkpoint_di
     while loader.epoch < run.num_epochs + run.frozen_epochs and trainer.step < trainer.stages.last_step:
         epoch = trainer.train_epoch()
         params_now = distributed.unreplicate(trainer.state).params
-        results = dataset_metrics(dev_predict, params_now, data.dev, run.eval_batch_size, buckets)
+        results = dataset_metrics(dev_predict, params_now, data.dev, run.eval_batch_size, layout)
         trainer.end_epoch(epoch, results)
     # Closed on success only: closing orbax under reads still in flight after a failure makes its
     # threads print "Event loop is closed" tracebacks.

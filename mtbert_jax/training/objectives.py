@@ -26,7 +26,7 @@ from mtbert_jax.data.tokenized import TaskData
 from mtbert_jax.errors import ConfigError
 from mtbert_jax.model.config import ModelConfig
 from mtbert_jax.model.heads import COSINE_SCALE, cosine
-from mtbert_jax.model.multitask import MultiTaskModel
+from mtbert_jax.model.multitask import MultiTaskModel, dropout_token_ids
 from mtbert_jax.tasks import REGRESSION, TASKS
 from mtbert_jax.training.losses import per_example_loss
 from mtbert_jax.training.smart import SmartConfig, perturbation, symmetric_divergence
@@ -103,16 +103,17 @@ def positives(task: str, labels: Array, threshold: float) -> Array:
     return (labels > 0).astype(jnp.float32)
 
 
-def mnrl(u: Array, v: Array, rows: Array, input_ids_b: Array, scale: float = COSINE_SCALE) -> Array:
+def mnrl(u: Array, v: Array, rows: Array, text_b: Array, scale: float = COSINE_SCALE) -> Array:
     """[batch] multiple negatives ranking loss of each row (0 where rows == 0).
 
     S_ij = scale cos(u_i, v_j) over the rows taking part; row i's target is column i. A column
-    whose second text equals row i's own (same token ids) is not used as a negative for it.
+    whose second text equals row i's own (same `text_b` row: its token ids, or a packed batch's
+    hash of them) is not used as a negative for it.
     """
     un = u / jnp.maximum(jnp.linalg.norm(u, axis=-1, keepdims=True), 1e-8)
     vn = v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-8)
     scores = scale * (un.astype(jnp.float32) @ vn.astype(jnp.float32).T)
-    same_text = jnp.all(input_ids_b[:, None, :] == input_ids_b[None, :, :], -1)
+    same_text = jnp.all(text_b[:, None, :] == text_b[None, :, :], -1)
     usable = (rows[None, :] > 0) & (~same_text | jnp.eye(len(rows), dtype=bool))
     scores = jnp.where(usable, scores, -1e9)
     losses = optax.softmax_cross_entropy_with_integer_labels(scores, jnp.arange(len(rows)))
@@ -166,12 +167,18 @@ class Objective:
         """[rows] 1.0 for the real rows whose pair is positive: MNRL's rows."""
         return positives(self.task, batch["labels"], self.config.mnrl.sts_threshold) * batch["weights"]
 
-    def ranking(self, u: Array, v: Array, rows: Array, input_ids_b: Array, real_rows: Array) -> Array:
+    @staticmethod
+    def second_texts(batch) -> Array:
+        """[rows, k] what identifies each example's second text: its token ids, or in a packed
+        batch a hash of them (`text_key_b`)."""
+        return batch["text_key_b"] if "text_key_b" in batch else batch["input_ids_b"]
+
+    def ranking(self, u: Array, v: Array, rows: Array, text_b: Array, real_rows: Array) -> Array:
         """[rows] each row's MNRL term in a (global) batch, scaled to add to a loss sum that the
         step divides by the number of real rows: weight x real rows / positive rows x its
         ranking loss, so that the MNRL term ends as a mean over the positive pairs; with
         `mnrl.only`, the ranking loss itself (the task then counts its positive rows)."""
-        losses = mnrl(u, v, rows, input_ids_b)
+        losses = mnrl(u, v, rows, text_b)
         if self.config.mnrl.only:
             return losses
         return self.config.mnrl.weight * real_rows / jnp.maximum(rows.sum(), 1.0) * losses
@@ -189,7 +196,7 @@ class Objective:
         if self.mnrl_on:
             rows = self.positive_rows(batch)
             if vector_grads is None:  # this batch alone
-                ranking = self.ranking(*out.embeddings, rows, batch["input_ids_b"], count).sum()
+                ranking = self.ranking(*out.embeddings, rows, self.second_texts(batch), count).sum()
             else:  # this batch's share of the global batch's MNRL, and its gradient through u, v
                 du, dv, values = vector_grads
                 surrogate = sum(jnp.sum(g * x.astype(jnp.float32)) for g, x in ((du, out.embeddings[0]),
@@ -204,11 +211,13 @@ class Objective:
             forward = self.forward
             model = self.model
             frozen = jax.lax.stop_gradient(params)  # the ascent step does not train the weights
-            shapes = [batch["input_ids" + s].shape + (model.bert_config.hidden_size,)
-                      for s in ("", "_b") if "input_ids" + s in batch]
+            sides = [s for s in ("", "_b") if "input_ids" + s in batch]
+            shapes = [batch["input_ids" + s].shape + (model.bert_config.hidden_size,) for s in sides]
+            noise_ids = [dropout_token_ids(batch, s) for s in sides] if "example_ids" in batch else None
+            slots = [batch.get("token_example" + s) for s in sides]
             deltas = perturbation(task, lambda d: forward(frozen, batch, key, d).prediction,
                                   out.prediction, shapes, weights, jax.random.fold_in(key, 1), cfg,
-                                  batch.get("example_ids"))
+                                  noise_ids, slots)
             adversarial = symmetric_divergence(task, forward(params, batch, key, deltas).prediction,
                                                out.prediction)
             total = total + cfg.lambda_s * (adversarial * weights).sum()

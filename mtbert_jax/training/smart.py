@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from mtbert_jax.model.dropout import POSITION_STRIDE, TokenIds
 from mtbert_jax.tasks import BINARY, REGRESSION, TASKS
 
 Array = jax.Array
@@ -56,18 +57,25 @@ def symmetric_divergence(task: str, p: Array, q: Array) -> Array:
 
 def perturbation(task: str, forward: Callable[[Sequence[Array]], Array], clean: Array,
                  shapes: Sequence[tuple], weights: Array, key: Array, config: SmartConfig,
-                 example_ids: Optional[Array] = None) -> list[Array]:
+                 noise_ids: Optional[Sequence[TokenIds]] = None,
+                 slots: Optional[Sequence[Optional[Array]]] = None) -> list[Array]:
     """The adversarial perturbation of each embedding output (one ascent step, projected).
 
     forward(deltas) -> head output with the deltas added to the embedding outputs. With
-    `example_ids` ([batch]) each example's initial noise depends on the example only.
+    `noise_ids` (each side's TokenIds) a token's initial noise depends on its example and
+    position only. The ascent step is normalised per example: over its rows' tokens (padded
+    batch), or, for a packed side (its `slots`: each token's example slot), over its tokens.
     """
     keys = jax.random.split(key, len(shapes))
-    if example_ids is None:
-        noise = [config.sigma * jax.random.normal(k, s) for k, s in zip(keys, shapes)]
-    else:
-        noise = [config.sigma * jax.vmap(lambda i, k=k, s=s: jax.random.normal(jax.random.fold_in(k, i), s[1:]))(
-            example_ids) for k, s in zip(keys, shapes)]
+    noise = []
+    for i, (k, s) in enumerate(zip(keys, shapes)):
+        if noise_ids is None:
+            noise.append(config.sigma * jax.random.normal(k, s))
+            continue
+        ids = noise_ids[i]
+        token = (ids.example.astype(jnp.uint32) * jnp.uint32(POSITION_STRIDE) + ids.position.astype(jnp.uint32))
+        draw = jax.vmap(lambda j, k=k, s=s: jax.random.normal(jax.random.fold_in(k, j), s[-1:]))
+        noise.append(config.sigma * draw(token.reshape(-1)).reshape(s))
     target = jax.lax.stop_gradient(clean)
 
     def divergence(deltas):
@@ -75,8 +83,14 @@ def perturbation(task: str, forward: Callable[[Sequence[Array]], Array], clean: 
 
     grads = jax.grad(divergence)(noise)
     deltas = []
-    for delta, g in zip(noise, grads):
-        g_inf = jnp.max(jnp.abs(g), axis=(1, 2), keepdims=True)  # per example
+    for i, (delta, g) in enumerate(zip(noise, grads)):
+        slot = None if slots is None else slots[i]
+        if slot is None:
+            g_inf = jnp.max(jnp.abs(g), axis=(1, 2), keepdims=True)  # per example (row)
+        else:  # per example of a packed side: the max over its own tokens
+            token_max = jnp.max(jnp.abs(g), axis=-1).reshape(-1)
+            per_example = jax.ops.segment_max(token_max, slot.reshape(-1), weights.shape[0])
+            g_inf = per_example[jnp.maximum(slot, 0)][..., None]
         delta = delta + config.eta * g / jnp.maximum(g_inf, 1e-12)
         deltas.append(jax.lax.stop_gradient(jnp.clip(delta, -config.eps, config.eps)))
     return deltas

@@ -66,7 +66,8 @@ def task_gradient(params: PyTree, teacher: PyTree, batch: Mapping[str, jax.Array
     rows = batch["weights"].shape[0]
     if "example_ids" not in batch:
         batch = {**batch, "example_ids": jax.lax.axis_index(AXIS) * rows + jnp.arange(rows, dtype=jnp.int32)}
-    micro = jax.tree_util.tree_map(lambda x: x.reshape((accumulation, rows // accumulation) + x.shape[1:]), batch)
+    # Packed batches have rows of tokens and example slots: each leaf splits by its own length.
+    micro = jax.tree_util.tree_map(lambda x: x.reshape((accumulation, x.shape[0] // accumulation) + x.shape[1:]), batch)
     # MNRL over more than this one batch (devices or micro-batches): its gradient cache.
     global_ranking = getattr(loss_sum, "mnrl_on", False) and (accumulation > 1 or jax.lax.axis_size(AXIS) > 1)
     vector_grads = _ranking_vector_grads(loss_sum, params, batch, micro, key) if global_ranking else None
@@ -108,7 +109,7 @@ def _ranking_vector_grads(objective, params, batch, micro, key):
                        micro)
     u, v = u.reshape(accumulation * rows, -1), v.reshape(accumulation * rows, -1)
     gather = functools.partial(jax.lax.all_gather, axis_name=AXIS, tiled=True)
-    positive, ids_b = gather(objective.positive_rows(batch)), gather(batch["input_ids_b"])
+    positive, ids_b = gather(objective.positive_rows(batch)), gather(objective.second_texts(batch))
     real_rows = jax.lax.psum(batch["weights"].sum(), AXIS)
 
     def ranking(u, v):

@@ -93,7 +93,7 @@ def test_pal_with_zero_decoder_leaves_the_encoder_unchanged():
     pals, pal_params = init_model(TINY, pal_config, jax.random.PRNGKey(1),
                                   bert_params=plain_params["bert"])
     batch = _batch(plain_config, "sst")
-    args = (batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    args = (batch,)
     reference = plain.apply({"params": plain_params}, "sst", *args,
                             method=MultiTaskModel.sentence_vector)
     with_pal = pals.apply({"params": pal_params}, "sst", *args, method=MultiTaskModel.sentence_vector)
@@ -262,8 +262,9 @@ def test_real_checkpoint_inside_the_model(minilm_dir, tokenizer):
     bert_config, bert_params, _ = load_hf_checkpoint(minilm_dir)
     model, params = init_model(bert_config, ModelConfig(), jax.random.PRNGKey(0), bert_params)
     batch = tokenizer(["a fine film"], ["a good movie"], max_length=32)
-    vector = model.apply({"params": params}, "quora", batch.input_ids, batch.token_type_ids,
-                         batch.attention_mask, method=MultiTaskModel.sentence_vector)
+    inputs = {"input_ids": batch.input_ids, "token_type_ids": batch.token_type_ids,
+              "attention_mask": batch.attention_mask}
+    vector = model.apply({"params": params}, "quora", inputs, method=MultiTaskModel.sentence_vector)
     pooled = BertModel(bert_config).apply({"params": bert_params}, batch.input_ids,
                                           batch.token_type_ids, batch.attention_mask).pooled_output
     np.testing.assert_allclose(vector, pooled, atol=1e-6)

@@ -1,0 +1,224 @@
+"""Sequence packing: several examples in each row of a fixed length, with no padding between them.
+
+A packed batch of one task has E example slots (the schedule's batch; filler slots have weight
+0 and no tokens) and, per side ("" and, for bi-encoder pairs, "_b"), R rows of L tokens:
+
+  input_ids, token_type_ids [R, L];  position_ids [R, L]: restart at 0 for every example;
+  token_example [R, L]: the slot of the example a token belongs to, -1 for padding;
+  example_start [E]: the flat index (row x L + column) of each example's first token;
+  labels, weights, index, example_ids [E] as in batching.py;  text_key_b [E, 2]: a hash of each
+  second text (MNRL's same-text check, which a padded batch does on the token ids).
+
+The model lets a token attend to its own example's tokens only (a block-diagonal bias), restarts
+positions per example and pools each example over its own tokens, so a packed batch computes what
+the padded one does (Krell et al. 2021, "Efficient Sequence Packing without Cross-contamination").
+
+Shards. A batch is split over processes, devices and micro-batches into equal consecutive parts
+of its rows and of its slots; each part is packed on its own (slots and token indices local to
+it), so every part is a packed batch by itself and an example never straddles two devices.
+
+Rows. Training keeps the schedule's examples per step, so the tokens per batch vary (about
++-15% at batch 32): the rows are the first-fit-decreasing packing's count, the same for every
+shard, rounded up to a multiple of `row_step`. Each row count is a compiled program: row_step 1
+gives the fewest padded tokens, a larger one fewer programs. Evaluation does not need a fixed
+example count: its batches are filled to one fixed shape (rows and slots) in length order, one
+program per task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Iterator, Sequence, Union
+
+import numpy as np
+
+from mtbert_jax.data.batching import Batch, PaddingStats, TaskBatcher
+from mtbert_jax.data.tokenized import Segments, TaskData
+from mtbert_jax.errors import ConfigError
+
+_SIDES = ("", "_b")
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchLayout:
+    """How records become batches: padded to the shortest of `buckets` that holds them, or
+    (packing) packed into rows of the longest bucket's length."""
+
+    buckets: tuple[int, ...]
+    packing: bool = False
+    row_step: int = 1  # packing: row counts are multiples of this
+
+    @property
+    def row_length(self) -> int:
+        return self.buckets[-1]
+
+    def batcher(self, data: TaskData, batch_size: int, pad_id: int = 0, unique_texts: bool = False,
+                shards: int = 1) -> TaskBatcher:
+        if self.packing:
+            return PackedBatcher(data, batch_size, self.row_length, pad_id, unique_texts, shards, self.row_step)
+        return TaskBatcher(data, batch_size, self.buckets, pad_id, unique_texts)
+
+
+def as_layout(layout: Union[BatchLayout, Sequence[int]]) -> BatchLayout:
+    """A BatchLayout from itself or from bucket lengths (padded batches)."""
+    return layout if isinstance(layout, BatchLayout) else BatchLayout(tuple(layout))
+
+
+def first_fit_decreasing(lengths: np.ndarray, row_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each sequence's (row, column) when packed into rows of `row_length` tokens, longest
+    first, each into the first row with room (at most 11/9 of the fewest rows, plus one)."""
+    rows_free: list[int] = []
+    row = np.zeros(len(lengths), np.int64)
+    column = np.zeros(len(lengths), np.int64)
+    for i in np.argsort(-np.asarray(lengths), kind="stable"):
+        n = int(lengths[i])
+        for r, free in enumerate(rows_free):
+            if free >= n:
+                break
+        else:
+            r = len(rows_free)
+            rows_free.append(row_length)
+        row[i], column[i] = r, row_length - rows_free[r]
+        rows_free[r] -= n
+    return row, column
+
+
+def text_key(ids: np.ndarray) -> np.ndarray:
+    """[2] int32: a 64-bit hash of a token sequence."""
+    return np.frombuffer(hashlib.blake2b(np.ascontiguousarray(ids, np.int32).tobytes(), digest_size=8).digest(),
+                         np.int32).copy()
+
+
+def _fill_side(segments: Segments, indices: np.ndarray, rows: int, row_length: int, slots: int,
+               place: tuple[np.ndarray, np.ndarray], pad_id: int) -> dict[str, np.ndarray]:
+    """One shard's side: records `indices` in slots 0..n-1 at the given (row, column)s."""
+    ids = np.full((rows, row_length), pad_id, np.int32)
+    types = np.zeros((rows, row_length), np.int32)
+    positions = np.zeros((rows, row_length), np.int32)
+    slot_of = np.full((rows, row_length), -1, np.int32)
+    start = np.zeros(slots, np.int32)
+    for slot, (i, r, c) in enumerate(zip(indices, *place)):
+        x, t = segments.get(i)
+        ids[r, c:c + len(x)], types[r, c:c + len(x)] = x, t
+        positions[r, c:c + len(x)] = np.arange(len(x))
+        slot_of[r, c:c + len(x)] = slot
+        start[slot] = r * row_length + c
+    return {"input_ids": ids, "token_type_ids": types, "position_ids": positions, "token_example": slot_of,
+            "example_start": start}
+
+
+class PackedBatcher(TaskBatcher):
+    """Makes packed batches of one task's records (same pass order as TaskBatcher's, with the
+    records in random order rather than grouped by length: mixed lengths pack tighter)."""
+
+    def __init__(self, data: TaskData, batch_size: int, row_length: int, pad_id: int = 0,
+                 unique_texts: bool = False, shards: int = 1, row_step: int = 1):
+        super().__init__(data, batch_size, (row_length,), pad_id, unique_texts)
+        if batch_size % shards:
+            raise ConfigError(f"{data.task}: a batch of {batch_size} does not split into {shards} shards")
+        if row_step <= 0:
+            raise ConfigError(f"pack_row_step={row_step}: expected a number > 0")
+        self.row_length, self.shards, self.row_step = row_length, shards, row_step
+
+    def pass_order(self, rng: np.random.Generator) -> list[np.ndarray]:
+        order = rng.permutation(len(self.data))
+        if self.unique_texts:
+            batches = self._unique_batches(order)
+        else:
+            batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def make_batch(self, indices: np.ndarray) -> Batch:
+        """Records `indices` (at most batch_size) -> a packed batch of batch_size slots."""
+        per_shard = self.batch_size // self.shards
+        shard_indices = [indices[k * per_shard:(k + 1) * per_shard] for k in range(self.shards)]
+        batch: Batch = {}
+        for segments, suffix in zip(self.data.segments, _SIDES):
+            places = [first_fit_decreasing(segments.lengths[ix], self.row_length) for ix in shard_indices]
+            need = max([int(p[0].max(initial=-1)) + 1 for p in places] + [1])
+            rows = -(-need // self.row_step) * self.row_step
+            parts = [_fill_side(segments, ix, rows, self.row_length, per_shard, p, self.pad_id)
+                     for ix, p in zip(shard_indices, places)]
+            batch |= {k + suffix: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            self.stats.real_tokens += int(segments.lengths[indices].sum())
+            self.stats.padded_tokens += rows * self.row_length * self.shards
+        self._add_examples(batch, indices)
+        return batch
+
+    def _add_examples(self, batch: Batch, indices: np.ndarray, slots: int | None = None) -> None:
+        slots, n = slots or self.batch_size, len(indices)
+        if self.data.labels is not None:
+            labels = np.zeros(slots, self.data.labels.dtype)
+            labels[:n] = self.data.labels[indices]
+            batch["labels"] = labels
+        if len(self.data.segments) > 1:
+            keys = np.zeros((slots, 2), np.int32)
+            for slot, i in enumerate(indices):
+                keys[slot] = text_key(self.data.segments[1].get(i)[0])
+            batch["text_key_b"] = keys
+        batch["weights"] = (np.arange(slots) < n).astype(np.float32)
+        batch["index"] = np.full(slots, -1, np.int32)
+        batch["index"][:n] = indices
+        batch["example_ids"] = np.arange(slots, dtype=np.int32)
+
+    def by_length(self) -> Iterator[Batch]:
+        """Evaluation: every record once, longest first, packed into batches of one shape:
+        `eval_rows(...)` rows per side and batch_size slots, each filled as far as it goes."""
+        rows = self.eval_rows()
+        order = np.argsort(-self.data.lengths, kind="stable")
+        lengths = [s.lengths for s in self.data.segments]
+        position = 0
+        while position < len(order):
+            free = [[] for _ in lengths]  # per side: each open row's free tokens
+            places: list[list[tuple[int, int]]] = [[] for _ in lengths]
+            taken = []
+            while position < len(order) and len(taken) < self.batch_size:
+                i = order[position]
+                spots = [_first_fit(f, int(n[i]), self.row_length, rows) for f, n in zip(free, lengths)]
+                if any(s is None for s in spots):
+                    break
+                for f, p, s, n in zip(free, places, spots, lengths):
+                    f[s[0]] -= int(n[i])
+                    p.append(s)
+                taken.append(i)
+                position += 1
+            taken_array = np.asarray(taken, np.int64)
+            batch: Batch = {}
+            for segments, suffix, p in zip(self.data.segments, _SIDES, places):
+                place = (np.asarray([r for r, _ in p], np.int64), np.asarray([c for _, c in p], np.int64))
+                side = _fill_side(segments, taken_array, rows, self.row_length, self.batch_size, place, self.pad_id)
+                batch |= {k + suffix: v for k, v in side.items()}
+                self.stats.real_tokens += int(segments.lengths[taken_array].sum())
+                self.stats.padded_tokens += rows * self.row_length
+            self._add_examples(batch, taken_array)
+            yield batch
+
+    def eval_rows(self) -> int:
+        """Rows per side of an evaluation batch: enough for batch_size records of the longest
+        side's mean length, so that rows and slots run out at about the same time."""
+        mean = max(float(s.lengths.mean()) if len(s) else 1.0 for s in self.data.segments)
+        return max(1, int(np.ceil(self.batch_size * mean / self.row_length)))
+
+
+def _first_fit(free: list[int], n: int, row_length: int, rows: int) -> tuple[int, int] | None:
+    """(row, column) of the first open row with room for n tokens, opening a row while fewer
+    than `rows` are open; None when none has room."""
+    for r, f in enumerate(free):
+        if f >= n:
+            return r, row_length - f
+    if len(free) < rows:
+        free.append(row_length)
+        return len(free) - 1, 0
+    return None
+
+
+def packing_efficiency(batches: Sequence[Batch]) -> float:
+    """Real tokens / computed tokens of packed batches."""
+    stats = PaddingStats()
+    for b in batches:
+        for suffix in _SIDES:
+            if "token_example" + suffix in b:
+                stats.real_tokens += int((b["token_example" + suffix] >= 0).sum())
+                stats.padded_tokens += b["token_example" + suffix].size
+    return stats.efficiency
