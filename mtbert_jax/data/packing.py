@@ -163,35 +163,43 @@ class PackedBatcher(TaskBatcher):
         batch["example_ids"] = np.arange(slots, dtype=np.int32)
 
     def by_length(self) -> Iterator[Batch]:
-        """Evaluation: every record once, longest first, packed into batches of one shape:
-        `eval_rows(...)` rows per side and batch_size slots, each filled as far as it goes."""
-        rows = self.eval_rows()
-        order = np.argsort(-self.data.lengths, kind="stable")
+        """Evaluation: every record once, packed into batches of one shape: `eval_rows()` rows
+        per side (the tokens of batch_size records of mean length) and twice batch_size slots
+        (a slot costs one pooled vector: rows, not slots, should run out). Each batch takes the
+        longest records left while they fit, then fills the gaps with the shortest."""
+        rows, slots = self.eval_rows(), 2 * self.batch_size
         lengths = [s.lengths for s in self.data.segments]
-        position = 0
-        while position < len(order):
-            free = [[] for _ in lengths]  # per side: each open row's free tokens
+        order = np.argsort(-np.sum(lengths, axis=0), kind="stable")
+        front, back = 0, len(order) - 1  # records order[front..back] are left
+        while front <= back:
+            free: list[list[int]] = [[] for _ in lengths]  # per side: each open row's free tokens
             places: list[list[tuple[int, int]]] = [[] for _ in lengths]
-            taken = []
-            while position < len(order) and len(taken) < self.batch_size:
-                i = order[position]
+            taken: list[int] = []
+            from_front = True
+            while front <= back and len(taken) < slots:
+                i = order[front] if from_front else order[back]
                 spots = [_first_fit(f, int(n[i]), self.row_length, rows) for f, n in zip(free, lengths)]
                 if any(s is None for s in spots):
-                    break
+                    if from_front:
+                        from_front = False
+                        continue
+                    break  # not even the shortest fits: the batch is full
                 for f, p, s, n in zip(free, places, spots, lengths):
+                    if s[0] == len(f):  # a new row
+                        f.append(self.row_length)
                     f[s[0]] -= int(n[i])
                     p.append(s)
                 taken.append(i)
-                position += 1
+                front, back = (front + 1, back) if from_front else (front, back - 1)
             taken_array = np.asarray(taken, np.int64)
             batch: Batch = {}
             for segments, suffix, p in zip(self.data.segments, _SIDES, places):
                 place = (np.asarray([r for r, _ in p], np.int64), np.asarray([c for _, c in p], np.int64))
-                side = _fill_side(segments, taken_array, rows, self.row_length, self.batch_size, place, self.pad_id)
+                side = _fill_side(segments, taken_array, rows, self.row_length, slots, place, self.pad_id)
                 batch |= {k + suffix: v for k, v in side.items()}
                 self.stats.real_tokens += int(segments.lengths[taken_array].sum())
                 self.stats.padded_tokens += rows * self.row_length
-            self._add_examples(batch, taken_array)
+            self._add_examples(batch, taken_array, slots)
             yield batch
 
     def eval_rows(self) -> int:
@@ -202,15 +210,12 @@ class PackedBatcher(TaskBatcher):
 
 
 def _first_fit(free: list[int], n: int, row_length: int, rows: int) -> tuple[int, int] | None:
-    """(row, column) of the first open row with room for n tokens, opening a row while fewer
-    than `rows` are open; None when none has room."""
+    """(row, column) for n tokens: the first open row with room, else a new row (row ==
+    len(free)) while fewer than `rows` are open; None when there is no room."""
     for r, f in enumerate(free):
         if f >= n:
             return r, row_length - f
-    if len(free) < rows:
-        free.append(row_length)
-        return len(free) - 1, 0
-    return None
+    return (len(free), 0) if len(free) < rows else None
 
 
 def packing_efficiency(batches: Sequence[Batch]) -> float:

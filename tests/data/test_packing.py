@@ -1,0 +1,151 @@
+"""Packed batches: where every token goes, shards, row counts, evaluation's fixed shape, resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mtbert_jax.data.batching import TaskBatcher
+from mtbert_jax.data.loader import MultiTaskLoader
+from mtbert_jax.data.packing import BatchLayout, PackedBatcher, first_fit_decreasing, text_key
+from mtbert_jax.data.task_schedules import Schedule, ScheduleConfig
+from mtbert_jax.data.tokenized import Segments, TaskData
+
+
+def _data(task="quora", n=40, sides=1, longest=30, seed=0):
+    rng = np.random.default_rng(seed)
+
+    def side():
+        lengths = rng.integers(2, longest + 1, size=n)
+        return Segments.from_lists([rng.integers(5, 100, size=k).astype(np.int32) for k in lengths],
+                                   [(np.arange(k) >= k // 2).astype(np.int32) for k in lengths])
+
+    return TaskData(task, "train", np.asarray([f"r{i}" for i in range(n)]),
+                    rng.integers(0, 2, size=n).astype(np.int32), tuple(side() for _ in range(sides)), 0, [])
+
+
+def _unpack(batch, suffix, slots, row_length):
+    """{slot: (ids, types, positions)} read back from a packed side, checking its bookkeeping."""
+    out = {}
+    for slot in range(slots):
+        where = batch["token_example" + suffix] == slot
+        rows = np.flatnonzero(where.any(1))
+        if len(rows) == 0:
+            continue
+        assert len(rows) == 1, "an example sits in one row"
+        row = rows[0]
+        columns = np.flatnonzero(where[row])
+        assert (np.diff(columns) == 1).all(), "an example's tokens are contiguous"
+        assert batch["example_start" + suffix][slot] == row * row_length + columns[0]
+        np.testing.assert_array_equal(batch["position_ids" + suffix][row, columns], np.arange(len(columns)))
+        out[slot] = (batch["input_ids" + suffix][row, columns], batch["token_type_ids" + suffix][row, columns])
+    return out
+
+
+def test_first_fit_decreasing_places_without_overlap():
+    lengths = np.array([5, 7, 3, 3, 2, 8, 1])  # 29 tokens
+    row, column = first_fit_decreasing(lengths, 10)
+    assert row.max() + 1 == 3  # the fewest rows of 10 for 29 tokens
+    used = np.zeros((3, 10), int)
+    for r, c, n in zip(row, column, lengths):
+        used[r, c:c + n] += 1
+        assert c + n <= 10
+    assert used.max() == 1 and used.sum() == lengths.sum()
+
+
+@pytest.mark.parametrize("sides", [1, 2])
+def test_every_token_of_every_example_is_in_its_slot(sides):
+    data = _data(sides=sides)
+    batcher = PackedBatcher(data, 16, 64)
+    indices = np.random.default_rng(1).permutation(len(data))[:13]  # 3 filler slots
+    batch = batcher.make_batch(indices)
+    for segments, suffix in zip(data.segments, ("", "_b")):
+        unpacked = _unpack(batch, suffix, 16, 64)
+        assert sorted(unpacked) == list(range(13))
+        for slot, i in enumerate(indices):
+            ids, types = segments.get(i)
+            np.testing.assert_array_equal(unpacked[slot][0], ids)
+            np.testing.assert_array_equal(unpacked[slot][1], types)
+        real = int(segments.lengths[indices].sum())
+        assert (batch["token_example" + suffix] >= 0).sum() == real
+        assert batch["input_ids" + suffix].shape[0] * 64 < real + 64 * 2  # FFD: at most about one spare row
+    np.testing.assert_array_equal(batch["index"][:13], indices)
+    assert (batch["index"][13:] == -1).all() and batch["weights"].tolist() == [1.0] * 13 + [0.0] * 3
+    np.testing.assert_array_equal(batch["labels"][:13], data.labels[indices])
+    if sides == 2:
+        assert (batch["text_key_b"][0] == text_key(data.segments[1].get(indices[0])[0])).all()
+
+
+def test_shards_are_packed_on_their_own_with_equal_rows():
+    data = _data(n=64)
+    indices = np.arange(24)
+    batch = PackedBatcher(data, 24, 64, shards=3).make_batch(indices)
+    rows = batch["input_ids"].shape[0] // 3
+    for k in range(3):  # each shard is a packed batch of its own 8 examples
+        part = {key: v[k * len(v) // 3:(k + 1) * len(v) // 3] for key, v in batch.items()}
+        assert part["input_ids"].shape[0] == rows
+        unpacked = _unpack(part, "", 8, 64)
+        for slot in range(8):
+            np.testing.assert_array_equal(unpacked[slot][0], data.segments[0].get(indices[k * 8 + slot])[0])
+
+
+def test_row_counts_round_up_to_the_row_step():
+    data = _data(n=200)
+    rng = np.random.default_rng(0)
+    for step in (1, 3):
+        batcher = PackedBatcher(data, 32, 64, row_step=step)
+        counts = {batcher.make_batch(rng.permutation(200)[:32])["input_ids"].shape[0] for _ in range(20)}
+        assert all(c % step == 0 for c in counts)
+        if step == 1:
+            assert len(counts) > 1  # the rows follow each batch's tokens
+    assert batcher.stats.efficiency > 0.6
+
+
+def test_packing_beats_bucketing_on_real_tokens():
+    """Each over one pass in its own order (bucketing groups records by length)."""
+    data = _data(n=512, longest=60)
+    packed, padded = PackedBatcher(data, 32, 64), TaskBatcher(data, 32, (16, 32, 48, 64))
+    for batcher in (packed, padded):
+        for indices in batcher.pass_order(np.random.default_rng(0)):
+            batcher.make_batch(indices)
+    assert packed.stats.efficiency > 0.85 and padded.stats.efficiency < 0.8
+
+
+def test_evaluation_batches_have_one_shape_and_hold_every_record_once():
+    data = _data(n=300, sides=2, longest=40)
+    batcher = PackedBatcher(data, 32, 64)
+    batches = list(batcher.by_length())
+    assert len({(b["input_ids"].shape, b["input_ids_b"].shape, b["weights"].shape) for b in batches}) == 1
+    seen = np.concatenate([b["index"][b["weights"] > 0] for b in batches])
+    assert sorted(seen.tolist()) == list(range(300))
+    for b in batches:
+        for segments, suffix in zip(data.segments, ("", "_b")):
+            unpacked = _unpack(b, suffix, 64, 64)
+            for slot, i in enumerate(b["index"][b["weights"] > 0]):
+                np.testing.assert_array_equal(unpacked[slot][0], segments.get(i)[0])
+    assert batcher.stats.efficiency > 0.8  # one record per row: 0.33
+
+
+def test_a_packed_loader_resumes_with_the_same_batches():
+    data = {"sst": _data("sst", 50), "quora": _data("quora", 70, sides=2)}
+    schedule = Schedule(ScheduleConfig(kind="round_robin", batch_size=8), {t: len(d) for t, d in data.items()}, 2, 0)
+    layout = BatchLayout((16, 32), packing=True)
+
+    def loader():
+        return MultiTaskLoader(data, schedule, layout, seed=3, shards=2)
+
+    first = loader()
+    steps = iter(first)
+    for _ in range(5):
+        next(steps)
+    saved = first.position()
+    expected = [next(steps) for _ in range(4)]
+    resumed = loader()
+    resumed.restore(saved)
+    got = [b for _, b in zip(range(4), iter(resumed))]
+    for a, b in zip(expected, got):
+        assert a.keys() == b.keys()
+        for task in a:
+            for key in a[task]:
+                np.testing.assert_array_equal(a[task][key], b[task][key])
+    assert resumed.padding.efficiency == first.padding.efficiency
