@@ -1,7 +1,9 @@
 """Runs a few PCGrad train steps of a tiny model on N fake CPU devices; saves the parameters.
 
-python tests/training/data_parallel_steps.py DEVICES OUT.npz [ACCUMULATION] [mnrl]
+python tests/training/data_parallel_steps.py DEVICES OUT.npz [ACCUMULATION] [mnrl|plain] [packed]
 With `mnrl`, Quora and STS have bi-encoder heads and MNRL (in-batch negatives over the global batch).
+With `packed`, the same examples come packed (data/packing.py), each device's and micro-batch's
+share packed on its own.
 Run as a separate process: the device count must be set before JAX starts its backend.
 two_process_steps.py runs the same steps on two processes.
 """
@@ -12,6 +14,8 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from mtbert_jax.data.packing import PackedBatcher
+from mtbert_jax.data.tokenized import Segments, TaskData
 from mtbert_jax.model.config import ModelConfig
 from mtbert_jax.model.multitask import init_model
 from mtbert_jax.synthetic import synthetic_batch, tiny_bert_config
@@ -34,7 +38,21 @@ def batches(step, rows=8, seq=16, mnrl=False):
             for task in TASKS}
 
 
-def run_steps(accumulation: int = 1, in_this_process=lambda batch: batch, mnrl: bool = False) -> dict:
+def packed(task: str, batch: dict, shards: int) -> dict:
+    """The padded batch's examples as a packed batch split into `shards` parts."""
+    sides = [s for s in ("", "_b") if "input_ids" + s in batch]
+    segments = tuple(Segments.from_lists([ids[m > 0] for ids, m in zip(batch["input_ids" + s], batch["attention_mask" + s])],
+                                         [t[m > 0] for t, m in zip(batch["token_type_ids" + s], batch["attention_mask" + s])])
+                     for s in sides)
+    rows = len(batch["weights"])
+    data = TaskData(task, "train", np.arange(rows).astype(str), batch["labels"], segments, 0, [])
+    real = np.flatnonzero(batch["weights"] > 0)
+    out = PackedBatcher(data, rows, batch["input_ids"].shape[1], shards=shards).make_batch(real)
+    return {k: v for k, v in out.items() if k != "index"}
+
+
+def run_steps(accumulation: int = 1, in_this_process=lambda batch: batch, mnrl: bool = False,
+              packing: bool = False) -> dict:
     """Three steps from the same start; `in_this_process` picks this process's rows."""
     model, params = init_model(tiny_bert_config(), model_config(mnrl), jax.random.PRNGKey(0))
     optimizer = Optimizer(OptimizerConfig(combiner="pcgrad", encoder_lr=1e-3), params, TASKS,
@@ -42,8 +60,12 @@ def run_steps(accumulation: int = 1, in_this_process=lambda batch: batch, mnrl: 
     objective = ObjectiveConfig(mnrl=MnrlConfig(tasks=("quora", "sts"), sts_threshold=2.5) if mnrl else MnrlConfig())
     runner = StepRunner(model, optimizer, TASKS, {}, accumulation, objective=objective)  # dropout on
     state = distributed.replicate(TrainState.create(params, optimizer))
+    shards = jax.device_count() * accumulation
     for step in range(3):
-        sharded = {t: distributed.split_for_devices(in_this_process(b)) for t, b in batches(step, mnrl=mnrl).items()}
+        step_batches = batches(step, mnrl=mnrl)
+        if packing:
+            step_batches = {t: packed(t, b, shards) for t, b in step_batches.items()}
+        sharded = {t: distributed.split_for_devices(in_this_process(b)) for t, b in step_batches.items()}
         state, _ = runner(state, sharded, jax.random.PRNGKey(2))
     return traverse_util.flatten_dict(jax.device_get(distributed.unreplicate(state).params), sep="/")
 
@@ -53,8 +75,9 @@ def main():
     jax.config.update("jax_num_cpu_devices", devices)  # before anything starts the backend
     accumulation = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     mnrl = len(sys.argv) > 4 and sys.argv[4] == "mnrl"
+    packing = len(sys.argv) > 5 and sys.argv[5] == "packed"
     assert jax.local_device_count() == devices, jax.devices()
-    np.savez(out_path, **run_steps(accumulation, mnrl=mnrl))
+    np.savez(out_path, **run_steps(accumulation, mnrl=mnrl, packing=packing))
 
 
 if __name__ == "__main__":

@@ -178,10 +178,11 @@ def _train_command(config: Path, workdir: Path):
     return [sys.executable, str(ROOT / "train.py"), "--config", str(config), "--workdir", str(workdir)]
 
 
-def test_killed_run_resumes_to_the_same_parameters(tiny_checkpoint, tiny_data_dir, tmp_path):
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_killed_run_resumes_to_the_same_parameters(tiny_checkpoint, tiny_data_dir, tmp_path, packing):
     config = _write_config(tmp_path / "tiny.py", tiny_checkpoint, tiny_data_dir, tmp_path / "cache",
                            schedule__kind="method2", optimizer__combiner="pcgrad", num_epochs=2,
-                           checkpoint_every_steps=3)
+                           checkpoint_every_steps=3, packing=packing)
     env = dict(os.environ)
     subprocess.run(_train_command(config, tmp_path / "whole"), check=True, env=env, cwd=ROOT,
                    capture_output=True)
@@ -212,6 +213,8 @@ def test_killed_run_resumes_to_the_same_parameters(tiny_checkpoint, tiny_data_di
     def logged(workdir):
         return [{k: v for k, v in r.items() if k != "examples_per_second"} for r in _metrics(workdir)]
     assert logged(tmp_path / "killed") == logged(tmp_path / "whole")
+    efficiency = [r["padding_efficiency"] for r in _metrics(tmp_path / "whole") if "padding_efficiency" in r][-1]
+    assert (efficiency > 0.9) if packing else (efficiency < 0.7)  # short texts: rows of 32 hold several
 
 
 KILLED_AT_EVALUATION = """
@@ -262,10 +265,11 @@ def test_a_run_killed_during_its_final_evaluation_finishes_on_restart(tiny_check
     assert scores["dev"]["overall"] == pytest.approx(best["dev_overall"], abs=1e-6)
 
 
-def _data_parallel(devices: int, path: Path, accumulation: int = 1, mnrl: bool = False) -> dict:
+def _data_parallel(devices: int, path: Path, accumulation: int = 1, mnrl: bool = False,
+                   packing: bool = False) -> dict:
     subprocess.run([sys.executable, str(ROOT / "tests" / "training" / "data_parallel_steps.py"),
-                    str(devices), str(path), str(accumulation), "mnrl" if mnrl else "plain"], check=True, cwd=ROOT,
-                   env=dict(os.environ))
+                    str(devices), str(path), str(accumulation), "mnrl" if mnrl else "plain",
+                    "packed" if packing else "padded"], check=True, cwd=ROOT, env=dict(os.environ))
     return dict(np.load(path))
 
 
@@ -284,6 +288,16 @@ def test_gradient_accumulation_equals_the_full_batch(tmp_path, mnrl):
     accumulated = _data_parallel(1, tmp_path / "k2.npz", 2, mnrl=mnrl)
     for name in full:
         np.testing.assert_allclose(accumulated[name], full[name], atol=1e-5, err_msg=name)
+
+
+def test_packed_steps_on_four_devices_and_micro_batches_equal_padded_steps_on_one(tmp_path):
+    """Dropout and MNRL on: each device's and micro-batch's share is packed on its own, and the
+    steps equal those of the padded batches on one device."""
+    padded = _data_parallel(1, tmp_path / "padded.npz", mnrl=True)
+    for devices, accumulation in ((4, 1), (2, 2)):
+        packed = _data_parallel(devices, tmp_path / f"packed{devices}.npz", accumulation, mnrl=True, packing=True)
+        for name in padded:
+            np.testing.assert_allclose(packed[name], padded[name], atol=1e-5, err_msg=f"{devices}x{accumulation} {name}")
 
 
 def test_two_processes_on_localhost_agree(tmp_path):

@@ -1,6 +1,6 @@
 """One process of a two-process data-parallel run on localhost (CPU, gloo collectives).
 
-python tests/training/two_process_steps.py PROCESS_ID NUM_PROCESSES PORT OUT.npz
+python tests/training/two_process_steps.py PROCESS_ID NUM_PROCESSES PORT OUT.npz [packed]
 Each process feeds its own half of every global batch; the step must agree across processes.
 """
 
@@ -24,7 +24,8 @@ from data_parallel_steps import run_steps  # noqa: E402  (this script's own fold
 
 def main():
     assert jax.process_count() == int(sys.argv[2]) and jax.device_count() == jax.process_count()
-    np.savez(sys.argv[4], **run_steps(in_this_process=distributed.process_shard))
+    packing = len(sys.argv) > 5 and sys.argv[5] == "packed"
+    np.savez(sys.argv[4], **run_steps(in_this_process=distributed.process_shard, packing=packing))
 
 
 if __name__ == "__main__":
