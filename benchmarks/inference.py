@@ -2,7 +2,8 @@
 
 Ours: what evaluate.py and the training loop's dev evaluation do (mtbert_jax.evaluation.predict:
 records batched by length, padded to a multiple of 16, jitted forward, outputs back in file
-order). Reference: transformers' BertModel in eval mode under torch.no_grad(), batches in file
+order), and the same with packing (several records per row of 128 tokens, one batch shape per
+task: data/packing.py). Reference: transformers' BertModel in eval mode under torch.no_grad(), batches in file
 order padded to the longest record in the batch (the starter code's way), and, for a fairer
 view, the same model on length-sorted batches. Same checkpoint, token ids and batch size.
 Ours is timed twice: the first pass includes compilation, the second does not.
@@ -31,11 +32,12 @@ def load_dev(checkpoint: str) -> dict:
     return {t: load_task_data(t, "dev", resolve_data_dir(None), tokenizer, MAX_LENGTH, "cross") for t in TASKS}
 
 
-def run_ours(batch_size: int, checkpoint: str) -> dict:
+def run_ours(batch_size: int, checkpoint: str, packing: bool = False) -> dict:
     import jax
 
     from mtbert_jax.checkpoints.hf import load_hf_checkpoint
     from mtbert_jax.data.batching import bucket_lengths
+    from mtbert_jax.data.packing import BatchLayout
     from mtbert_jax.evaluation.predict import make_predict, predict
     from mtbert_jax.model.config import ModelConfig
     from mtbert_jax.model.multitask import init_model
@@ -43,12 +45,12 @@ def run_ours(batch_size: int, checkpoint: str) -> dict:
     data = load_dev(checkpoint)
     bert_config, bert_params, _ = load_hf_checkpoint(checkpoint)
     model, params = init_model(bert_config, ModelConfig(tasks=TASKS), jax.random.PRNGKey(0), bert_params)
-    predict_fn, buckets = make_predict(model), bucket_lengths(MAX_LENGTH, 16)
+    predict_fn, layout = make_predict(model), BatchLayout(bucket_lengths(MAX_LENGTH, 16), packing=packing)
     passes = []
     for _ in range(2):
         start = time.perf_counter()
         for task, d in data.items():
-            predict(predict_fn, params, d, batch_size, buckets)
+            predict(predict_fn, params, d, batch_size, layout)
         passes.append(time.perf_counter() - start)
     return {"examples": sum(len(d) for d in data.values()), "first_pass_seconds": passes[0],
             "seconds": passes[1], "peak_rss_mib": common.peak_rss_mib()}
@@ -94,16 +96,19 @@ def main():
     parser.add_argument("--side", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
-        run = {"ours": run_ours, "torch": run_torch}[args.side]
+        run = {"ours": run_ours, "packed": lambda *a: run_ours(*a, packing=True), "torch": run_torch}[args.side]
         print(json.dumps(run(args.batch, args.checkpoint)))
         return
     side_args = ["--batch", str(args.batch), "--checkpoint", args.checkpoint]
     ours = common.run_side(__file__, ["--side", "ours", *side_args])
+    packed = common.run_side(__file__, ["--side", "packed", *side_args])
     ref = common.run_side(__file__, ["--side", "torch", *side_args])
     machine = ref.pop("machine")
     n = ours["examples"]
     rows = [{"side": "mtbert_jax predict (compiled)", "seconds": ours["seconds"]},
             {"side": "mtbert_jax predict (1st pass, compiling)", "seconds": ours["first_pass_seconds"]},
+            {"side": "mtbert_jax predict, packed (compiled)", "seconds": packed["seconds"]},
+            {"side": "mtbert_jax predict, packed (1st pass, compiling)", "seconds": packed["first_pass_seconds"]},
             {"side": "PyTorch, file order (starter code)", "seconds": ref["seconds"]},
             {"side": "PyTorch, length-sorted batches", "seconds": ref["sorted_seconds"]}]
     for r in rows:
@@ -116,6 +121,7 @@ def main():
     common.print_json("inference", {"batch": args.batch, "examples": n, "checkpoint": args.checkpoint,
                                     "ratio_vs_starter": ref["seconds"] / ours["seconds"],
                                     "ratio_vs_sorted": ref["sorted_seconds"] / ours["seconds"],
+                                    "packed_ratio_vs_sorted": ref["sorted_seconds"] / packed["seconds"],
                                     "ours_peak_rss_mib": ours["peak_rss_mib"],
                                     "torch_peak_rss_mib": ref["peak_rss_mib"], "results": rows}, machine)
 

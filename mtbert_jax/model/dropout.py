@@ -21,7 +21,7 @@ Same behaviour as flax's nn.Dropout (keep with probability 1 - rate, scale kept 
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Union
+from typing import NamedTuple, Union
 
 import flax.linen as nn
 import jax

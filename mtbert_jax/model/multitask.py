@@ -21,8 +21,16 @@ from mtbert_jax.model.bert_config import BertConfig
 from mtbert_jax.model.config import ModelConfig
 from mtbert_jax.model.dropout import TokenIds, token_ids
 from mtbert_jax.model.encoder import BertModel, attention_bias, gelu, packed_attention_bias
-from mtbert_jax.model.heads import (COSINE_SCALE, STS_MAX, CosineHead, LinearHead, cosine, pair_features, pool,
-                                    pool_packed)
+from mtbert_jax.model.heads import (
+    COSINE_SCALE,
+    STS_MAX,
+    CosineHead,
+    LinearHead,
+    cosine,
+    pair_features,
+    pool,
+    pool_packed,
+)
 from mtbert_jax.tasks import MULTICLASS, REGRESSION, TASKS
 
 Array = jax.Array

@@ -127,8 +127,10 @@ def _train(run: RunConfig, workdir: Path, data: Optional[RunData], checkpoint_di
 
 
 # What a checkpoint's shapes and meaning depend on: a run resumed with any of them changed is refused.
+# (packing too: a packed pass orders its records differently, so the saved position would not
+# point at the same records.)
 RESUME_FIELDS = ("checkpoint", "compute_dtype", "seed", "model", "objective", "optimizer.combiner",
-                 "optimizer.freeze_encoder", "schedule.kind", "schedule.batch_size")
+                 "optimizer.freeze_encoder", "schedule.kind", "schedule.batch_size", "packing")
 
 
 def check_resumable(run: RunConfig, workdir: Path) -> None:

@@ -88,16 +88,19 @@ def test_resuming_under_a_changed_model_is_refused_before_anything_is_written(ti
     train_and_evaluate(config, tmp_path / "run")
     saved = (tmp_path / "run" / "config.json").read_bytes()
     changed = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache", num_epochs=1, max_steps=2,
-                                   checkpoint_every_steps=1, model__pooling="cls", seed=7)
+                                   checkpoint_every_steps=1, model__pooling="cls", seed=7, packing=False)
     with pytest.raises(ConfigError) as refused:
         train_and_evaluate(changed, tmp_path / "run")
     message = str(refused.value)
     assert "seed 0 -> 7" in message and "model.pooling 'mean' -> 'cls'" in message
+    assert "packing True -> False" in message  # a packed pass orders records differently
     assert len(message) < 400 and "\n" not in message
     assert (tmp_path / "run" / "config.json").read_bytes() == saved
-    # What does not change the checkpoints' meaning may change: more epochs, another log interval.
+    # What does not change the checkpoints' meaning may change: more epochs, another log
+    # interval, packed rows rounded differently.
     train_and_evaluate(tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache", num_epochs=1,
-                                            max_steps=3, checkpoint_every_steps=1, log_every_steps=2), tmp_path / "run")
+                                            max_steps=3, checkpoint_every_steps=1, log_every_steps=2,
+                                            pack_row_step=2), tmp_path / "run")
 
 
 @pytest.mark.parametrize("field, value, message", [
