@@ -76,7 +76,7 @@ def run_ours(examples_per_task: int, batch_size: int, checkpoint: str, xla_cache
     bert_config, bert_params, _ = load_hf_checkpoint(checkpoint)
     model, params = init_model(bert_config, ModelConfig(tasks=TASKS), jax.random.PRNGKey(0), bert_params)
     layout = BatchLayout(bucket_lengths(MAX_LENGTH, BUCKET_STEP), packing=packing)
-    batchers = {t: layout.batcher(d, batch_size) for t, d in data.items()}
+    batchers = {t: layout.batcher(d, batch_size, shards=jax.local_device_count()) for t, d in data.items()}
     rng = np.random.default_rng(SEED)
     pending = {t: b.pass_order(rng) for t, b in batchers.items()}
     order = task_order({t: len(p) for t, p in pending.items()})

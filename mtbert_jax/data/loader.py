@@ -56,7 +56,8 @@ class MultiTaskLoader:
     """Yields, step by step, {task: batch} for the tasks the schedule puts in each step.
 
     `layout`: bucket lengths (padded batches) or a BatchLayout (packed ones); `shards`: the
-    parts (devices x micro-batches) a packed batch is split into, each packed on its own.
+    parts (processes x devices x micro-batches) a packed batch is split into, each packed on
+    its own.
     """
 
     def __init__(self, datasets: Mapping[str, TaskData], schedule: Schedule,

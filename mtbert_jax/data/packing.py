@@ -6,8 +6,8 @@ A packed batch of one task has E example slots (the schedule's batch; filler slo
   input_ids, token_type_ids [R, L];  position_ids [R, L]: restart at 0 for every example;
   token_example [R, L]: the slot of the example a token belongs to, -1 for padding;
   example_start [E]: the flat index (row x L + column) of each example's first token;
-  labels, weights, index, example_ids [E] as in batching.py;  text_key_b [E, 2]: a hash of each
-  second text (MNRL's same-text check, which a padded batch does on the token ids).
+  labels, weights, index, example_ids [E] as in batching.py;  text_key_b [E, 2] (MNRL's tasks):
+  a hash of each second text, for the same-text check a padded batch does on the token ids.
 
 The model lets a token attend to its own example's tokens only (a block-diagonal bias), restarts
 positions per example and pools each example over its own tokens, so a packed batch computes what
@@ -19,8 +19,9 @@ it), so every part is a packed batch by itself and an example never straddles tw
 
 Rows. Training keeps the schedule's examples per step, so the tokens per batch vary (about
 +-15% at batch 32): the rows are the first-fit-decreasing packing's count, the same for every
-shard, rounded up to a multiple of `row_step`. Each row count is a compiled program: row_step 1
-gives the fewest padded tokens, a larger one fewer programs. Evaluation does not need a fixed
+shard, rounded up to a multiple of `row_step`. Each row count (each pair of them for bi-encoder
+pairs) is a compiled program: row_step 1 gives the fewest padded tokens, a larger one fewer
+programs. Evaluation does not need a fixed
 example count: its batches are filled to one fixed shape (rows and slots) in length order, one
 program per task.
 """
@@ -33,11 +34,12 @@ from typing import Iterator, Sequence, Union
 
 import numpy as np
 
-from mtbert_jax.data.batching import Batch, PaddingStats, TaskBatcher
+from mtbert_jax.data.batching import Batch, TaskBatcher
 from mtbert_jax.data.tokenized import Segments, TaskData
 from mtbert_jax.errors import ConfigError
 
 _SIDES = ("", "_b")
+EVAL_ROW_STEP = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,8 +111,8 @@ def _fill_side(segments: Segments, indices: np.ndarray, rows: int, row_length: i
 
 
 class PackedBatcher(TaskBatcher):
-    """Makes packed batches of one task's records (same pass order as TaskBatcher's, with the
-    records in random order rather than grouped by length: mixed lengths pack tighter)."""
+    """Makes packed batches of one task's records. A pass cuts a random order of the records
+    into batches (TaskBatcher groups them by length first; mixed lengths pack tighter)."""
 
     def __init__(self, data: TaskData, batch_size: int, row_length: int, pad_id: int = 0,
                  unique_texts: bool = False, shards: int = 1, row_step: int = 1):
@@ -152,7 +154,7 @@ class PackedBatcher(TaskBatcher):
             labels = np.zeros(slots, self.data.labels.dtype)
             labels[:n] = self.data.labels[indices]
             batch["labels"] = labels
-        if len(self.data.segments) > 1:
+        if self.unique_texts:  # MNRL's same-text check (a padded batch compares the token ids)
             keys = np.zeros((slots, 2), np.int32)
             for slot, i in enumerate(indices):
                 keys[slot] = text_key(self.data.segments[1].get(i)[0])
@@ -203,10 +205,12 @@ class PackedBatcher(TaskBatcher):
             yield batch
 
     def eval_rows(self) -> int:
-        """Rows per side of an evaluation batch: enough for batch_size records of the longest
-        side's mean length, so that rows and slots run out at about the same time."""
+        """Rows per side of an evaluation batch: the tokens of batch_size records of the longer
+        side's mean length, rounded up to a multiple of EVAL_ROW_STEP, so that the chunks of one
+        file (evaluate.py reads large files in chunks) mostly share one shape."""
         mean = max(float(s.lengths.mean()) if len(s) else 1.0 for s in self.data.segments)
-        return max(1, int(np.ceil(self.batch_size * mean / self.row_length)))
+        rows = int(np.ceil(self.batch_size * mean / self.row_length))
+        return -(-rows // EVAL_ROW_STEP) * EVAL_ROW_STEP
 
 
 def _first_fit(free: list[int], n: int, row_length: int, rows: int) -> tuple[int, int] | None:
@@ -216,14 +220,3 @@ def _first_fit(free: list[int], n: int, row_length: int, rows: int) -> tuple[int
         if f >= n:
             return r, row_length - f
     return (len(free), 0) if len(free) < rows else None
-
-
-def packing_efficiency(batches: Sequence[Batch]) -> float:
-    """Real tokens / computed tokens of packed batches."""
-    stats = PaddingStats()
-    for b in batches:
-        for suffix in _SIDES:
-            if "token_example" + suffix in b:
-                stats.real_tokens += int((b["token_example" + suffix] >= 0).sum())
-                stats.padded_tokens += b["token_example" + suffix].size
-    return stats.efficiency

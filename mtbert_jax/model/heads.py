@@ -29,8 +29,9 @@ def pool(kind: str, sequence: Array, mask: Array, pooler: Callable[[Array], Arra
     x = sequence.astype(jnp.float32)
     if kind == "mean":
         return (jnp.where(real, x, 0.0).sum(1) / jnp.maximum(real.sum(1), 1)).astype(sequence.dtype)
-    if kind == "max":
-        return jnp.where(real, x, jnp.finfo(jnp.float32).min).max(1).astype(sequence.dtype)
+    if kind == "max":  # a row without tokens (a filler row) pools to 0, not to -3.4e38
+        top = jnp.where(real, x, jnp.finfo(jnp.float32).min).max(1)
+        return jnp.where(real.any(1), top, 0.0).astype(sequence.dtype)
     raise ValueError(f"pooling {kind!r}: expected pooler, cls, mean or max")
 
 
@@ -48,9 +49,10 @@ def pool_packed(kind: str, sequence: Array, token_example: Array, example_start:
     if kind == "mean":
         count = jax.ops.segment_sum(jnp.ones_like(slot, jnp.float32), slot, examples)
         return (jax.ops.segment_sum(x, slot, examples) / jnp.maximum(count, 1.0)[:, None]).astype(sequence.dtype)
-    if kind == "max":
+    if kind == "max":  # an empty (filler) slot pools to 0
         top = jax.ops.segment_max(x, slot, examples)
-        return jnp.maximum(top, jnp.finfo(jnp.float32).min).astype(sequence.dtype)  # empty slot: -inf -> finite
+        count = jax.ops.segment_sum(jnp.ones_like(slot, jnp.float32), slot, examples)
+        return jnp.where(count[:, None] > 0, top, 0.0).astype(sequence.dtype)
     raise ValueError(f"pooling {kind!r}: expected pooler, cls, mean or max")
 
 

@@ -56,7 +56,19 @@ def split_for_devices(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if v.shape[0] % devices:
             raise ConfigError(f"a batch's {k} has {v.shape[0]} rows per process: they do not split over "
                               f"{devices} local devices")
+    check_packed_shards(batch, devices)
     return {k: v.reshape((devices, v.shape[0] // devices) + v.shape[1:]) for k, v in batch.items()}
+
+
+def check_packed_shards(batch: Mapping[str, np.ndarray], parts: int) -> None:
+    """A packed batch split into `parts` must have been packed in (a multiple of) that many
+    shards: each part's token slots index its own examples (data/packing.py)."""
+    if "token_example" not in batch:
+        return
+    per_part = batch["weights"].shape[0] // parts
+    if int(batch["token_example"].max(initial=-1)) >= per_part:
+        raise ConfigError(f"a packed batch split over {parts} devices was packed for fewer shards: "
+                          f"pack it with shards={parts} (MultiTaskLoader / BatchLayout.batcher)")
 
 
 @functools.lru_cache(maxsize=None)

@@ -161,8 +161,10 @@ def check_resumable(run: RunConfig, workdir: Path) -> None:
         changed += [f"{k} {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(set(before) | set(after))
                     if json.dumps(before.get(k), sort_keys=True, default=str) != json.dumps(after.get(k), sort_keys=True, default=str)]
     if changed:
+        hint = (f"--config.packing={saved['packing']}" if saved["packing"] != now["packing"]
+                else "the saved config.json")  # runs from before packing was the default: packing=False
         raise ConfigError(f"{workdir} holds checkpoints of a run configured otherwise: " + "; ".join(changed)
-                          + " (use a new --workdir, or the saved config.json)")
+                          + f" (use a new --workdir, or {hint})")
 
 
 class Trainer:

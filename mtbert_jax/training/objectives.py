@@ -171,7 +171,11 @@ class Objective:
     def second_texts(batch) -> Array:
         """[rows, k] what identifies each example's second text: its token ids, or in a packed
         batch a hash of them (`text_key_b`)."""
-        return batch["text_key_b"] if "text_key_b" in batch else batch["input_ids_b"]
+        if "text_key_b" in batch:
+            return batch["text_key_b"]
+        if "token_example_b" in batch:
+            raise ValueError("a packed batch for MNRL needs text_key_b: pack it with unique_texts=True")
+        return batch["input_ids_b"]
 
     def ranking(self, u: Array, v: Array, rows: Array, text_b: Array, real_rows: Array) -> Array:
         """[rows] each row's MNRL term in a (global) batch, scaled to add to a loss sum that the

@@ -89,7 +89,8 @@ def perturbation(task: str, forward: Callable[[Sequence[Array]], Array], clean: 
             g_inf = jnp.max(jnp.abs(g), axis=(1, 2), keepdims=True)  # per example (row)
         else:  # per example of a packed side: the max over its own tokens
             token_max = jnp.max(jnp.abs(g), axis=-1).reshape(-1)
-            per_example = jax.ops.segment_max(token_max, slot.reshape(-1), weights.shape[0])
+            num_slots = weights.shape[0]
+            per_example = jax.ops.segment_max(token_max, slot.reshape(-1), num_slots)
             g_inf = per_example[jnp.maximum(slot, 0)][..., None]
         delta = delta + config.eta * g / jnp.maximum(g_inf, 1e-12)
         deltas.append(jax.lax.stop_gradient(jnp.clip(delta, -config.eps, config.eps)))

@@ -63,9 +63,9 @@ def task_gradient(params: PyTree, teacher: PyTree, batch: Mapping[str, jax.Array
         return loss_sum({**trainable, **fixed}, teacher, batch, key, **kwargs)
 
     key = jax.random.fold_in(jax.random.fold_in(key, step), task_index)
-    rows = batch["weights"].shape[0]
+    examples = batch["weights"].shape[0]  # this device's example slots (a packed batch's token rows differ)
     if "example_ids" not in batch:
-        batch = {**batch, "example_ids": jax.lax.axis_index(AXIS) * rows + jnp.arange(rows, dtype=jnp.int32)}
+        batch = {**batch, "example_ids": jax.lax.axis_index(AXIS) * examples + jnp.arange(examples, dtype=jnp.int32)}
     # Packed batches have rows of tokens and example slots: each leaf splits by its own length.
     micro = jax.tree_util.tree_map(lambda x: x.reshape((accumulation, x.shape[0] // accumulation) + x.shape[1:]), batch)
     # MNRL over more than this one batch (devices or micro-batches): its gradient cache.

@@ -56,7 +56,7 @@ def test_first_fit_decreasing_places_without_overlap():
 @pytest.mark.parametrize("sides", [1, 2])
 def test_every_token_of_every_example_is_in_its_slot(sides):
     data = _data(sides=sides)
-    batcher = PackedBatcher(data, 16, 64)
+    batcher = PackedBatcher(data, 16, 64, unique_texts=sides == 2)  # MNRL's tasks get text keys
     indices = np.random.default_rng(1).permutation(len(data))[:13]  # 3 filler slots
     batch = batcher.make_batch(indices)
     for segments, suffix in zip(data.segments, ("", "_b")):

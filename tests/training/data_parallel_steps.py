@@ -47,7 +47,8 @@ def packed(task: str, batch: dict, shards: int) -> dict:
     rows = len(batch["weights"])
     data = TaskData(task, "train", np.arange(rows).astype(str), batch["labels"], segments, 0, [])
     real = np.flatnonzero(batch["weights"] > 0)
-    out = PackedBatcher(data, rows, batch["input_ids"].shape[1], shards=shards).make_batch(real)
+    out = PackedBatcher(data, rows, batch["input_ids"].shape[1], unique_texts=len(sides) > 1,
+                        shards=shards).make_batch(real)
     return {k: v for k, v in out.items() if k != "index"}
 
 

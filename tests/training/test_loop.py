@@ -303,8 +303,10 @@ def test_packed_steps_on_four_devices_and_micro_batches_equal_padded_steps_on_on
             np.testing.assert_allclose(packed[name], padded[name], atol=1e-5, err_msg=f"{devices}x{accumulation} {name}")
 
 
-def test_two_processes_on_localhost_agree(tmp_path):
-    """jax.distributed across two processes (CPU, gloo): each feeds half of every batch."""
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_two_processes_on_localhost_agree(tmp_path, packing):
+    """jax.distributed across two processes (CPU, gloo): each feeds half of every batch (packed:
+    each process's half packed on its own); both equal one padded device."""
     import socket
 
     with socket.socket() as s:  # a free port on the loopback interface
@@ -312,7 +314,8 @@ def test_two_processes_on_localhost_agree(tmp_path):
         port = s.getsockname()[1]
     env = dict(os.environ)
     script = str(ROOT / "tests" / "training" / "two_process_steps.py")
-    processes = [subprocess.Popen([sys.executable, script, str(i), "2", str(port), str(tmp_path / f"p{i}.npz")],
+    processes = [subprocess.Popen([sys.executable, script, str(i), "2", str(port), str(tmp_path / f"p{i}.npz"),
+                                   "packed" if packing else "padded"],
                                   env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                  for i in range(2)]
     for p in processes:
