@@ -14,6 +14,7 @@ estimated as each (task, shape)'s first step minus that shape's median step.
 
 python benchmarks/epoch.py                              # the whole training files (slow on a CPU)
 python benchmarks/epoch.py --examples-per-task 1024     # a random subset of each file
+python benchmarks/epoch.py --pack-row-step 2 --no-bucketed   # fewer packed programs; skip bucketing
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def task_order(num_batches: dict) -> list:
     return [order[i] for i in np.random.default_rng(SEED).permutation(len(order))]
 
 
-def run_ours(examples_per_task: int, batch_size: int, checkpoint: str, xla_cache: str, packing: bool) -> dict:
+def run_ours(examples_per_task: int, batch_size: int, checkpoint: str, xla_cache: str, packing: bool,
+             pack_row_step: int = 1) -> dict:
     import statistics
 
     import jax
@@ -75,7 +77,7 @@ def run_ours(examples_per_task: int, batch_size: int, checkpoint: str, xla_cache
     start = time.perf_counter()
     bert_config, bert_params, _ = load_hf_checkpoint(checkpoint)
     model, params = init_model(bert_config, ModelConfig(tasks=TASKS), jax.random.PRNGKey(0), bert_params)
-    layout = BatchLayout(bucket_lengths(MAX_LENGTH, BUCKET_STEP), packing=packing)
+    layout = BatchLayout(bucket_lengths(MAX_LENGTH, BUCKET_STEP), packing=packing, row_step=pack_row_step)
     batchers = {t: layout.batcher(d, batch_size, shards=jax.local_device_count()) for t, d in data.items()}
     rng = np.random.default_rng(SEED)
     pending = {t: b.pass_order(rng) for t, b in batchers.items()}
@@ -162,26 +164,31 @@ def main():
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--xla-cache", help=argparse.SUPPRESS)
     parser.add_argument("--packing", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--pack-row-step", type=int, default=1, help="packed rows per batch: multiples of this")
+    parser.add_argument("--no-bucketed", action="store_true", help="run only the packed side and the reference")
     args = parser.parse_args()
     side_args = ["--examples-per-task", str(args.examples_per_task), "--batch", str(args.batch),
                  "--checkpoint", args.checkpoint]
     if args.side == "ours":
-        print(json.dumps(run_ours(args.examples_per_task, args.batch, args.checkpoint, args.xla_cache, args.packing)))
+        print(json.dumps(run_ours(args.examples_per_task, args.batch, args.checkpoint, args.xla_cache, args.packing,
+                                  args.pack_row_step)))
         return
     if args.side == "torch":
         print(json.dumps(run_torch(args.examples_per_task, args.batch, args.checkpoint)))
         return
     ours = {}
-    for packing in (False, True):
+    kinds = ((True, f"packed (row step {args.pack_row_step})"),) if args.no_bucketed else \
+        ((False, "bucketed"), (True, f"packed (row step {args.pack_row_step})"))
+    for packing, _ in kinds:
         with tempfile.TemporaryDirectory() as cache:
-            flags = ["--side", "ours", "--xla-cache", cache, *side_args] + (["--packing"] if packing else [])
+            flags = ["--side", "ours", "--xla-cache", cache, *side_args] + \
+                (["--packing", "--pack-row-step", str(args.pack_row_step)] if packing else [])
             ours[packing] = (common.run_side(__file__, flags), common.run_side(__file__, flags))
     ref = common.run_side(__file__, ["--side", "torch", *side_args])
     machine = ref.pop("machine")
     rows = []
     sides = [(f"mtbert_jax {kind}, {cache} compile cache", r)
-             for packing, kind in ((False, "bucketed"), (True, "packed"))
-             for cache, r in zip(("empty", "warm"), ours[packing])]
+             for packing, kind in kinds for cache, r in zip(("empty", "warm"), ours[packing])]
     for name, r in sides + [("PyTorch reference loop", ref)]:
         rows.append({"side": name, "examples": r["examples"], "steps": r["steps"], "seconds": r["seconds"],
                      "examples_per_second": r["examples"] / r["seconds"],
@@ -193,12 +200,13 @@ def main():
                         ("seconds", "seconds", ".1f"), ("examples_per_second", "ex/s", ".1f"),
                         ("ratio", "x reference", ".2f"), ("padding_efficiency", "real/computed tokens", ".3f"),
                         ("peak_rss_mib", "peak RSS MiB", ".0f")], rows)
-    for packing, kind in ((False, "bucketed"), (True, "packed")):
+    for packing, kind in kinds:
         cold = ours[packing][0]
         print(f"ours {kind} compiled {cold['compiled_shapes']} (task, shape) pairs; with an empty cache that took "
               f"about {cold['compile_seconds']:.0f} s of its {cold['seconds']:.0f} s")
     common.print_json("epoch", {"batch": args.batch, "examples_per_task": args.examples_per_task,
-                                "checkpoint": args.checkpoint, "results": rows}, machine)
+                                "checkpoint": args.checkpoint, "pack_row_step": args.pack_row_step,
+                                "results": rows}, machine)
 
 
 if __name__ == "__main__":
