@@ -44,6 +44,8 @@ class PaddingStats:
 class TaskBatcher:
     """Makes padded batches of one task's records."""
 
+    group_by_length = True  # a pass batches records of one bucket together
+
     def __init__(self, data: TaskData, batch_size: int, buckets: tuple[int, ...], pad_id: int = 0,
                  unique_texts: bool = False):
         if batch_size <= 0:
@@ -77,22 +79,28 @@ class TaskBatcher:
                       "attention_mask" + suffix: mask}
             self.stats.real_tokens += int(mask[:n].sum())
             self.stats.padded_tokens += rows * length
+        return batch | self.example_fields(indices, rows)
+
+    def example_fields(self, indices: np.ndarray, slots: int) -> Batch:
+        """Per example, `slots` of them (records `indices` first, then filler): labels, weights
+        (1 real, 0 filler), index (record, -1 filler), example_ids (dropout's per-example randomness)."""
+        n, fields = len(indices), {}
         if self.data.labels is not None:
-            labels = np.zeros(rows, self.data.labels.dtype)
-            labels[:n] = self.data.labels[indices]
-            batch["labels"] = labels
-        batch["weights"] = (np.arange(rows) < n).astype(np.float32)
-        batch["index"] = np.full(rows, -1, np.int32)
-        batch["index"][:n] = indices
-        batch["example_ids"] = np.arange(rows, dtype=np.int32)  # dropout's per-example randomness
-        return batch
+            fields["labels"] = np.zeros(slots, self.data.labels.dtype)
+            fields["labels"][:n] = self.data.labels[indices]
+        fields["weights"] = (np.arange(slots) < n).astype(np.float32)
+        fields["index"] = np.full(slots, -1, np.int32)
+        fields["index"][:n] = indices
+        fields["example_ids"] = np.arange(slots, dtype=np.int32)
+        return fields
 
     def pass_order(self, rng: np.random.Generator) -> list[np.ndarray]:
         """One shuffled pass: records grouped by bucket (random order within), cut into
         batches, the batches shuffled across buckets. Every record appears exactly once."""
         order = rng.permutation(len(self.data))
-        bucket = np.searchsorted(self.buckets, self.data.lengths[order])
-        order = order[np.argsort(bucket, kind="stable")]
+        if self.group_by_length:
+            bucket = np.searchsorted(self.buckets, self.data.lengths[order])
+            order = order[np.argsort(bucket, kind="stable")]
         if self.unique_texts:
             batches = self._unique_batches(order)
         else:

@@ -114,6 +114,8 @@ class PackedBatcher(TaskBatcher):
     """Makes packed batches of one task's records. A pass cuts a random order of the records
     into batches (TaskBatcher groups them by length first; mixed lengths pack tighter)."""
 
+    group_by_length = False
+
     def __init__(self, data: TaskData, batch_size: int, row_length: int, pad_id: int = 0,
                  unique_texts: bool = False, shards: int = 1, row_step: int = 1):
         super().__init__(data, batch_size, (row_length,), pad_id, unique_texts)
@@ -122,14 +124,6 @@ class PackedBatcher(TaskBatcher):
         if row_step <= 0:
             raise ConfigError(f"pack_row_step={row_step}: expected a number > 0")
         self.row_length, self.shards, self.row_step = row_length, shards, row_step
-
-    def pass_order(self, rng: np.random.Generator) -> list[np.ndarray]:
-        order = rng.permutation(len(self.data))
-        if self.unique_texts:
-            batches = self._unique_batches(order)
-        else:
-            batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        return [batches[i] for i in rng.permutation(len(batches))]
 
     def make_batch(self, indices: np.ndarray) -> Batch:
         """Records `indices` (at most batch_size) -> a packed batch of batch_size slots."""
@@ -149,20 +143,13 @@ class PackedBatcher(TaskBatcher):
         return batch
 
     def _add_examples(self, batch: Batch, indices: np.ndarray, slots: int | None = None) -> None:
-        slots, n = slots or self.batch_size, len(indices)
-        if self.data.labels is not None:
-            labels = np.zeros(slots, self.data.labels.dtype)
-            labels[:n] = self.data.labels[indices]
-            batch["labels"] = labels
+        slots = slots or self.batch_size
+        batch |= self.example_fields(indices, slots)
         if self.unique_texts:  # MNRL's same-text check (a padded batch compares the token ids)
             keys = np.zeros((slots, 2), np.int32)
             for slot, i in enumerate(indices):
                 keys[slot] = text_key(self.data.segments[1].get(i)[0])
             batch["text_key_b"] = keys
-        batch["weights"] = (np.arange(slots) < n).astype(np.float32)
-        batch["index"] = np.full(slots, -1, np.int32)
-        batch["index"][:n] = indices
-        batch["example_ids"] = np.arange(slots, dtype=np.int32)
 
     def by_length(self) -> Iterator[Batch]:
         """Evaluation: every record once, packed into batches of one shape: `eval_rows()` rows
