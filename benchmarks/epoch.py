@@ -2,9 +2,9 @@
 PyTorch reference loop.
 
 Ours: the embedded MiniLM through mtbert_jax's StepRunner on bucketed batches (records grouped
-by length, padded to a multiple of 16), and on packed batches (several records per row of 128
-tokens, data/packing.py; the same records per step). Reference: the same checkpoint in transformers'
-BertModel with the starter code's batching (random batches padded to the longest record in the
+by length, padded to a multiple of 16), and on packed batches (several records per row, batches
+of nearly equal tokens in one row shape per task, data/packing.py; the same records per step).
+Reference: the same checkpoint in transformers' BertModel with the starter code's batching (random batches padded to the longest record in the
 batch), a linear head per task, torch.optim.AdamW. Same token ids, records, batch size, one
 task per step in the same task order, dropout on, no clipping. Times include everything
 after the data is tokenized, compilation too: ours compiles once per task and bucket length,
@@ -14,7 +14,7 @@ estimated as each (task, shape)'s first step minus that shape's median step.
 
 python benchmarks/epoch.py                              # the whole training files (slow on a CPU)
 python benchmarks/epoch.py --examples-per-task 1024     # a random subset of each file
-python benchmarks/epoch.py --pack-row-step 2 --no-bucketed   # fewer packed programs; skip bucketing
+python benchmarks/epoch.py --no-bucketed                  # only the packed side and the reference
 """
 
 from __future__ import annotations
@@ -56,8 +56,7 @@ def task_order(num_batches: dict) -> list:
     return [order[i] for i in np.random.default_rng(SEED).permutation(len(order))]
 
 
-def run_ours(examples_per_task: int, batch_size: int, checkpoint: str, xla_cache: str, packing: bool,
-             pack_row_step: int = 1) -> dict:
+def run_ours(examples_per_task: int, batch_size: int, checkpoint: str, xla_cache: str, packing: bool) -> dict:
     import statistics
 
     import jax
@@ -77,7 +76,7 @@ def run_ours(examples_per_task: int, batch_size: int, checkpoint: str, xla_cache
     start = time.perf_counter()
     bert_config, bert_params, _ = load_hf_checkpoint(checkpoint)
     model, params = init_model(bert_config, ModelConfig(tasks=TASKS), jax.random.PRNGKey(0), bert_params)
-    layout = BatchLayout(bucket_lengths(MAX_LENGTH, BUCKET_STEP), packing=packing, row_step=pack_row_step)
+    layout = BatchLayout(bucket_lengths(MAX_LENGTH, BUCKET_STEP), packing=packing)
     batchers = {t: layout.batcher(d, batch_size, shards=jax.local_device_count()) for t, d in data.items()}
     rng = np.random.default_rng(SEED)
     pending = {t: b.pass_order(rng) for t, b in batchers.items()}
@@ -164,25 +163,22 @@ def main():
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--xla-cache", help=argparse.SUPPRESS)
     parser.add_argument("--packing", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--pack-row-step", type=int, default=1, help="packed rows per batch: multiples of this")
     parser.add_argument("--no-bucketed", action="store_true", help="run only the packed side and the reference")
     args = parser.parse_args()
     side_args = ["--examples-per-task", str(args.examples_per_task), "--batch", str(args.batch),
                  "--checkpoint", args.checkpoint]
     if args.side == "ours":
-        print(json.dumps(run_ours(args.examples_per_task, args.batch, args.checkpoint, args.xla_cache, args.packing,
-                                  args.pack_row_step)))
+        print(json.dumps(run_ours(args.examples_per_task, args.batch, args.checkpoint, args.xla_cache, args.packing)))
         return
     if args.side == "torch":
         print(json.dumps(run_torch(args.examples_per_task, args.batch, args.checkpoint)))
         return
     ours = {}
-    kinds = ((True, f"packed (row step {args.pack_row_step})"),) if args.no_bucketed else \
-        ((False, "bucketed"), (True, f"packed (row step {args.pack_row_step})"))
+    kinds = ((True, "packed"),) if args.no_bucketed else ((False, "bucketed"), (True, "packed"))
     for packing, _ in kinds:
         with tempfile.TemporaryDirectory() as cache:
             flags = ["--side", "ours", "--xla-cache", cache, *side_args] + \
-                (["--packing", "--pack-row-step", str(args.pack_row_step)] if packing else [])
+                (["--packing"] if packing else [])
             ours[packing] = (common.run_side(__file__, flags), common.run_side(__file__, flags))
     ref = common.run_side(__file__, ["--side", "torch", *side_args])
     machine = ref.pop("machine")
@@ -205,7 +201,7 @@ def main():
         print(f"ours {kind} compiled {cold['compiled_shapes']} (task, shape) pairs; with an empty cache that took "
               f"about {cold['compile_seconds']:.0f} s of its {cold['seconds']:.0f} s")
     common.print_json("epoch", {"batch": args.batch, "examples_per_task": args.examples_per_task,
-                                "checkpoint": args.checkpoint, "pack_row_step": args.pack_row_step,
+                                "checkpoint": args.checkpoint,
                                 "results": rows}, machine)
 
 

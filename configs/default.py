@@ -30,9 +30,6 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     # ... or packed: several examples per row of max_length tokens, each attending to itself only
     # (data/packing.py; README says when it pays).
     c.packing = True
-    # Packed rows per batch are rounded up to a multiple of this (1: least padding; larger:
-    # fewer compiled programs).
-    c.pack_row_step = 1
     # "float32", or "bfloat16" matmuls with float32 parameters, LayerNorm and softmax.
     c.compute_dtype = "float32"
     # Epochs of fine-tuning ...

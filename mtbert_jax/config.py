@@ -24,7 +24,7 @@ from mtbert_jax.training.smart import SmartConfig
 
 # Saved configs from before the `objective` group: these top-level keys moved into it.
 _OBJECTIVE_KEYS = ("smart", "mnrl", "sts_loss", "uncertainty_weighting")
-_POSITIVE = ("max_length", "bucket_step", "pack_row_step", "num_epochs", "accumulation_steps", "eval_batch_size",
+_POSITIVE = ("max_length", "bucket_step", "num_epochs", "accumulation_steps", "eval_batch_size",
              "log_every_steps", "checkpoint_every_steps", "keep_checkpoints")
 _NON_NEGATIVE = ("frozen_epochs", "max_steps", "max_train_records")
 
@@ -38,7 +38,6 @@ class RunConfig:
     max_length: int
     bucket_step: int
     packing: bool
-    pack_row_step: int
     compute_dtype: str
     num_epochs: int
     frozen_epochs: int
@@ -100,7 +99,7 @@ class RunConfig:
 
     def layout(self) -> BatchLayout:
         """How records become batches: padded to length buckets, or packed."""
-        return BatchLayout(bucket_lengths(self.max_length, self.bucket_step), self.packing, self.pack_row_step)
+        return BatchLayout(bucket_lengths(self.max_length, self.bucket_step), self.packing)
 
     def task_loss_weights(self, tasks) -> dict[str, float]:
         return {t: float(self.loss_weights.get(t, 1.0)) for t in tasks}
@@ -118,8 +117,9 @@ def upgrade(saved: Mapping) -> dict:
     d = dict(saved)
     if any(k in d for k in _OBJECTIVE_KEYS) and "objective" not in d:
         d["objective"] = {k: d.pop(k) for k in _OBJECTIVE_KEYS if k in d}
-    for key, before in (("packing", False), ("pack_row_step", 1)):  # runs from before packing
-        d.setdefault(key, before)
+    d.setdefault("packing", False)  # runs from before packing
+    # Packed runs from before balanced batches rounded rows to a step; the rows now follow the data.
+    d.pop("pack_row_step", None)
     if "schedule" in d and "method3_carry_over" not in d["schedule"]:
         # Runs saved before Method 3 restarted its passes each epoch carried them over: a
         # resumed one goes on as it started.

@@ -104,5 +104,9 @@ def test_a_config_saved_before_the_objective_group_still_loads():
     old["schedule"] = {k: v for k, v in c["schedule"].items() if k != "method3_carry_over"}
     assert RunConfig.from_dict(old).schedule.method3_carry_over
     assert not RunConfig.from_dict(c).schedule.method3_carry_over
+    # Runs from before packing trained padded; packed runs from before balanced batches had a
+    # pack_row_step, which the rows no longer need.
+    assert not RunConfig.from_dict({k: v for k, v in c.items() if k != "packing"}).packing
+    assert RunConfig.from_dict({**c, "pack_row_step": 2}) == RunConfig.from_dict(c)
     # ... and what a run saves reads back to the same configuration.
     assert RunConfig.from_dict(dataclasses.asdict(run)) == run

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 import pytest
 
 from mtbert_jax.data.batching import TaskBatcher
 from mtbert_jax.data.loader import MultiTaskLoader
-from mtbert_jax.data.packing import BatchLayout, PackedBatcher, first_fit_decreasing, text_key
+from mtbert_jax.data import packing
+from mtbert_jax.data.packing import (BatchLayout, PackedBatcher, balance_by_length, first_fit_decreasing,
+                                        row_shape, text_key)
 from mtbert_jax.data.task_schedules import Schedule, ScheduleConfig
 from mtbert_jax.data.tokenized import Segments, TaskData
 
@@ -24,9 +28,9 @@ def _data(task="quora", n=40, sides=1, longest=30, seed=0):
                     rng.integers(0, 2, size=n).astype(np.int32), tuple(side() for _ in range(sides)), 0, [])
 
 
-def _unpack(batch, suffix, slots, row_length):
+def _unpack(batch, suffix, slots):
     """{slot: (ids, types, positions)} read back from a packed side, checking its bookkeeping."""
-    out = {}
+    out, row_length = {}, batch["input_ids" + suffix].shape[1]
     for slot in range(slots):
         where = batch["token_example" + suffix] == slot
         rows = np.flatnonzero(where.any(1))
@@ -60,7 +64,7 @@ def test_every_token_of_every_example_is_in_its_slot(sides):
     indices = np.random.default_rng(1).permutation(len(data))[:13]  # 3 filler slots
     batch = batcher.make_batch(indices)
     for segments, suffix in zip(data.segments, ("", "_b")):
-        unpacked = _unpack(batch, suffix, 16, 64)
+        unpacked = _unpack(batch, suffix, 16)
         assert sorted(unpacked) == list(range(13))
         for slot, i in enumerate(indices):
             ids, types = segments.get(i)
@@ -68,7 +72,8 @@ def test_every_token_of_every_example_is_in_its_slot(sides):
             np.testing.assert_array_equal(unpacked[slot][1], types)
         real = int(segments.lengths[indices].sum())
         assert (batch["token_example" + suffix] >= 0).sum() == real
-        assert batch["input_ids" + suffix].shape[0] * 64 < real + 64 * 2  # FFD: at most about one spare row
+        length, rows = batcher.shape
+        assert batch["input_ids" + suffix].shape == (rows[len(suffix) // 2], length)  # the task's one shape
     np.testing.assert_array_equal(batch["index"][:13], indices)
     assert (batch["index"][13:] == -1).all() and batch["weights"].tolist() == [1.0] * 13 + [0.0] * 3
     np.testing.assert_array_equal(batch["labels"][:13], data.labels[indices])
@@ -84,21 +89,68 @@ def test_shards_are_packed_on_their_own_with_equal_rows():
     for k in range(3):  # each shard is a packed batch of its own 8 examples
         part = {key: v[k * len(v) // 3:(k + 1) * len(v) // 3] for key, v in batch.items()}
         assert part["input_ids"].shape[0] == rows
-        unpacked = _unpack(part, "", 8, 64)
+        unpacked = _unpack(part, "", 8)
         for slot in range(8):
             np.testing.assert_array_equal(unpacked[slot][0], data.segments[0].get(indices[k * 8 + slot])[0])
 
 
-def test_row_counts_round_up_to_the_row_step():
-    data = _data(n=200)
+def test_balanced_groups_hold_every_record_once_with_nearly_equal_tokens(monkeypatch):
     rng = np.random.default_rng(0)
-    for step in (1, 3):
-        batcher = PackedBatcher(data, 32, 64, row_step=step)
-        counts = {batcher.make_batch(rng.permutation(200)[:32])["input_ids"].shape[0] for _ in range(20)}
-        assert all(c % step == 0 for c in counts)
-        if step == 1:
-            assert len(counts) > 1  # the rows follow each batch's tokens
-    assert batcher.stats.efficiency > 0.6
+    lengths, order = rng.integers(2, 61, size=1000), rng.permutation(1000)
+    monkeypatch.setattr(packing, "BALANCE_WINDOW", 8)  # batches shared out together
+    groups, left = balance_by_length(order, lengths, 8, groups_per_batch=4)  # 31 batches of 32
+    assert len(groups) == 124 and all(len(g) == 8 for g in groups)
+    np.testing.assert_array_equal(left, order[992:])  # the last part batch
+    for w in range(4):  # a window's records stay in its batches: the pass stays random
+        window = np.concatenate(groups[32 * w:32 * (w + 1)])
+        assert sorted(window.tolist()) == sorted(order[256 * w:min(256 * (w + 1), 992)].tolist())
+    sums = np.asarray([lengths[g].sum() for g in groups])  # a group: 260 tokens on average
+    for w in range(4):  # longest first to the emptiest group: equal within a few tokens
+        assert np.ptp(sums[32 * w:32 * (w + 1)]) <= 10
+    random_sums = np.asarray([lengths[order[i:i + 8]].sum() for i in range(0, 992, 8)])
+    assert random_sums.std() > 4 * sums.std()  # about 50 tokens
+
+
+def test_balanced_batches_keep_texts_unique():
+    rng = np.random.default_rng(1)
+    lengths, order = rng.integers(2, 61, size=600), rng.permutation(600)
+
+    def texts(i):  # every text appears 15 or 16 times
+        return [b"a%d" % (i % 40), b"b%d" % (i % 37)]
+
+    groups, left = balance_by_length(order, lengths, 8, groups_per_batch=2, texts=texts)
+    assert sorted(np.concatenate(groups + [left]).tolist()) == list(range(600))
+    for b in range(0, len(groups), 2):
+        batch_texts = [t for i in np.concatenate(groups[b:b + 2]) for t in texts(i)]
+        assert len(batch_texts) == len(set(batch_texts))
+    assert len(left) < 60
+
+
+def test_row_shape_is_the_cheapest_that_holds_every_group():
+    segments = Segments.from_lists([np.ones(10, np.int32)] * 6, [np.zeros(10, np.int32)] * 6)
+    # Six records of 10 tokens: rows of 16 hold one (6 rows), of 24 two (3), of 32 three (2 rows,
+    # 64 tokens), of 64 all six (1 row of 64, but attention costs more in longer rows).
+    assert row_shape([segments], [np.arange(6)], max_length=32) == (32, (2,))
+    assert row_shape([segments], [np.arange(3), np.arange(3, 6)], max_length=32) == (32, (1,))
+
+
+def test_a_pass_packs_into_one_row_shape_with_few_padded_tokens():
+    data = _data(n=3000, longest=60)
+    batcher = PackedBatcher(data, 32, 64)
+    shapes = collections.Counter()
+    for p in range(2):
+        for indices in batcher.pass_order(np.random.default_rng(p)):
+            shapes[batcher.make_batch(indices)["input_ids"].shape] += 1
+    length, (rows,) = batcher.shape
+    assert shapes[(rows, length)] >= 0.97 * sum(shapes.values())
+    assert batcher.stats.efficiency > 0.95
+    # The same records in random batches, each packed into the rows it needs: more padding and
+    # a program per row count.
+    random_batches = PackedBatcher(data, 32, 64)
+    random_batches.shape = (64, (1,))
+    order = np.random.default_rng(0).permutation(3000)
+    counts = {random_batches.make_batch(order[i:i + 32])["input_ids"].shape[0] for i in range(0, 3000, 32)}
+    assert len(counts) >= 3 and random_batches.stats.efficiency < batcher.stats.efficiency - 0.02
 
 
 def test_packing_beats_bucketing_on_real_tokens():
@@ -120,7 +172,7 @@ def test_evaluation_batches_have_one_shape_and_hold_every_record_once():
     assert sorted(seen.tolist()) == list(range(300))
     for b in batches:
         for segments, suffix in zip(data.segments, ("", "_b")):
-            unpacked = _unpack(b, suffix, 64, 64)
+            unpacked = _unpack(b, suffix, 64)
             for slot, i in enumerate(b["index"][b["weights"] > 0]):
                 np.testing.assert_array_equal(unpacked[slot][0], segments.get(i)[0])
     assert batcher.stats.efficiency > 0.8  # one record per row: 0.33

@@ -96,11 +96,10 @@ def test_resuming_under_a_changed_model_is_refused_before_anything_is_written(ti
     assert "packing True -> False" in message  # a packed pass orders records differently
     assert len(message) < 400 and "\n" not in message
     assert (tmp_path / "run" / "config.json").read_bytes() == saved
-    # What does not change the checkpoints' meaning may change: more epochs, another log
-    # interval, packed rows rounded differently.
+    # What does not change the checkpoints' meaning may change: more epochs, another log interval.
     train_and_evaluate(tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache", num_epochs=1,
-                                            max_steps=3, checkpoint_every_steps=1, log_every_steps=2,
-                                            pack_row_step=2), tmp_path / "run")
+                                            max_steps=3, checkpoint_every_steps=1, log_every_steps=2),
+                      tmp_path / "run")
 
 
 @pytest.mark.parametrize("field, value, message", [
