@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -64,6 +65,7 @@ def load_run_data(run: RunConfig, tokenizer: BertTextTokenizer) -> RunData:
 def train_and_evaluate(config, workdir: str | Path, data: Optional[RunData] = None) -> dict:
     """Trains as `config` (a ConfigDict or dict) says, in `workdir`; re-running resumes.
     `data` replaces the data directory's task files (tests, notebooks)."""
+    started = time.perf_counter()  # the metrics' run_seconds count loading and compiling too
     run = RunConfig.from_dict(config)
     divisor = distributed.global_batch_divisor() * run.accumulation_steps  # equal rows per device and micro-batch
     if run.schedule.batch_size % divisor:
@@ -79,11 +81,11 @@ def train_and_evaluate(config, workdir: str | Path, data: Optional[RunData] = No
     # Only now that the run is known to be valid: a refused run leaves the workdir as it was.
     with WorkdirLock(workdir, log, enabled=is_main):
         check_resumable(run, workdir)
-        return _train(run, workdir, data, checkpoint_dir, bert_config, bert_params, report, log)
+        return _train(run, workdir, data, checkpoint_dir, bert_config, bert_params, report, log, started)
 
 
 def _train(run: RunConfig, workdir: Path, data: Optional[RunData], checkpoint_dir, bert_config, bert_params,
-           report, log) -> dict:
+           report, log, started: float) -> dict:
     is_main = jax.process_index() == 0
     # --- the encoder and the data
     log(report.summary())
@@ -106,7 +108,7 @@ def _train(run: RunConfig, workdir: Path, data: Optional[RunData], checkpoint_di
     params |= run.objective.extra_params(run.model.tasks)
     log(parameter_report(params))
     trainer = Trainer(run, workdir, loader, Stages(run, schedule, loader, model, params, pcgrad_key),
-                      dropout_key, log)
+                      dropout_key, log, started)
     trainer.resume()
 
     # --- train and evaluate, epoch by epoch
@@ -172,8 +174,9 @@ class Trainer:
     resuming, training an epoch, saving, and the dev record at each epoch's end."""
 
     def __init__(self, run: RunConfig, workdir: Path, loader: MultiTaskLoader, stages: Stages,
-                 dropout_key: jax.Array, log):
+                 dropout_key: jax.Array, log, started: Optional[float] = None):
         self.run, self.workdir, self.loader, self.stages = run, workdir, loader, stages
+        self.started = started
         self.dropout_key, self.log, self.is_main = dropout_key, log, jax.process_index() == 0
         self.checkpoints = Checkpoints(workdir, run.keep_checkpoints)
         self.step, self.best_score, self.stage = 0, -math.inf, 0
@@ -218,7 +221,7 @@ class Trainer:
             self.step = int(state.step)
             self.log(f"resumed from {self.workdir / 'checkpoints'} at step {self.step} (epoch {self.loader.epoch + 1})")
         self.state = distributed.replicate(state)
-        self.metrics_log = MetricsLog(self.workdir / "metrics.jsonl", self.step, self.is_main)
+        self.metrics_log = MetricsLog(self.workdir / "metrics.jsonl", self.step, self.is_main, self.started)
         planned = f"{self.stages.planned_steps} steps in {self.run.num_epochs + self.run.frozen_epochs} epochs"
         if self.stages.last_step < self.stages.planned_steps:
             planned = f"{self.stages.last_step} steps (max_steps; {planned})"

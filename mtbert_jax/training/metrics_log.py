@@ -13,14 +13,20 @@ import numpy as np
 
 class MetricsLog:
     """JSON lines, one record per logging step and per dev evaluation; on resume, records past
-    the restored step are dropped, so the log reads as an uninterrupted run's."""
+    the restored step are dropped, so the log reads as an uninterrupted run's.
 
-    def __init__(self, path: Path, resume_step: int, enabled: bool):
+    Each record has `run_seconds`: the wall-clock time of the run up to it, from `started` (the
+    process's start) plus the time the run's earlier processes logged (what a killed process did
+    after its last kept record is not counted)."""
+
+    def __init__(self, path: Path, resume_step: int, enabled: bool, started: float | None = None):
         self.path, self.enabled, self.tensorboard = path, enabled, None
+        self.started, self.earlier_seconds = time.perf_counter() if started is None else started, 0.0
         if enabled and path.exists():
             kept = [line for line in path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= resume_step]
             path.write_text("".join(line + "\n" for line in kept))
+            self.earlier_seconds = max([json.loads(line).get("run_seconds", 0.0) for line in kept] + [0.0])
         if enabled:
             try:
                 from tensorboardX import SummaryWriter
@@ -31,6 +37,7 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
+        record = {**record, "run_seconds": round(self.earlier_seconds + time.perf_counter() - self.started, 3)}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.tensorboard is not None:

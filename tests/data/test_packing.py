@@ -7,11 +7,17 @@ import collections
 import numpy as np
 import pytest
 
+from mtbert_jax.data import packing
 from mtbert_jax.data.batching import TaskBatcher
 from mtbert_jax.data.loader import MultiTaskLoader
-from mtbert_jax.data import packing
-from mtbert_jax.data.packing import (BatchLayout, PackedBatcher, balance_by_length, first_fit_decreasing,
-                                        row_shape, text_key)
+from mtbert_jax.data.packing import (
+    BatchLayout,
+    PackedBatcher,
+    balance_by_length,
+    first_fit_decreasing,
+    row_shape,
+    text_key,
+)
 from mtbert_jax.data.task_schedules import Schedule, ScheduleConfig
 from mtbert_jax.data.tokenized import Segments, TaskData
 
