@@ -138,6 +138,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     # Task-specific top transformer layers (seed 004's adapter); unset: task_lr. At task_lr
     # seed 004's STS head collapsed; 5e-5 fixed it (docs/results.md).
     c.optimizer.top_layer_lr = ml_collections.config_dict.placeholder(float)
+    # Layer-wise learning-rate decay: the encoder's rate times this per layer down from the top
+    # (the embeddings get decay^num_layers; 1: one rate for the whole encoder).
+    c.optimizer.layer_lr_decay = 1.0
     # Fraction of the steps spent warming up from 0 to the peak rates.
     c.optimizer.warmup_fraction = 0.1
     # AdamW's decoupled weight decay (not on LayerNorm and biases).

@@ -3,7 +3,9 @@
 Groups by parameter name (see param_groups.py): the encoder (`bert/...`) and the task parts
 (heads, adapters) each have their own learning rate with linear warm-up and linear decay, and
 task-specific top layers (whole transformer layers) may have a third; frozen groups get zero
-updates and no optimizer state. No weight decay on LayerNorm and biases.
+updates and no optimizer state. No weight decay on LayerNorm and biases. Layer-wise learning-rate
+decay (Howard & Ruder 2018; Clark et al. 2020, ELECTRA) scales the encoder's rate by
+decay^(layers above): the top layer and the pooler 1, the embeddings decay^num_layers.
 
 `Optimizer.update` is the whole update of a step, GSE's second update included, and reports
 what it did (per-task gradient norms, each group's learning rate, parameter and update norms,
@@ -13,6 +15,7 @@ PCGrad's conflicts), so the train step never looks inside the optimizer's state.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
@@ -24,6 +27,7 @@ from mtbert_jax.training.param_groups import ENCODER, TOP_LAYERS, label_tree, pa
 from mtbert_jax.training.pcgrad import PCGradState, mean_tasks, pcgrad, sum_tasks
 
 COMBINERS = ("sum", "mean", "pcgrad", "gse")
+_ENCODER_LAYER = r"^bert/encoder/layer_(\d+)/"
 PyTree = Any
 
 
@@ -35,6 +39,8 @@ class OptimizerConfig:
     task_lr: float = 5e-4  # heads and adapters
     # Task-specific top transformer layers (adapter "top_layer", "low_rank_top_layer"); None: task_lr.
     top_layer_lr: Optional[float] = None
+    # The encoder's rate times this per layer down from the top (1: the same rate everywhere).
+    layer_lr_decay: float = 1.0
     warmup_fraction: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0  # 0 turns clipping off
@@ -53,6 +59,8 @@ class OptimizerConfig:
             value = getattr(self, name)
             if value is not None and not value >= 0:  # also refuses NaN
                 raise ConfigError(f"optimizer.{name}={value}: expected a number >= 0")
+        if not 0 < self.layer_lr_decay <= 1:
+            raise ConfigError(f"optimizer.layer_lr_decay={self.layer_lr_decay}: expected a number in (0, 1]")
         if not 0 <= self.warmup_fraction <= 1:
             raise ConfigError(f"optimizer.warmup_fraction={self.warmup_fraction}: expected a number in [0, 1]")
 
@@ -77,6 +85,30 @@ def _decay_mask(params):
     return jax.tree_util.tree_map(
         lambda path: not (path.endswith("/bias") or "/LayerNorm/" in path or path.endswith("/scale")),
         path_tree(params))
+
+
+def layer_scales(params: Mapping, decay: float) -> dict:
+    """Each parameter's learning-rate factor: decay^(encoder layers above it); 1 outside the
+    encoder and for its pooler, decay^num_layers for the embeddings."""
+    paths = jax.tree_util.tree_leaves(path_tree(params))
+    layers = 1 + max([int(m.group(1)) for p in paths if (m := re.match(_ENCODER_LAYER, p))], default=-1)
+
+    def scale(path):
+        if (m := re.match(_ENCODER_LAYER, path)):
+            return decay ** (layers - 1 - int(m.group(1)))
+        return decay ** layers if path.startswith("bert/embeddings/") else 1.0
+    return jax.tree_util.tree_map(scale, path_tree(params))
+
+
+def scale_by_tree(scales: PyTree) -> optax.GradientTransformation:
+    """Multiplies each update by its own constant factor (no state). Inside multi_transform the
+    other groups' leaves are MaskedNodes: they pass through."""
+    def scaled(s, u):
+        return u if s == 1.0 or isinstance(u, optax.MaskedNode) else u * s
+
+    def update(updates, state, params=None):
+        return jax.tree_util.tree_map(scaled, scales, updates), state
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def shared_parameters(params: Mapping, tasks: Sequence[str]) -> dict:
@@ -128,6 +160,7 @@ class Optimizer:
         self.schedules = {group: learning_rate_schedule(peak, total_steps * self.updates_per_step,
                                                         config.warmup_fraction)
                           for group, peak in peaks.items()}
+        self.layer_scales = layer_scales(params, config.layer_lr_decay) if config.layer_lr_decay != 1.0 else None
         self.groups = label_tree(params, [(ENCODER, "frozen" if config.freeze_encoder else "encoder"),
                                           (TOP_LAYERS, "top_layer")], "task")
         self.base = self._base()
@@ -140,11 +173,15 @@ class Optimizer:
         def adamw(group):
             return optax.adamw(self.schedules[group], weight_decay=self.config.weight_decay, mask=_decay_mask)
 
+        encoder = adamw("encoder")
+        if self.layer_scales is not None:  # AdamW's update is the rate times a direction: scale it
+            encoder = optax.chain(encoder, scale_by_tree(self.layer_scales))
+
         parts = [optax.masked(optax.set_to_zero(), frozen)]  # frozen gradients do not count in the norm
         if self.config.max_grad_norm > 0:
             parts.append(optax.clip_by_global_norm(self.config.max_grad_norm))
         parts.append(optax.multi_transform(
-            {"encoder": adamw("encoder"), "task": adamw("task"), "top_layer": adamw("top_layer"),
+            {"encoder": encoder, "task": adamw("task"), "top_layer": adamw("top_layer"),
              "frozen": optax.set_to_zero()}, self.groups))
         return optax.chain(*parts)
 

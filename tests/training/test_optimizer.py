@@ -18,7 +18,7 @@ from mtbert_jax.training.optimizer import Optimizer, OptimizerConfig
 from mtbert_jax.training.step import AXIS, TrainState, train_step
 
 
-def _moves_after_two_steps(config: OptimizerConfig) -> dict:
+def _moves_after_two_steps(config: OptimizerConfig, whole: bool = False) -> dict:
     """How far each group's parameters move in two steps of a constant all-ones gradient.
 
     With no warm-up worth the name (step 0 has rate 0) and no decay, clipping or weight decay,
@@ -33,6 +33,8 @@ def _moves_after_two_steps(config: OptimizerConfig) -> dict:
         updates, state = tx.update(ones, state, current)
         current = jax.tree_util.tree_map(lambda p, u: p + u, current, updates)
     moved = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))), params, current)
+    if whole:
+        return moved
     return {
         "encoder": moved["bert"]["encoder"]["layer_0"]["attention"]["self"]["query"]["kernel"],
         "head": moved["heads_sst"]["dense"]["kernel"],
@@ -50,6 +52,23 @@ def test_each_group_moves_by_its_own_learning_rate(top_layer_lr, expected_top):
     np.testing.assert_allclose(moves["head"], 1e-3, rtol=1e-3)
     np.testing.assert_allclose(moves["adapter"], 1e-3, rtol=1e-3)  # low-rank adapters: task rate
     np.testing.assert_allclose(moves["top_layer"], expected_top, rtol=1e-3)
+
+
+def test_layer_wise_decay_scales_the_encoders_rate_by_depth():
+    """decay 0.5 over the tiny encoder's 2 layers: top layer and pooler 1e-4, layer 0 5e-5, the
+    embeddings 2.5e-5; the task parts keep theirs."""
+    config = OptimizerConfig(encoder_lr=1e-4, task_lr=1e-3, layer_lr_decay=0.5, warmup_fraction=0.0,
+                             weight_decay=0.0, max_grad_norm=0.0)
+    moved = _moves_after_two_steps(config, whole=True)
+    bert = moved["bert"]
+    assert len(bert["encoder"]) == 2
+    np.testing.assert_allclose(bert["encoder"]["layer_1"]["attention"]["self"]["query"]["kernel"], 1e-4, rtol=1e-3)
+    np.testing.assert_allclose(bert["pooler"]["dense"]["kernel"], 1e-4, rtol=1e-3)
+    np.testing.assert_allclose(bert["encoder"]["layer_0"]["output"]["dense"]["kernel"], 5e-5, rtol=1e-3)
+    np.testing.assert_allclose(bert["embeddings"]["word_embeddings"]["embedding"], 2.5e-5, rtol=1e-3)
+    np.testing.assert_allclose(moved["heads_sst"]["dense"]["kernel"], 1e-3, rtol=1e-3)
+    np.testing.assert_allclose(moved["adapters_sts"]["top_layer"]["attention"]["self"]["query"]["kernel"],
+                               1e-3, rtol=1e-3)  # a task part, not the encoder
 
 
 A_TARGET = {"bert": np.array([1.0, 0.5, 0.0]), "heads_a": np.array([2.0, -1.0]), "heads_b": np.zeros(2)}
