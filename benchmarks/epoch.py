@@ -15,11 +15,13 @@ estimated as each (task, shape)'s first step minus that shape's median step.
 python benchmarks/epoch.py                              # the whole training files (slow on a CPU)
 python benchmarks/epoch.py --examples-per-task 1024     # a random subset of each file
 python benchmarks/epoch.py --no-bucketed                  # only the packed side and the reference
+python benchmarks/epoch.py --dtype bfloat16               # bf16 matmuls on both sides (torch autocast)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
@@ -56,7 +58,8 @@ def task_order(num_batches: dict) -> list:
     return [order[i] for i in np.random.default_rng(SEED).permutation(len(order))]
 
 
-def run_ours(examples_per_task: int, batch_size: int, checkpoint: str, xla_cache: str, packing: bool) -> dict:
+def run_ours(examples_per_task: int, batch_size: int, checkpoint: str, xla_cache: str, packing: bool,
+             dtype: str = "float32") -> dict:
     import statistics
 
     import jax
@@ -74,7 +77,7 @@ def run_ours(examples_per_task: int, batch_size: int, checkpoint: str, xla_cache
     compilation_cache.enable(xla_cache)
     data = load_data(examples_per_task, checkpoint)
     start = time.perf_counter()
-    bert_config, bert_params, _ = load_hf_checkpoint(checkpoint)
+    bert_config, bert_params, _ = load_hf_checkpoint(checkpoint, dtype)
     model, params = init_model(bert_config, ModelConfig(tasks=TASKS), jax.random.PRNGKey(0), bert_params)
     layout = BatchLayout(bucket_lengths(MAX_LENGTH, BUCKET_STEP), packing=packing)
     batchers = {t: layout.batcher(d, batch_size, shards=jax.local_device_count()) for t, d in data.items()}
@@ -102,7 +105,7 @@ def run_ours(examples_per_task: int, batch_size: int, checkpoint: str, xla_cache
             "compile_seconds": compile_seconds, "peak_rss_mib": common.peak_rss_mib()}
 
 
-def run_torch(examples_per_task: int, batch_size: int, checkpoint: str) -> dict:
+def run_torch(examples_per_task: int, batch_size: int, checkpoint: str, dtype: str = "float32") -> dict:
     import numpy as np
     import torch
     from transformers import BertModel
@@ -129,14 +132,17 @@ def run_torch(examples_per_task: int, batch_size: int, checkpoint: str) -> dict:
         pending[task] = [perm[i:i + batch_size] for i in range(0, len(perm), batch_size)]
     order = task_order({t: len(p) for t, p in pending.items()})
     real = padded = examples = 0
+    autocast = (torch.autocast(device, dtype=torch.bfloat16) if dtype == "bfloat16"
+                else contextlib.nullcontext())  # bf16 matmuls, float32 weights: as ours
     for task in order:
         indices, d = pending[task].pop(), data[task]
         b = pad(*zip(*(d.segments[0].get(i) for i in indices)))  # to the longest in the batch
         real, padded, examples = real + int(b.attention_mask.sum()), padded + b.attention_mask.size, examples + len(indices)
-        pooled = model(**{k: torch.from_numpy(v).long().to(device) for k, v in
-                          (("input_ids", b.input_ids), ("token_type_ids", b.token_type_ids),
-                           ("attention_mask", b.attention_mask))}).pooler_output
-        out = heads[task](torch.nn.functional.dropout(pooled, 0.1, training=True))
+        with autocast:
+            pooled = model(**{k: torch.from_numpy(v).long().to(device) for k, v in
+                              (("input_ids", b.input_ids), ("token_type_ids", b.token_type_ids),
+                               ("attention_mask", b.attention_mask))}).pooler_output
+            out = heads[task](torch.nn.functional.dropout(pooled, 0.1, training=True)).float()
         labels = torch.from_numpy(d.labels[indices]).to(device)
         if task == "sst":
             loss = torch.nn.functional.cross_entropy(out, labels.long())
@@ -164,14 +170,17 @@ def main():
     parser.add_argument("--xla-cache", help=argparse.SUPPRESS)
     parser.add_argument("--packing", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-bucketed", action="store_true", help="run only the packed side and the reference")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="matmul precision on both sides (ours: compute_dtype; PyTorch: autocast)")
     args = parser.parse_args()
     side_args = ["--examples-per-task", str(args.examples_per_task), "--batch", str(args.batch),
-                 "--checkpoint", args.checkpoint]
+                 "--checkpoint", args.checkpoint, "--dtype", args.dtype]
     if args.side == "ours":
-        print(json.dumps(run_ours(args.examples_per_task, args.batch, args.checkpoint, args.xla_cache, args.packing)))
+        print(json.dumps(run_ours(args.examples_per_task, args.batch, args.checkpoint, args.xla_cache, args.packing,
+                                  args.dtype)))
         return
     if args.side == "torch":
-        print(json.dumps(run_torch(args.examples_per_task, args.batch, args.checkpoint)))
+        print(json.dumps(run_torch(args.examples_per_task, args.batch, args.checkpoint, args.dtype)))
         return
     ours = {}
     kinds = ((True, "packed"),) if args.no_bucketed else ((False, "bucketed"), (True, "packed"))
@@ -200,7 +209,7 @@ def main():
         cold = ours[packing][0]
         print(f"ours {kind} compiled {cold['compiled_shapes']} (task, shape) pairs; with an empty cache that took "
               f"about {cold['compile_seconds']:.0f} s of its {cold['seconds']:.0f} s")
-    common.print_json("epoch", {"batch": args.batch, "examples_per_task": args.examples_per_task,
+    common.print_json("epoch", {"dtype": args.dtype, "batch": args.batch, "examples_per_task": args.examples_per_task,
                                 "checkpoint": args.checkpoint,
                                 "results": rows}, machine)
 
