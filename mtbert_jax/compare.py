@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import importlib.util
 import json
-import math
 import re
 import statistics
 import sys
@@ -152,6 +151,7 @@ def encoder_free_parameters(config: dict) -> Optional[int]:
     from mtbert_jax.config import RunConfig
     from mtbert_jax.model.bert_config import BertConfig
     from mtbert_jax.model.multitask import MultiTaskModel, example_batch
+    from mtbert_jax.training.param_groups import count_parameters
 
     run = RunConfig.from_dict(config)
     try:
@@ -162,9 +162,8 @@ def encoder_free_parameters(config: dict) -> Optional[int]:
     batches = {t: example_batch(run.model, t) for t in run.model.tasks}
     shapes = jax.eval_shape(lambda key: model.init(key, batches, method=MultiTaskModel.all_tasks),
                             jax.random.PRNGKey(0))["params"]
-    count = sum(math.prod(x.shape) for name, sub in shapes.items() if name != "bert"
-                for x in jax.tree_util.tree_leaves(sub))
-    return count + sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(run.objective.extra_params(run.model.tasks)))
+    counts = count_parameters({**shapes, **run.objective.extra_params(run.model.tasks)})
+    return sum(n for name, n in counts.items() if name != "bert")
 
 
 def _spread(values: list[float], digits: int = 3) -> str:

@@ -44,8 +44,6 @@ class PaddingStats:
 class TaskBatcher:
     """Makes padded batches of one task's records."""
 
-    group_by_length = True  # a pass batches records of one bucket together
-
     def __init__(self, data: TaskData, batch_size: int, buckets: tuple[int, ...], pad_id: int = 0,
                  unique_texts: bool = False):
         if batch_size <= 0:
@@ -98,9 +96,8 @@ class TaskBatcher:
         """One shuffled pass: records grouped by bucket (random order within), cut into
         batches, the batches shuffled across buckets. Every record appears exactly once."""
         order = rng.permutation(len(self.data))
-        if self.group_by_length:
-            bucket = np.searchsorted(self.buckets, self.data.lengths[order])
-            order = order[np.argsort(bucket, kind="stable")]
+        bucket = np.searchsorted(self.buckets, self.data.lengths[order])
+        order = order[np.argsort(bucket, kind="stable")]
         if self.unique_texts:
             batches = self._unique_batches(order)
         else:

@@ -189,8 +189,6 @@ class PackedBatcher(TaskBatcher):
     out into batches of nearly equal tokens (`balance_by_length`), each packed into the task's
     one row shape (`row_shape`, chosen from a sample of such batches)."""
 
-    group_by_length = False
-
     def __init__(self, data: TaskData, batch_size: int, max_length: int, pad_id: int = 0,
                  unique_texts: bool = False, shards: int = 1):
         super().__init__(data, batch_size, (max_length,), pad_id, unique_texts)
