@@ -155,6 +155,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     # PCGrad's reduction of the projected shared gradients: sum | mean (task-specific parameters
     # keep their task's gradient either way). Unset: sum (the paper) for pcgrad, mean for gse.
     c.optimizer.pcgrad_reduction = ml_collections.config_dict.placeholder(str)
+    # Weight averaging: dev evaluation, the best checkpoint and predictions use an exponential
+    # moving average of the parameters with this decay per step (0: the parameters themselves).
+    c.optimizer.ema_decay = 0.0
 
     if preset == "quick":
         c.num_epochs = 1

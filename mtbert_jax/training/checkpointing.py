@@ -104,7 +104,8 @@ def _check_readable(directory: str, step: int) -> int:
 
 
 def restore_trained(workdir: str | Path, which: str = "best") -> tuple[dict, PyTree, int]:
-    """(the run's config as a dict, its parameters, the step) from a training workdir.
+    """(the run's config as a dict, its parameters, the step) from a training workdir: the
+    weight average when the run kept one (optimizer.ema_decay), as its dev evaluation used.
 
     which: "best" (by dev overall score), "latest", or a step number.
     """
@@ -130,7 +131,8 @@ def restore_trained(workdir: str | Path, which: str = "best") -> tuple[dict, PyT
         # failure, whose threads then print "Event loop is closed" tracebacks.
         raise CheckpointError(f"{folder}: cannot restore step {step} ({first_line(e, 300)})") from None
     manager.close()
-    return restored.meta["config"], restored.state["train"]["params"], step
+    train = restored.state["train"]
+    return restored.meta["config"], train["average"] if train.get("average") is not None else train["params"], step
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ def _train(run: RunConfig, workdir: Path, data: Optional[RunData], checkpoint_di
     results: dict = {}
     while loader.epoch < run.num_epochs + run.frozen_epochs and trainer.step < trainer.stages.last_step:
         epoch = trainer.train_epoch()
-        params_now = distributed.unreplicate(trainer.state).params
+        params_now = distributed.unreplicate(trainer.state).evaluated
         results = dataset_metrics(dev_predict, params_now, data.dev, run.eval_batch_size, layout)
         trainer.end_epoch(epoch, results)
     # Closed on success only: closing orbax under reads still in flight after a failure makes its
@@ -132,7 +132,7 @@ def _train(run: RunConfig, workdir: Path, data: Optional[RunData], checkpoint_di
 # (packing too: a packed pass orders its records differently, so the saved position would not
 # point at the same records.)
 RESUME_FIELDS = ("checkpoint", "compute_dtype", "seed", "model", "objective", "optimizer.combiner",
-                 "optimizer.freeze_encoder", "schedule.kind", "schedule.batch_size", "packing")
+                 "optimizer.freeze_encoder", "optimizer.ema_decay", "schedule.kind", "schedule.batch_size", "packing")
 
 
 def check_resumable(run: RunConfig, workdir: Path) -> None:
@@ -211,11 +211,11 @@ class Trainer:
         if latest is not None:
             try:
                 restored = self.checkpoints.restore(self.checkpoints.latest, latest,
-                                                    {"train": state, "loader": self.loader.state_dict()})
+                                                    {"train": state.saved(), "loader": self.loader.state_dict()})
             except Exception as e:  # read whole above, so a shape mismatch (another model) or a damaged file
                 raise CheckpointError(f"{self.workdir / 'checkpoints'}: the checkpoint at step {latest} does not "
                                       f"restore into this run's state ({first_line(e)})") from None
-            state = TrainState(*restored["train"])
+            state = TrainState.from_saved(restored["train"])
             self.loader.restore({"state": restored["loader"],
                                  "padding": meta.get("padding", {})})  # padding: absent from older checkpoints
             self.step = int(state.step)
@@ -312,5 +312,5 @@ class Trainer:
         self.check_pending(int(position["state"]["epoch"]))
         meta = {"stage": self.stage, "best_score": self.best_score, "epoch": int(position["state"]["epoch"]),
                 "step": self.step, "padding": position["padding"], "config": dataclasses.asdict(self.run)}
-        self.checkpoints.save(self.step, {"train": distributed.fetch_replica(self.state), "loader": position["state"]},
+        self.checkpoints.save(self.step, {"train": distributed.fetch_replica(self.state).saved(), "loader": position["state"]},
                               meta, score)

@@ -51,6 +51,9 @@ class OptimizerConfig:
     # afresh at the parameters the first gave (see `second_update`).
     combiner: str = "sum"
     pcgrad_reduction: Optional[str] = None  # None: "sum" (the paper) for pcgrad, "mean" for gse
+    # An exponential moving average of the parameters, this decay per step (0: none), is what
+    # dev evaluation, the best checkpoint and predictions use (step.TrainState.average).
+    ema_decay: float = 0.0
 
     def __post_init__(self):
         if self.combiner not in COMBINERS:
@@ -61,6 +64,8 @@ class OptimizerConfig:
                 raise ConfigError(f"optimizer.{name}={value}: expected a number >= 0")
         if not 0 < self.layer_lr_decay <= 1:
             raise ConfigError(f"optimizer.layer_lr_decay={self.layer_lr_decay}: expected a number in (0, 1]")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"optimizer.ema_decay={self.ema_decay}: expected a number in [0, 1) (0: no average)")
         if not 0 <= self.warmup_fraction <= 1:
             raise ConfigError(f"optimizer.warmup_fraction={self.warmup_fraction}: expected a number in [0, 1]")
 

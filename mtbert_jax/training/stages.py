@@ -58,6 +58,6 @@ class Stages:
         return TrainState.create(self.params, optimizer, self.run.objective.needs_teacher)
 
     def entered(self, optimizer: Optimizer, state: TrainState, step: int) -> TrainState:
-        """The state at the start of a new stage: same parameters and teacher, fresh optimizer."""
-        return TrainState(state.params, optimizer.init(state.params), jax.numpy.asarray(step, jax.numpy.int32),
-                          state.teacher)
+        """The state at the start of a new stage: same parameters, teacher and average, fresh
+        optimizer."""
+        return state._replace(opt_state=optimizer.init(state.params), step=jax.numpy.asarray(step, jax.numpy.int32))

@@ -32,13 +32,38 @@ class TrainState(NamedTuple):
     opt_state: PyTree
     step: jax.Array  # int32 scalar: updates done so far
     teacher: PyTree = None  # SMART's moving average of the parameters, when SMART is on
+    average: PyTree = None  # the weight average evaluated and saved (optimizer.ema_decay > 0)
 
     @classmethod
     def create(cls, params: PyTree, optimizer: Optimizer, with_teacher: bool = False,
                step: int = 0) -> "TrainState":
-        """Fresh optimizer state; the teacher (when wanted) starts as a copy of the parameters."""
+        """Fresh optimizer state; the teacher and the average (when wanted) start as copies of
+        the parameters."""
         return cls(params, optimizer.init(params), jnp.asarray(step, jnp.int32),
-                   params if with_teacher else None)
+                   params if with_teacher else None, params if optimizer.config.ema_decay > 0 else None)
+
+    def saved(self) -> dict:
+        """What a checkpoint holds: the fields by name, without an average the run does not keep,
+        so that checkpoints from before weight averaging existed restore as they are."""
+        return {k: v for k, v in self._asdict().items() if not (k == "average" and v is None)}
+
+    @classmethod
+    def from_saved(cls, saved: Mapping) -> "TrainState":
+        return cls(**saved)
+
+    @property
+    def evaluated(self) -> PyTree:
+        """The parameters dev evaluation, the best checkpoint and predictions use: the weight
+        average when there is one."""
+        return self.params if self.average is None else self.average
+
+
+def ema_decay(decay: float, step: jax.Array) -> jax.Array:
+    """The average's decay at the update numbered `step` (0-based): min(decay, (1 + step) /
+    (10 + step)), as TensorFlow's ExponentialMovingAverage with num_updates, so that the
+    starting weights fade in the first steps rather than weigh on the average all run."""
+    step = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
 def task_gradient(params: PyTree, teacher: PyTree, batch: Mapping[str, jax.Array], step: jax.Array,
@@ -125,12 +150,13 @@ def _ranking_vector_grads(objective, params, batch, micro, key):
 def apply_update(state: TrainState, grads: Sequence[PyTree], loss_weights: jax.Array, *,
                  optimizer: Optimizer, total_steps: int = 1, second: bool = False) -> tuple[TrainState, dict]:
     """Per device: the per-task gradients (already averaged over devices), weighted and stacked
-    on a leading task axis, through the optimizer; SMART's teacher follows the parameters.
+    on a leading task axis, through the optimizer; SMART's teacher and the weight average
+    follow the parameters.
 
     GSE (`optimizer.gse`) updates twice per step: first on the gradients at the step's
     parameters (second=False: the PCGrad update), then on the gradients taken afresh at the
-    parameters that gave (second=True). The step counter and the teacher advance once, after
-    the step's last update.
+    parameters that gave (second=True). The step counter, the teacher and the average advance
+    once, after the step's last update.
     """
     stacked = jax.tree_util.tree_map(
         lambda *g: jnp.stack(g) * loss_weights.reshape((-1,) + (1,) * g[0].ndim), *grads)
@@ -141,7 +167,11 @@ def apply_update(state: TrainState, grads: Sequence[PyTree], loss_weights: jax.A
     teacher = state.teacher
     if teacher is not None:
         teacher = update_teacher(teacher, params, state.step, total_steps)
-    return TrainState(params, opt_state, state.step + 1, teacher), metrics
+    average = state.average
+    if average is not None:
+        decay = ema_decay(optimizer.config.ema_decay, state.step)
+        average = jax.tree_util.tree_map(lambda a, p: decay * a + (1.0 - decay) * p, average, params)
+    return TrainState(params, opt_state, state.step + 1, teacher, average), metrics
 
 
 def gse_key(key: jax.Array) -> jax.Array:

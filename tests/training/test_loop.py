@@ -173,18 +173,19 @@ def _final_params(workdir: Path) -> dict:
     state = manager.restore(manager.latest_step(),
                             args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
     from flax import traverse_util
-    return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(state["train"]["params"], sep="/").items()}
+    kept = {k: state["train"][k] for k in ("params", "average") if state["train"].get(k) is not None}
+    return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(kept, sep="/").items()}
 
 
 def _train_command(config: Path, workdir: Path):
     return [sys.executable, str(ROOT / "train.py"), "--config", str(config), "--workdir", str(workdir)]
 
 
-@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
-def test_killed_run_resumes_to_the_same_parameters(tiny_checkpoint, tiny_data_dir, tmp_path, packing):
+@pytest.mark.parametrize("packing, ema", [(False, 0.0), (True, 0.9)], ids=["padded", "packed-weight-average"])
+def test_killed_run_resumes_to_the_same_parameters(tiny_checkpoint, tiny_data_dir, tmp_path, packing, ema):
     config = _write_config(tmp_path / "tiny.py", tiny_checkpoint, tiny_data_dir, tmp_path / "cache",
                            schedule__kind="method2", optimizer__combiner="pcgrad", num_epochs=2,
-                           checkpoint_every_steps=3, packing=packing)
+                           checkpoint_every_steps=3, packing=packing, optimizer__ema_decay=ema)
     env = dict(os.environ)
     subprocess.run(_train_command(config, tmp_path / "whole"), check=True, env=env, cwd=ROOT,
                    capture_output=True)
@@ -206,6 +207,7 @@ def test_killed_run_resumes_to_the_same_parameters(tiny_checkpoint, tiny_data_di
 
     whole, killed = _final_params(tmp_path / "whole"), _final_params(tmp_path / "killed")
     assert whole.keys() == killed.keys()
+    assert any(k.startswith("average/") for k in whole) == (ema > 0)  # the average resumes exactly too
     for name in whole:
         np.testing.assert_array_equal(whole[name], killed[name], err_msg=name)
     steps = [r["step"] for r in _metrics(tmp_path / "killed") if "loss" in r]

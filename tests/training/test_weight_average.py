@@ -1,0 +1,120 @@
+"""Weight averaging (optimizer.ema_decay): the average by hand, what evaluation and the best
+checkpoint use, and checkpoints from before it existed."""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import traverse_util
+
+import evaluate
+from conftest import tiny_training_config
+from mtbert_jax.training import distributed
+from mtbert_jax.training.checkpointing import Checkpoints, restore_trained
+from mtbert_jax.training.loop import train_and_evaluate
+from mtbert_jax.training.optimizer import Optimizer, OptimizerConfig
+from mtbert_jax.training.step import AXIS, TrainState, ema_decay, train_step
+
+TARGETS = {"a": {"bert": np.array([1.0, 0.5, 0.0]), "heads_a": np.array([2.0, -1.0])},
+           "b": {"bert": np.array([-1.0, 1.0, 0.2]), "heads_b": np.array([-3.0, 0.5])}}
+
+
+def _gradients():
+    """Task t's loss 1/2 ||theta - t's target||^2 over the shared part and its own head."""
+    def task(target):
+        def gradient(params, teacher, batch, step, key):
+            loss = lambda p: sum(0.5 * jnp.sum(jnp.square(p[k]["w"] - v)) for k, v in target.items())  # noqa: E731
+            value, grad = jax.value_and_grad(loss)(params)
+            return grad, value, jnp.ones(())
+        return gradient
+    return {t: task(target) for t, target in TARGETS.items()}
+
+
+def test_the_decay_warms_up_as_tensorflow_s_num_updates():
+    np.testing.assert_allclose([float(ema_decay(0.99, t)) for t in (0, 1, 10, 1000)],
+                               [1 / 10, 2 / 11, 11 / 20, 0.99], rtol=1e-6)
+
+
+@pytest.mark.parametrize("combiner", ["sum", "gse"])
+def test_the_average_follows_the_parameters_once_per_step(combiner):
+    """Against the average computed by hand from the parameters after each step; GSE's two
+    updates per step move the average once, with the step's final parameters."""
+    params = {k: {"w": jnp.zeros(3 if k == "bert" else 2)} for k in ("bert", "heads_a", "heads_b")}
+    config = OptimizerConfig(combiner=combiner, encoder_lr=0.1, task_lr=0.1, warmup_fraction=0.0,
+                             weight_decay=0.0, max_grad_norm=0.0, ema_decay=0.6)
+    steps = 5
+    optimizer = Optimizer(config, params, ("a", "b"), steps, 2)
+    step = jax.pmap(functools.partial(train_step, gradients=_gradients(), optimizer=optimizer),
+                    axis_name=AXIS, in_axes=(0, 0, None, 0))
+    state = distributed.replicate(TrainState.create(params, optimizer))
+    batches = distributed.replicate({"a": {"x": jnp.zeros(1)}, "b": {"x": jnp.zeros(1)}})
+    weights = distributed.replicate(jnp.ones(2))
+    expected = jax.tree_util.tree_map(np.asarray, params)
+    for t in range(steps):
+        state, _ = step(state, batches, jax.random.PRNGKey(0), weights)
+        now = distributed.unreplicate(state)
+        decay = min(0.6, (1 + t) / (10 + t))
+        expected = jax.tree_util.tree_map(lambda a, p: decay * a + (1 - decay) * np.asarray(p), expected, now.params)
+        for k in expected:
+            np.testing.assert_allclose(now.average[k]["w"], expected[k]["w"], rtol=1e-6, atol=1e-7, err_msg=k)
+    assert int(now.step) == steps
+    assert now.evaluated is now.average
+    # The average really lags: after five steps it is not the parameters.
+    assert np.abs(np.asarray(now.average["bert"]["w"]) - np.asarray(now.params["bert"]["w"])).max() > 1e-3
+
+
+def test_a_state_without_an_average_evaluates_its_parameters():
+    params = {"heads_a": {"w": jnp.ones(2)}}
+    state = TrainState.create(params, Optimizer(OptimizerConfig(), params, ("a",), 4, 1))
+    assert state.average is None and state.evaluated is state.params
+    assert "average" not in state.saved()
+
+
+def test_checkpoints_from_before_weight_averaging_resume(tmp_path):
+    """A state saved as the four-field TrainState of earlier versions restores into today's."""
+    class EarlierTrainState(NamedTuple):
+        params: Any
+        opt_state: Any
+        step: Any
+        teacher: Any = None
+
+    checkpoints = Checkpoints(tmp_path)
+    earlier = EarlierTrainState({"w": jnp.arange(3.0)}, (jnp.zeros(2),), jnp.int32(7))
+    checkpoints.save(7, {"train": earlier, "loader": {"epoch": jnp.int32(1)}}, {"step": 7})
+    target = TrainState({"w": jnp.zeros(3)}, (jnp.ones(2),), jnp.int32(0))
+    restored = checkpoints.restore(checkpoints.latest, 7, {"train": target.saved(), "loader": {"epoch": jnp.int32(0)}})
+    state = TrainState.from_saved(restored["train"])
+    np.testing.assert_array_equal(state.params["w"], [0.0, 1.0, 2.0])
+    assert int(state.step) == 7 and state.average is None
+    checkpoints.close()
+
+
+def test_evaluation_and_the_best_checkpoint_use_the_average(tiny_checkpoint, tiny_data_dir, tmp_path):
+    """A tiny run with the average on: evaluate.py's dev score from the best checkpoint equals
+    the score the run logged, and that checkpoint's parameters are the average, not the
+    parameters trained."""
+    config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache", num_epochs=2,
+                                  schedule__kind="method3", optimizer__ema_decay=0.9)
+    train_and_evaluate(config, tmp_path / "run")
+    _, evaluated, step = restore_trained(tmp_path / "run", "best")
+    checkpoints = Checkpoints(tmp_path / "run")
+    saved = checkpoints.best.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state["train"]
+    checkpoints.close()
+    flat = lambda tree: traverse_util.flatten_dict(tree, sep="/")  # noqa: E731
+    for name, value in flat(evaluated).items():
+        np.testing.assert_array_equal(value, flat(saved["average"])[name], err_msg=name)
+    moved = max(np.abs(np.asarray(v) - np.asarray(flat(saved["params"])[k])).max() for k, v in flat(evaluated).items())
+    assert moved > 1e-4
+
+    assert evaluate.main(["--workdir", str(tmp_path / "run"), "--split", "dev"]) == 0
+    metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    best = max((r for r in records if "dev" in r), key=lambda r: r["dev_overall"])
+    assert metrics["dev"]["overall"] == pytest.approx(best["dev_overall"], abs=1e-6)
