@@ -116,7 +116,7 @@ def _train(run: RunConfig, workdir: Path, data: Optional[RunData], checkpoint_di
     results: dict = {}
     while loader.epoch < run.num_epochs + run.frozen_epochs and trainer.step < trainer.stages.last_step:
         epoch = trainer.train_epoch()
-        params_now = distributed.unreplicate(trainer.state).evaluated
+        params_now = distributed.unreplicate(trainer.state.evaluated)  # not the optimizer's moments
         results = dataset_metrics(dev_predict, params_now, data.dev, run.eval_batch_size, layout)
         trainer.end_epoch(epoch, results)
     # Closed on success only: closing orbax under reads still in flight after a failure makes its

@@ -59,9 +59,10 @@ class TrainState(NamedTuple):
 
 
 def ema_decay(decay: float, step: jax.Array) -> jax.Array:
-    """The average's decay at the update numbered `step` (0-based): min(decay, (1 + step) /
-    (10 + step)), as TensorFlow's ExponentialMovingAverage with num_updates, so that the
-    starting weights fade in the first steps rather than weigh on the average all run."""
+    """The average's decay at the step numbered `step` (the steps before it): min(decay,
+    (1 + step) / (10 + step)), TensorFlow's ExponentialMovingAverage warm-up with num_updates,
+    so that the starting weights fade in the first steps rather than weigh on the average all
+    run."""
     step = jnp.asarray(step, jnp.float32)
     return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 

@@ -62,9 +62,10 @@ def test_end_to_end_with_pcgrad(tiny_checkpoint, tiny_data_dir, tmp_path):
 
 
 def test_two_stage_recipe_freezes_the_encoder(tiny_checkpoint, tiny_data_dir, tmp_path):
+    """... and the weight average goes on into the frozen stage (it is what gets evaluated)."""
     config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache",
                                   schedule__kind="round_robin", num_epochs=1, frozen_epochs=1,
-                                  checkpoint_every_steps=1000)
+                                  checkpoint_every_steps=1000, optimizer__ema_decay=0.9)
     train_and_evaluate(config, tmp_path / "run")
     manager = ocp.CheckpointManager((tmp_path / "run" / "checkpoints").resolve())
     steps = manager.all_steps()
@@ -74,6 +75,9 @@ def test_two_stage_recipe_freezes_the_encoder(tiny_checkpoint, tiny_data_dir, tm
     head = lambda s: np.asarray(s["train"]["params"]["heads_sst"]["dense"]["kernel"])  # noqa: E731
     np.testing.assert_array_equal(encoder(first), encoder(last))  # stage 2: encoder frozen
     assert not np.array_equal(head(first), head(last))
+    average_head = lambda s: np.asarray(s["train"]["average"]["heads_sst"]["dense"]["kernel"])  # noqa: E731
+    assert not np.array_equal(average_head(first), average_head(last))  # still moving in stage 2
+    assert not np.array_equal(average_head(last), head(last))
 
 
 def test_pcgrad_with_a_one_task_schedule_is_a_clear_error(tiny_checkpoint, tiny_data_dir, tmp_path):
@@ -106,6 +110,7 @@ def test_resuming_under_a_changed_model_is_refused_before_anything_is_written(ti
     ("max_length", 1000, "max_length=1000 is more than the checkpoint's max_position_embeddings="),
     ("optimizer__encoder_lr", -1e-5, "optimizer.encoder_lr=-1e-05: expected a number >= 0"),
     ("optimizer__warmup_fraction", 1.5, "optimizer.warmup_fraction=1.5: expected a number in [0, 1]"),
+    ("optimizer__ema_decay", 1.0, "optimizer.ema_decay=1.0: expected a number in [0, 1) (0: no average)"),
 ])
 def test_bad_config_is_refused_before_the_workdir_is_touched(tiny_checkpoint, tiny_data_dir, tmp_path, field, value, message):
     config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache", **{field: value})

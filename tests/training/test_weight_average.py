@@ -37,7 +37,7 @@ def _gradients():
     return {t: task(target) for t, target in TARGETS.items()}
 
 
-def test_the_decay_warms_up_as_tensorflow_s_num_updates():
+def test_the_decay_warms_up_over_the_first_steps():
     np.testing.assert_allclose([float(ema_decay(0.99, t)) for t in (0, 1, 10, 1000)],
                                [1 / 10, 2 / 11, 11 / 20, 0.99], rtol=1e-6)
 
