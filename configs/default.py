@@ -118,6 +118,13 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.objective.smart.eta = 1e-3
     # Infinity-norm radius the perturbation is projected to.
     c.objective.smart.eps = 1e-5
+    # R-Drop (mtbert_jax/training/rdrop.py): each batch twice under other dropout masks, the
+    # mean of the two losses plus alpha/4 times their predictions' symmetric divergence.
+    c.objective.rdrop = ml_collections.ConfigDict()
+    # The tasks it is on for, e.g. ("sst",); each costs that task a second forward and backward.
+    c.objective.rdrop.tasks = ()
+    # Weight of the divergence (the paper tries 0.1, 0.5, 1 on GLUE).
+    c.objective.rdrop.alpha = 1.0
     # Multiple negatives ranking loss (in-batch negatives, scale 20, on positive pairs).
     c.objective.mnrl = ml_collections.ConfigDict()
     # The pair tasks it is on for (they need bi-encoder heads), e.g. ("quora", "sts").

@@ -20,6 +20,7 @@ from mtbert_jax.model.config import ModelConfig
 from mtbert_jax.tasks import TASKS
 from mtbert_jax.training.objectives import MnrlConfig, ObjectiveConfig, check_objective
 from mtbert_jax.training.optimizer import OptimizerConfig
+from mtbert_jax.training.rdrop import RDropConfig
 from mtbert_jax.training.smart import SmartConfig
 
 # Saved configs from before the `objective` group: these top-level keys moved into it.
@@ -89,6 +90,7 @@ class RunConfig:
         objective = dict(d["objective"])
         _check_fields("objective.smart", SmartConfig, objective.get("smart", {}))
         _check_fields("objective.mnrl", MnrlConfig, objective.get("mnrl", {}))
+        _check_fields("objective.rdrop", RDropConfig, objective.get("rdrop", {}))
         for name, section in (("model", ModelConfig), ("schedule", ScheduleConfig),
                               ("objective", ObjectiveConfig), ("optimizer", OptimizerConfig)):
             _check_fields(name, section, d[name])

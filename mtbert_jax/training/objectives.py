@@ -1,4 +1,5 @@
-"""Each task's training objective: its loss, plus optionally MNRL, SMART and uncertainty weighting.
+"""Each task's training objective: its loss, plus optionally R-Drop, MNRL, SMART and uncertainty
+weighting.
 
 An objective returns (sum of per-example losses over the real rows, number of real rows), so
 micro-batches and devices add up to the exact mean (see step.py).
@@ -29,6 +30,7 @@ from mtbert_jax.model.heads import COSINE_SCALE, cosine
 from mtbert_jax.model.multitask import MultiTaskModel, dropout_token_ids
 from mtbert_jax.tasks import REGRESSION, TASKS
 from mtbert_jax.training.losses import per_example_loss
+from mtbert_jax.training.rdrop import RDropConfig, rdrop_loss, second_pass_key
 from mtbert_jax.training.smart import SmartConfig, perturbation, symmetric_divergence
 
 Array = jax.Array
@@ -55,6 +57,7 @@ class ObjectiveConfig:
 
     smart: SmartConfig = SmartConfig()
     mnrl: MnrlConfig = MnrlConfig()
+    rdrop: RDropConfig = RDropConfig()
     # or "cosine_embedding" on the two sentence vectors (label thresholded at 2.5); it trains no
     # head parameters, so it needs STS's parameter-free `bi_cosine` pair head (scored 2.5 (1 + cos)).
     sts_loss: str = "mse"
@@ -67,7 +70,8 @@ class ObjectiveConfig:
     @classmethod
     def from_dict(cls, d: Mapping) -> "ObjectiveConfig":
         d = dict(d)
-        return cls(smart=SmartConfig(**d.pop("smart", {})), mnrl=MnrlConfig(**d.pop("mnrl", {})), **d)
+        return cls(smart=SmartConfig(**d.pop("smart", {})), mnrl=MnrlConfig(**d.pop("mnrl", {})),
+                   rdrop=RDropConfig(**d.pop("rdrop", {})), **d)
 
     @property
     def needs_teacher(self) -> bool:
@@ -127,7 +131,13 @@ def cosine_embedding_loss(u: Array, v: Array, labels: Array) -> Array:
 
 
 def check_objective(config: ObjectiveConfig, model: ModelConfig) -> None:
-    """Refuses losses the model's heads cannot take (run before any data is loaded)."""
+    """Refuses losses the model's heads cannot take, and tasks named that are not trained (run
+    before any data is loaded)."""
+    for name in ("smart", "mnrl", "rdrop"):
+        unknown = [t for t in getattr(config, name).tasks if t not in model.tasks]
+        if unknown:
+            raise ConfigError(f"objective.{name}.tasks: {unknown} not among the trained model.tasks "
+                              f"{list(model.tasks)}")
     for task in config.mnrl.tasks:
         if task in model.tasks and model.pair_encoding(task) != "bi":
             raise ConfigError(f"objective.mnrl.tasks: {task} needs a bi-encoder pair head for MNRL, "
@@ -153,6 +163,7 @@ class Objective:
         self.model, self.task, self.config, self.deterministic = model, task, config, deterministic
         self.smart_on = task in config.smart.tasks
         self.mnrl_on = task in config.mnrl.tasks
+        self.rdrop_on = task in config.rdrop.tasks
 
     def forward(self, params, batch, key, deltas=None):
         return self.model.apply({"params": params}, self.task, batch, deterministic=self.deterministic,
@@ -192,10 +203,17 @@ class Objective:
         weights = batch["weights"]
         count = weights.sum()
         out = self.forward(params, batch, key)
-        if TASKS[task].kind == REGRESSION and config.sts_loss == "cosine_embedding":
-            per_example = cosine_embedding_loss(*out.embeddings, batch["labels"])
-        else:
-            per_example = per_example_loss(task, out.prediction, batch["labels"])
+
+        def task_loss(out):
+            if TASKS[task].kind == REGRESSION and config.sts_loss == "cosine_embedding":
+                return cosine_embedding_loss(*out.embeddings, batch["labels"])
+            return per_example_loss(task, out.prediction, batch["labels"])
+
+        per_example = task_loss(out)
+        if self.rdrop_on:  # the same batch again under other dropout masks
+            again = self.forward(params, batch, second_pass_key(key))
+            per_example = rdrop_loss(task, out.prediction, again.prediction, per_example, task_loss(again),
+                                     config.rdrop.alpha)
         total = (per_example * weights).sum()
         if self.mnrl_on:
             rows = self.positive_rows(batch)

@@ -1,4 +1,5 @@
-"""SMART, MNRL, the cosine embedding loss and uncertainty weighting, by hand and in training."""
+"""SMART, R-Drop, MNRL, the cosine embedding loss and uncertainty weighting, by hand and in
+training."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import pytest
 from conftest import tiny_training_config
 from mtbert_jax.data.batching import TaskBatcher, bucket_lengths
 from mtbert_jax.data.tokenized import Segments, TaskData
+from mtbert_jax.errors import ConfigError
 from mtbert_jax.model.config import ModelConfig
 from mtbert_jax.model.multitask import init_model
 from mtbert_jax.synthetic import synthetic_batch, tiny_bert_config
 from mtbert_jax.training.loop import train_and_evaluate
 from mtbert_jax.training.objectives import ObjectiveConfig, cosine_embedding_loss, make_objective, mnrl
+from mtbert_jax.training.rdrop import RDropConfig, second_pass_key
 from mtbert_jax.training.smart import SmartConfig, perturbation, symmetric_divergence, update_teacher
 
 TINY = tiny_bert_config()
@@ -56,6 +59,39 @@ def test_smart_with_no_noise_and_no_step_adds_nothing(sst_model):
     on = ObjectiveConfig(smart=SmartConfig(tasks=("sst",), sigma=1e-2, eta=1e-1, eps=1e-1, mu=0.0))
     assert float(make_objective(model, "sst", on, deterministic=True)(params, None, batch, key)[0]) > \
         float(plain(params, None, batch, key)[0])
+
+
+@pytest.mark.parametrize("task", ["sst", "quora", "sts"])
+def test_rdrop_by_hand(task):
+    """With dropout: the mean of the two passes' losses (the second under other masks) plus
+    alpha/4 times their predictions' symmetric divergence; without dropout: the plain loss."""
+    model, params = init_model(TINY, ModelConfig(tasks=(task,), pair_heads={"quora": "cross", "sts": "cross"}),
+                               jax.random.PRNGKey(0))
+    batch = synthetic_batch(task, 6, 8, np.random.default_rng(3), filler_rows=1)
+    key = jax.random.PRNGKey(5)
+    on = ObjectiveConfig(rdrop=RDropConfig(tasks=(task,), alpha=0.7))
+    plain = make_objective(model, task, ObjectiveConfig())
+    rdrop = make_objective(model, task, on)
+    weights = np.asarray(batch["weights"])
+    first, second = (plain.forward(params, batch, k).prediction for k in (key, second_pass_key(key)))
+    assert np.abs(np.asarray(first) - np.asarray(second)).max() > 1e-3  # the masks differ
+    divergence = float((np.asarray(symmetric_divergence(task, first, second)) * weights).sum())
+    expected = 0.5 * (float(plain(params, None, batch, key)[0]) + float(plain(params, None, batch, second_pass_key(key))[0])) \
+        + 0.25 * 0.7 * divergence
+    total, count = rdrop(params, None, batch, key)
+    assert float(total) == pytest.approx(expected, rel=1e-5)
+    assert float(count) == weights.sum()
+    quiet = make_objective(model, task, on, deterministic=True)
+    assert float(quiet(params, None, batch, key)[0]) == pytest.approx(
+        float(make_objective(model, task, ObjectiveConfig(), deterministic=True)(params, None, batch, key)[0]), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["smart", "mnrl", "rdrop"])
+def test_an_objective_on_a_task_not_trained_is_refused(sst_model, name):
+    model, _ = sst_model
+    config = ObjectiveConfig.from_dict({name: {"tasks": ("sts",)}})
+    with pytest.raises(ConfigError, match=rf"objective.{name}.tasks: \['sts'\] not among the trained model.tasks \['sst'\]"):
+        make_objective(model, "sst", config)
 
 
 def test_perturbation_stays_in_the_eps_ball(sst_model):
