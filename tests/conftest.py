@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from mtbert_jax.synthetic import TINY_BERT
@@ -142,3 +145,23 @@ def tiny_training_config(checkpoint: Path, data_dir: Path, cache_dir: Path, **ch
             target = target[p]
         target[leaf] = value
     return c
+
+
+# Two tasks with quadratic losses over a shared part and a head each (tests of the combiners
+# and of the weight average): at theta = 0 the shared gradients conflict.
+A_TARGET = {"bert": np.array([1.0, 0.5, 0.0]), "heads_a": np.array([2.0, -1.0]), "heads_b": np.zeros(2)}
+B_TARGET = {"bert": np.array([-1.0, 1.0, 0.2]), "heads_a": np.zeros(2), "heads_b": np.array([-3.0, 0.5])}
+
+
+def quadratic_task_gradients():
+    """Task t's loss 1/2 ||theta - t's target||^2 over the shared part and its own head: at
+    theta = 0 the two shared gradients conflict (-a . -b = -0.5 < 0)."""
+    def task(target, own):
+        def loss(params):
+            return sum(0.5 * jnp.sum(jnp.square(params[k]["w"] - target[k])) for k in ("bert", own))
+
+        def gradient(params, teacher, batch, step, key):
+            value, grad = jax.value_and_grad(loss)(params)
+            return grad, value, jnp.ones(())
+        return gradient
+    return {"a": task(A_TARGET, "heads_a"), "b": task(B_TARGET, "heads_b")}

@@ -1,8 +1,8 @@
 """orbax checkpoints in the work directory: the latest few for resume, the best by dev score.
 
 A checkpoint holds the train state (parameters, optimizer state with PCGrad's key, step, and
-when kept SMART's teacher and the weight average), the loader's position and, as JSON, the config and the run's progress. Saves are synchronous and
-orbax commits them atomically, so a run killed at any moment resumes from the last complete one.
+when kept SMART's teacher and the weight average), the loader's position and, as JSON, the
+config and the run's progress. Saves are synchronous and orbax commits them atomically, so a run killed at any moment resumes from the last complete one.
 """
 
 from __future__ import annotations
@@ -131,8 +131,9 @@ def restore_trained(workdir: str | Path, which: str = "best") -> tuple[dict, PyT
         # failure, whose threads then print "Event loop is closed" tracebacks.
         raise CheckpointError(f"{folder}: cannot restore step {step} ({first_line(e, 300)})") from None
     manager.close()
-    train = restored.state["train"]
-    return restored.meta["config"], train["average"] if train.get("average") is not None else train["params"], step
+    # Imported here: the readability check runs this module in a child process, which needs no model.
+    from mtbert_jax.training.step import TrainState
+    return restored.meta["config"], TrainState.from_saved(restored.state["train"]).evaluated, step
 
 
 if __name__ == "__main__":

@@ -132,7 +132,8 @@ def _train(run: RunConfig, workdir: Path, data: Optional[RunData], checkpoint_di
 # (packing too: a packed pass orders its records differently, so the saved position would not
 # point at the same records.)
 RESUME_FIELDS = ("checkpoint", "compute_dtype", "seed", "model", "objective", "optimizer.combiner",
-                 "optimizer.freeze_encoder", "optimizer.ema_decay", "schedule.kind", "schedule.batch_size", "packing")
+                 "optimizer.freeze_encoder", "optimizer.ema_decay", "schedule.kind", "schedule.batch_size",
+                 "packing")
 
 
 def check_resumable(run: RunConfig, workdir: Path) -> None:
@@ -312,5 +313,5 @@ class Trainer:
         self.check_pending(int(position["state"]["epoch"]))
         meta = {"stage": self.stage, "best_score": self.best_score, "epoch": int(position["state"]["epoch"]),
                 "step": self.step, "padding": position["padding"], "config": dataclasses.asdict(self.run)}
-        self.checkpoints.save(self.step, {"train": distributed.fetch_replica(self.state).saved(), "loader": position["state"]},
-                              meta, score)
+        state = {"train": distributed.fetch_replica(self.state).saved(), "loader": position["state"]}
+        self.checkpoints.save(self.step, state, meta, score)

@@ -139,7 +139,7 @@ def check_objective(config: ObjectiveConfig, model: ModelConfig) -> None:
             raise ConfigError(f"objective.{name}.tasks: {unknown} not among the trained model.tasks "
                               f"{list(model.tasks)}")
     for task in config.mnrl.tasks:
-        if task in model.tasks and model.pair_encoding(task) != "bi":
+        if model.pair_encoding(task) != "bi":
             raise ConfigError(f"objective.mnrl.tasks: {task} needs a bi-encoder pair head for MNRL, "
                               f"not model.pair_heads.{task}={model.pair_head(task)!r}")
     if config.sts_loss == "cosine_embedding" and "sts" in model.tasks and model.pair_head("sts") != "bi_cosine":

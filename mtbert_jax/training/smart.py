@@ -17,6 +17,7 @@ from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from mtbert_jax.model.dropout import POSITION_STRIDE, TokenIds
 from mtbert_jax.tasks import BINARY, REGRESSION, TASKS
@@ -102,5 +103,4 @@ def teacher_beta(step: Array, total_steps: int) -> Array:
 
 
 def update_teacher(teacher, params, step: Array, total_steps: int):
-    beta = teacher_beta(step, total_steps)
-    return jax.tree_util.tree_map(lambda t, p: beta * t + (1.0 - beta) * p, teacher, params)
+    return optax.incremental_update(params, teacher, 1.0 - teacher_beta(step, total_steps))

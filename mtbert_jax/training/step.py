@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from mtbert_jax.model.multitask import MultiTaskModel
 from mtbert_jax.training.objectives import ObjectiveConfig, make_objective
@@ -170,8 +171,7 @@ def apply_update(state: TrainState, grads: Sequence[PyTree], loss_weights: jax.A
         teacher = update_teacher(teacher, params, state.step, total_steps)
     average = state.average
     if average is not None:
-        decay = ema_decay(optimizer.config.ema_decay, state.step)
-        average = jax.tree_util.tree_map(lambda a, p: decay * a + (1.0 - decay) * p, average, params)
+        average = optax.incremental_update(params, average, 1.0 - ema_decay(optimizer.config.ema_decay, state.step))
     return TrainState(params, opt_state, state.step + 1, teacher, average), metrics
 
 

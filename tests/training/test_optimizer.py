@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import A_TARGET, B_TARGET, quadratic_task_gradients
 from mtbert_jax.model.config import ModelConfig
 from mtbert_jax.model.multitask import init_model
 from mtbert_jax.synthetic import tiny_bert_config
@@ -71,24 +72,6 @@ def test_layer_wise_decay_scales_the_encoders_rate_by_depth():
                                1e-3, rtol=1e-3)  # a task part, not the encoder
 
 
-A_TARGET = {"bert": np.array([1.0, 0.5, 0.0]), "heads_a": np.array([2.0, -1.0]), "heads_b": np.zeros(2)}
-B_TARGET = {"bert": np.array([-1.0, 1.0, 0.2]), "heads_a": np.zeros(2), "heads_b": np.array([-3.0, 0.5])}
-
-
-def _quadratic_gradients():
-    """Task t's loss 1/2 ||theta - t's target||^2 over the shared part and its own head: at
-    theta = 0 the two shared gradients conflict (-a . -b = -0.5 < 0)."""
-    def task(target, own):
-        def loss(params):
-            return sum(0.5 * jnp.sum(jnp.square(params[k]["w"] - target[k])) for k in ("bert", own))
-
-        def gradient(params, teacher, batch, step, key):
-            value, grad = jax.value_and_grad(loss)(params)
-            return grad, value, jnp.ones(())
-        return gradient
-    return {"a": task(A_TARGET, "heads_a"), "b": task(B_TARGET, "heads_b")}
-
-
 def _adam(state, grad, lr):
     """optax.adamw without weight decay, by hand: returns (update, state)."""
     m, v, n = state
@@ -139,7 +122,7 @@ def test_gse_is_a_mean_pcgrad_update_then_a_fresh_combined_loss_update():
     steps = 4
     optimizer = Optimizer(config, params, ("a", "b"), steps, 2)
     assert config.reduction == "mean"
-    step = jax.pmap(functools.partial(train_step, gradients=_quadratic_gradients(), optimizer=optimizer),
+    step = jax.pmap(functools.partial(train_step, gradients=quadratic_task_gradients(), optimizer=optimizer),
                     axis_name=AXIS, in_axes=(0, 0, None, 0))
     state = distributed.replicate(TrainState.create(params, optimizer))
     batches = distributed.replicate({"a": {"x": jnp.zeros(1)}, "b": {"x": jnp.zeros(1)}})

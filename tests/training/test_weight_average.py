@@ -15,26 +15,12 @@ import pytest
 from flax import traverse_util
 
 import evaluate
-from conftest import tiny_training_config
+from conftest import quadratic_task_gradients, tiny_training_config
 from mtbert_jax.training import distributed
 from mtbert_jax.training.checkpointing import Checkpoints, restore_trained
 from mtbert_jax.training.loop import train_and_evaluate
 from mtbert_jax.training.optimizer import Optimizer, OptimizerConfig
 from mtbert_jax.training.step import AXIS, TrainState, ema_decay, train_step
-
-TARGETS = {"a": {"bert": np.array([1.0, 0.5, 0.0]), "heads_a": np.array([2.0, -1.0])},
-           "b": {"bert": np.array([-1.0, 1.0, 0.2]), "heads_b": np.array([-3.0, 0.5])}}
-
-
-def _gradients():
-    """Task t's loss 1/2 ||theta - t's target||^2 over the shared part and its own head."""
-    def task(target):
-        def gradient(params, teacher, batch, step, key):
-            loss = lambda p: sum(0.5 * jnp.sum(jnp.square(p[k]["w"] - v)) for k, v in target.items())  # noqa: E731
-            value, grad = jax.value_and_grad(loss)(params)
-            return grad, value, jnp.ones(())
-        return gradient
-    return {t: task(target) for t, target in TARGETS.items()}
 
 
 def test_the_decay_warms_up_over_the_first_steps():
@@ -51,7 +37,7 @@ def test_the_average_follows_the_parameters_once_per_step(combiner):
                              weight_decay=0.0, max_grad_norm=0.0, ema_decay=0.6)
     steps = 5
     optimizer = Optimizer(config, params, ("a", "b"), steps, 2)
-    step = jax.pmap(functools.partial(train_step, gradients=_gradients(), optimizer=optimizer),
+    step = jax.pmap(functools.partial(train_step, gradients=quadratic_task_gradients(), optimizer=optimizer),
                     axis_name=AXIS, in_axes=(0, 0, None, 0))
     state = distributed.replicate(TrainState.create(params, optimizer))
     batches = distributed.replicate({"a": {"x": jnp.zeros(1)}, "b": {"x": jnp.zeros(1)}})
