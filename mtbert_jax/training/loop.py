@@ -116,9 +116,13 @@ def _train(run: RunConfig, workdir: Path, data: Optional[RunData], checkpoint_di
     results: dict = {}
     while loader.epoch < run.num_epochs + run.frozen_epochs and trainer.step < trainer.stages.last_step:
         epoch = trainer.train_epoch()
-        params_now = distributed.unreplicate(trainer.state.evaluated)  # not the optimizer's moments
-        results = dataset_metrics(dev_predict, params_now, data.dev, run.eval_batch_size, layout)
-        trainer.end_epoch(epoch, results)
+        evaluate = lambda params: dataset_metrics(  # noqa: E731
+            dev_predict, distributed.unreplicate(params), data.dev, run.eval_batch_size, layout)
+        results = evaluate(trainer.state.evaluated)  # not the optimizer's moments
+        # With a weight average, the trained parameters' own score too: the average's gain, measured
+        # in the same run (the average does not change training).
+        unaveraged = None if trainer.state.average is None else evaluate(trainer.state.params)
+        trainer.end_epoch(epoch, results, unaveraged)
     # Closed on success only: closing orbax under reads still in flight after a failure makes its
     # threads print "Event loop is closed" tracebacks.
     trainer.checkpoints.close()
@@ -297,13 +301,20 @@ class Trainer:
             self.window.add_losses(losses)
         return fetched[-1]
 
-    def end_epoch(self, epoch: int, results: dict) -> None:
-        """The dev record of the epoch just trained, and a checkpoint that may become the best."""
+    def end_epoch(self, epoch: int, results: dict, unaveraged: Optional[dict] = None) -> None:
+        """The dev record of the epoch just trained (with the weight average on, `unaveraged` is
+        the trained parameters' own), and a checkpoint that may become the best."""
         score = overall_score(results)
         self.best_score = max(self.best_score, score)
-        self.metrics_log.write({"step": self.step, "epoch": epoch + 1, "dev": results, "dev_overall": score})
-        self.log(f"epoch {epoch + 1}: dev " + ", ".join(
-            f"{t} {next(iter(m.values())):.4f}" for t, m in results.items()) + f"; overall {score:.4f}")
+        record = {"step": self.step, "epoch": epoch + 1, "dev": results, "dev_overall": score}
+        if unaveraged is not None:
+            record |= {"dev_unaveraged": unaveraged, "dev_unaveraged_overall": overall_score(unaveraged)}
+        self.metrics_log.write(record)
+        describe = lambda r: ", ".join(f"{t} {next(iter(m.values())):.4f}" for t, m in r.items())  # noqa: E731
+        self.log(f"epoch {epoch + 1}: dev {describe(results)}; overall {score:.4f}")
+        if unaveraged is not None:
+            self.log(f"epoch {epoch + 1}: dev without the weight average {describe(unaveraged)}; "
+                     f"overall {record['dev_unaveraged_overall']:.4f}")
         self.save(score)
 
     def save(self, score: Optional[float] = None) -> None:

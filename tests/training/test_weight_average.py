@@ -104,3 +104,24 @@ def test_evaluation_and_the_best_checkpoint_use_the_average(tiny_checkpoint, tin
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     best = max((r for r in records if "dev" in r), key=lambda r: r["dev_overall"])
     assert metrics["dev"]["overall"] == pytest.approx(best["dev_overall"], abs=1e-6)
+
+
+def test_each_dev_record_also_scores_the_parameters_trained(tiny_checkpoint, tiny_data_dir, tmp_path):
+    """The average does not change training, so a run with it on logs, as its unaveraged score,
+    what the same run with it off logs as its score, epoch by epoch."""
+    common = dict(num_epochs=2, schedule__kind="method3")
+    runs = {}
+    for name, decay in (("averaged", 0.9), ("plain", 0.0)):
+        config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache",
+                                      optimizer__ema_decay=decay, **common)
+        train_and_evaluate(config, tmp_path / name)
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        runs[name] = [r for r in map(json.loads, lines) if "dev" in r]
+    assert len(runs["averaged"]) == len(runs["plain"]) == 2
+    for averaged, plain in zip(runs["averaged"], runs["plain"]):
+        assert "dev_unaveraged" not in plain
+        assert averaged["dev_unaveraged_overall"] == pytest.approx(plain["dev_overall"], abs=1e-5)
+        for task, metrics in plain["dev"].items():
+            for metric, value in metrics.items():
+                assert averaged["dev_unaveraged"][task][metric] == pytest.approx(value, abs=1e-5), (task, metric)
+    assert any(a["dev_overall"] != pytest.approx(a["dev_unaveraged_overall"], abs=1e-6) for a in runs["averaged"])
