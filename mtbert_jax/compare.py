@@ -6,7 +6,9 @@ python -m mtbert_jax.compare runs                 # every run directory inside r
 python -m mtbert_jax.compare runs --markdown      # the table as markdown (README's Results)
 
 A run's numbers are those of its last dev evaluation (the end of its last epoch, the model a
-finished run ends with). Unfinished runs are listed apart with how far they got and are not in
+finished run ends with). A run with weight averaging on (optimizer.ema_decay) also counts as a
+run of its configuration without it, "NAME (unaveraged)": the average does not change training,
+and each dev record also scores the parameters trained. Unfinished runs are listed apart with how far they got and are not in
 the means; directories that cannot be read are named with the reason. The standard deviation is
 the sample one (n - 1), over seeds; a group of one run says "1 seed" and has none.
 """
@@ -42,6 +44,7 @@ class Run:
     epochs: int  # planned
     finished: bool
     seconds: Optional[float]  # run_seconds at the last dev evaluation (runs from before it was logged: None)
+    unaveraged: Optional[tuple[dict, float]] = None  # with weight averaging: the trained parameters' (dev, overall)
 
     @property
     def seed(self) -> int:
@@ -82,8 +85,28 @@ def read_run(workdir: Path) -> Run:
         raise NotEvaluatedYet(f"no dev evaluation yet (logged up to step {last_step})")
     epochs = config["num_epochs"] + config["frozen_epochs"]
     finished = last_dev["epoch"] >= epochs or (config["max_steps"] > 0 and last_dev["step"] >= config["max_steps"])
+    unaveraged = ((last_dev["dev_unaveraged"], float(last_dev["dev_unaveraged_overall"]))
+                  if "dev_unaveraged" in last_dev else None)
     return Run(workdir, config, last_dev["dev"], float(last_dev["dev_overall"]), int(last_dev["epoch"]),
-               int(last_dev["step"]), epochs, finished, last_dev.get("run_seconds"))
+               int(last_dev["step"]), epochs, finished, last_dev.get("run_seconds"), unaveraged)
+
+
+_UNAVERAGED = " (unaveraged)"
+
+
+def with_unaveraged(runs: list[Run]) -> list[Run]:
+    """The runs, each with weight averaging followed by the same run as if it had none: same
+    training, dev scored on the parameters trained (its time includes the average's small cost)."""
+    out = []
+    for run in runs:
+        out.append(run)
+        if run.unaveraged is not None:
+            config = json.loads(json.dumps(run.config))
+            config["optimizer"]["ema_decay"] = 0.0
+            out.append(dataclasses.replace(run, workdir=run.workdir.with_name(run.workdir.name + _UNAVERAGED),
+                                           config=config, dev=run.unaveraged[0], overall=run.unaveraged[1],
+                                           unaveraged=None))
+    return out
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -132,7 +155,12 @@ def describe(config: dict, reference: Optional[dict]) -> str:
 def group_name(workdirs: list[Path]) -> str:
     """The runs' directory name without a seed suffix (`pals_s1`, `pals-seed2` -> `pals`), when
     they share one; else their names joined."""
-    stems = sorted({re.sub(r"[_-]?(s|seed)?\d+$", "", p.name) or p.name for p in workdirs})
+    def stem(name: str) -> str:
+        suffix = _UNAVERAGED if name.endswith(_UNAVERAGED) else ""
+        name = name.removesuffix(suffix)
+        return (re.sub(r"[_-]?(s|seed)?\d+$", "", name) or name) + suffix
+
+    stems = sorted({stem(p.name) for p in workdirs})
     return stems[0] if len(stems) == 1 else " / ".join(sorted({p.name for p in workdirs}))
 
 
@@ -252,7 +280,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(line, file=sys.stderr)
         print("error: no run could be read", file=sys.stderr)
         return 2
-    rows = compare(runs, default_config(), not args.no_parameters)
+    rows = compare(with_unaveraged(runs), default_config(), not args.no_parameters)
     if rows:
         print(render(rows, args.markdown))
         print()

@@ -84,3 +84,26 @@ def test_the_same_seed_twice_is_flagged_and_timeless_runs_say_so(tmp_path):
 @pytest.mark.parametrize("names, expected", [(["pals_s0", "pals-seed12"], "pals"), (["x1", "x2"], "x")])
 def test_group_names_drop_the_seed_suffix(tmp_path, names, expected):
     assert compare.group_name([tmp_path / n for n in names]) == expected
+
+
+def test_an_averaged_run_also_counts_as_its_configuration_without_the_average(tmp_path, capsys):
+    """A run with weight averaging adds a row for its unaveraged dev scores, and that row joins
+    the genuine runs of the configuration without averaging (here seed 1)."""
+    averaged = _run(tmp_path, "mean_ema_s0", 0, (0.70, 0.78), num_epochs=2, optimizer__ema_decay=0.999)
+    records = [json.loads(x) for x in (averaged / "metrics.jsonl").read_text().splitlines()]
+    for record, unaveraged in zip([r for r in records if "dev" in r], (0.69, 0.76)):
+        record["dev_unaveraged"] = {t: {k: v - 0.02 for k, v in m.items()} for t, m in record["dev"].items()}
+        record["dev_unaveraged_overall"] = unaveraged
+    (averaged / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    _run(tmp_path, "mean_s1", 1, (0.70, 0.74), num_epochs=2)
+
+    assert compare.main([str(tmp_path), "--no-parameters"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("  ")[0]: line for line in out.splitlines()[1:3]}
+    assert set(rows) == {"mean_ema", "mean_ema_s0 (unaveraged) / mean_s1"}
+    assert "1 seed (0)" in rows["mean_ema"] and "0.780" in rows["mean_ema"]
+    mean = f"{statistics.mean([0.76, 0.74]):.3f} ± {statistics.stdev([0.76, 0.74]):.3f}"
+    assert "2 (0, 1)" in rows["mean_ema_s0 (unaveraged) / mean_s1"] and mean in rows["mean_ema_s0 (unaveraged) / mean_s1"]
+    assert "mean_ema: num_epochs=2, optimizer.ema_decay=0.999" in out
+    assert compare.group_name([tmp_path / "mean_ema_s0 (unaveraged)", tmp_path / "mean_ema_s3 (unaveraged)"]) == \
+        "mean_ema (unaveraged)"
