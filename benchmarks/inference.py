@@ -2,9 +2,8 @@
 
 Ours: what evaluate.py and the training loop's dev evaluation do (mtbert_jax.evaluation.predict:
 records batched by length, padded to a multiple of 16, jitted forward, outputs back in file
-order), and the same with packing (several records per row, each task's row length chosen by
-data/packing.py's cost model, records too long for it in rows of 128), and packed in rows of 128
-only (as before the row length was chosen). Reference: transformers' BertModel in eval mode under torch.no_grad(), batches in file
+order), and the same with packing (several records per row of 128 tokens, one batch shape per
+task: data/packing.py). Reference: transformers' BertModel in eval mode under torch.no_grad(), batches in file
 order padded to the longest record in the batch (the starter code's way), and, for a fairer
 view, the same model on length-sorted batches. Same checkpoint, token ids and batch size.
 Ours is timed twice: the first pass includes compilation, the second does not.
@@ -33,7 +32,7 @@ def load_dev(checkpoint: str) -> dict:
     return {t: load_task_data(t, "dev", resolve_data_dir(None), tokenizer, MAX_LENGTH, "cross") for t in TASKS}
 
 
-def run_ours(batch_size: int, checkpoint: str, packing: bool = False, full_rows: bool = False) -> dict:
+def run_ours(batch_size: int, checkpoint: str, packing: bool = False) -> dict:
     import jax
 
     from mtbert_jax.checkpoints.hf import load_hf_checkpoint
@@ -47,10 +46,6 @@ def run_ours(batch_size: int, checkpoint: str, packing: bool = False, full_rows:
     bert_config, bert_params, _ = load_hf_checkpoint(checkpoint)
     model, params = init_model(bert_config, ModelConfig(tasks=TASKS), jax.random.PRNGKey(0), bert_params)
     predict_fn, layout = make_predict(model), BatchLayout(bucket_lengths(MAX_LENGTH, 16), packing=packing)
-    if full_rows:  # every evaluation row max_length tokens long, as before rows were chosen per task
-        from mtbert_jax.data import packing as packing_module
-        packing_module.EVAL_SHORTEST_ROW = MAX_LENGTH
-    row_lengths = {t: layout.batcher(d, batch_size).eval_plan()[0] for t, d in data.items()} if packing else {}
     passes = []
     for _ in range(2):
         start = time.perf_counter()
@@ -58,7 +53,7 @@ def run_ours(batch_size: int, checkpoint: str, packing: bool = False, full_rows:
             predict(predict_fn, params, d, batch_size, layout)
         passes.append(time.perf_counter() - start)
     return {"examples": sum(len(d) for d in data.values()), "first_pass_seconds": passes[0],
-            "seconds": passes[1], "peak_rss_mib": common.peak_rss_mib(), "row_lengths": row_lengths}
+            "seconds": passes[1], "peak_rss_mib": common.peak_rss_mib()}
 
 
 def run_torch(batch_size: int, checkpoint: str) -> dict:
@@ -101,14 +96,12 @@ def main():
     parser.add_argument("--side", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
-        run = {"ours": run_ours, "packed": lambda *a: run_ours(*a, packing=True),
-               "packed_full_rows": lambda *a: run_ours(*a, packing=True, full_rows=True), "torch": run_torch}[args.side]
+        run = {"ours": run_ours, "packed": lambda *a: run_ours(*a, packing=True), "torch": run_torch}[args.side]
         print(json.dumps(run(args.batch, args.checkpoint)))
         return
     side_args = ["--batch", str(args.batch), "--checkpoint", args.checkpoint]
     ours = common.run_side(__file__, ["--side", "ours", *side_args])
     packed = common.run_side(__file__, ["--side", "packed", *side_args])
-    full_rows = common.run_side(__file__, ["--side", "packed_full_rows", *side_args])
     ref = common.run_side(__file__, ["--side", "torch", *side_args])
     machine = ref.pop("machine")
     n = ours["examples"]
@@ -116,7 +109,6 @@ def main():
             {"side": "mtbert_jax predict (1st pass, compiling)", "seconds": ours["first_pass_seconds"]},
             {"side": "mtbert_jax predict, packed (compiled)", "seconds": packed["seconds"]},
             {"side": "mtbert_jax predict, packed (1st pass, compiling)", "seconds": packed["first_pass_seconds"]},
-            {"side": f"mtbert_jax predict, packed in rows of {MAX_LENGTH} (compiled)", "seconds": full_rows["seconds"]},
             {"side": "PyTorch, file order (starter code)", "seconds": ref["seconds"]},
             {"side": "PyTorch, length-sorted batches", "seconds": ref["sorted_seconds"]}]
     for r in rows:
@@ -124,16 +116,12 @@ def main():
         r["ours_speedup"] = r["seconds"] / ours["seconds"]
     common.print_table([("side", "side", "s"), ("seconds", "seconds", ".2f"),
                         ("examples_per_second", "ex/s", ".1f"), ("ours_speedup", "ours (compiled) x", ".2f")], rows)
-    print(f"packed evaluation rows (tokens, per task; longer records in rows of {MAX_LENGTH}): "
-          + ", ".join(f"{t} {n}" for t, n in packed["row_lengths"].items()))
     print(f"{n} dev examples (SST, Quora, STS), batch {args.batch}; peak RSS ours "
           f"{ours['peak_rss_mib']:.0f} MiB, torch {ref['peak_rss_mib']:.0f} MiB")
     common.print_json("inference", {"batch": args.batch, "examples": n, "checkpoint": args.checkpoint,
                                     "ratio_vs_starter": ref["seconds"] / ours["seconds"],
                                     "ratio_vs_sorted": ref["sorted_seconds"] / ours["seconds"],
                                     "packed_ratio_vs_sorted": ref["sorted_seconds"] / packed["seconds"],
-                                    "packed_row_lengths": packed["row_lengths"],
-                                    "packed_full_rows_ratio_vs_sorted": ref["sorted_seconds"] / full_rows["seconds"],
                                     "ours_peak_rss_mib": ours["peak_rss_mib"],
                                     "torch_peak_rss_mib": ref["peak_rss_mib"], "results": rows}, machine)
 

@@ -5,8 +5,9 @@ products and softmax still run over the whole row: a row of L tokens costs its d
 (per token) plus attention (per token, growing with L). This measures both on the real model:
 the same 128 SST dev records (25 tokens on average) packed into rows of 64 to 256 tokens, timed
 as the evaluation forward and as a training step (forward, backward, AdamW, dropout on), and fits
-time = a * computed tokens + b * computed tokens * L. `ATTENTION_COST` in data/packing.py (a row
-of L tokens is costed L (1 + L / ATTENTION_COST) dense tokens) should be about a / b.
+time = a * computed tokens + b * computed tokens * L. `ATTENTION_COST` in data/packing.py (a
+training row of L tokens is costed L (1 + L / ATTENTION_COST) dense tokens) should be about the
+training step's a / b. docs/performance.md has what it measured.
 
 python benchmarks/row_length.py [--lengths 64 96 128 192 256] [--repeats 7] [--checkpoint default]
 """

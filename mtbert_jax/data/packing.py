@@ -25,10 +25,8 @@ batches hold nearly equal tokens (+-1% on the course's files). Then one row shap
 side fits them all: the row length (at least the longest record, in steps of ROW_LENGTH_STEP,
 up to twice max_length) and row count that first-fit-decreasing needs for a sample of balanced
 batches, chosen for the least compute. A batch that does not fit takes the rows it needs (a
-second program; rare). Evaluation does not need a fixed example count: its batches are filled in
-length order to one fixed shape (rows and slots), with rows as short as the cost model prefers
-(attention's scores and softmax run over whole rows); the records longer than that row length
-get batches of rows of max_length, a second shape. At most two programs per task.
+second program; rare). Evaluation does not need a fixed example count: its batches are filled to
+one fixed shape (rows and slots) in length order, one program per task.
 """
 
 from __future__ import annotations
@@ -46,11 +44,6 @@ from mtbert_jax.errors import ConfigError
 
 _SIDES = ("", "_b")
 EVAL_ROW_STEP = 4
-# Evaluation rows: from this many tokens up to max_length, in these steps; the cost model's
-# attention constant, measured by benchmarks/row_length.py (forward only).
-EVAL_SHORTEST_ROW = 32
-EVAL_ROW_LENGTH_STEP = 16
-EVAL_ATTENTION_COST = 400
 BALANCE_WINDOW = 64  # batches whose records are shared out by length together
 ROW_LENGTH_STEP = 8
 SHAPE_SAMPLE_GROUPS = 256  # balanced shards packed to choose a task's row shape
@@ -253,50 +246,13 @@ class PackedBatcher(TaskBatcher):
             batch["text_key_b"] = keys
 
     def by_length(self) -> Iterator[Batch]:
-        """Evaluation: every record once, in batches of at most two shapes: rows of the row length
-        `eval_plan` chooses for the records that fit them, and rows of max_length for any longer
-        ones. Each batch takes the longest records left while they fit, then fills the gaps with
-        the shortest."""
-        for row_length, rows, slots, taken, places in self.eval_plan()[1]:
-            batch: Batch = {}
-            for segments, suffix, p in zip(self.data.segments, _SIDES, places):
-                side = _fill_side(segments, taken, rows, row_length, slots, p, self.pad_id)
-                batch |= {k + suffix: v for k, v in side.items()}
-                self.stats.real_tokens += int(segments.lengths[taken].sum())
-                self.stats.padded_tokens += rows * row_length
-            self._add_examples(batch, taken, slots)
-            yield batch
-
-    def eval_plan(self) -> tuple[int, list]:
-        """(row length, batches) of the least cost (a row of L tokens costs L (1 + L /
-        EVAL_ATTENTION_COST)) among row lengths from EVAL_SHORTEST_ROW to max_length in steps of
-        EVAL_ROW_LENGTH_STEP: attention runs over whole rows, so short records are cheaper in
-        short rows, while the records longer than the row need a batch of their own."""
-        totals = np.sum([s.lengths for s in self.data.segments], axis=0)
-        longest = np.max([s.lengths for s in self.data.segments], axis=0)
-        order = np.argsort(-totals, kind="stable")
-        candidates = range(min(EVAL_SHORTEST_ROW, self.max_length), self.max_length + 1, EVAL_ROW_LENGTH_STEP)
-        best = None
-        for length in sorted({*candidates, self.max_length}):
-            fits = longest[order] <= length
-            batches = self._eval_batches(order[fits], length) + self._eval_batches(order[~fits], self.max_length)
-            cost = sum(rows * row_length * (1 + row_length / EVAL_ATTENTION_COST) for row_length, rows, *_ in batches)
-            # Ties go to the longer rows (fewer programs): candidates run shortest first.
-            if best is None or cost <= best[0]:
-                best = (cost, length, batches)
-        return best[1], best[2]
-
-    def _eval_batches(self, order: np.ndarray, row_length: int) -> list:
-        """Records `order` (longest first) in batches of eval_rows(row_length) rows (fewer when
-        all of them need fewer) and twice batch_size slots: (row length, rows, slots, records,
-        per side their (row, column)s)."""
-        if len(order) == 0:
-            return []
+        """Evaluation: every record once, packed into batches of one shape: `eval_rows()` rows
+        per side (the tokens of batch_size records of mean length) and twice batch_size slots
+        (a slot costs one pooled vector: rows, not slots, should run out). Each batch takes the
+        longest records left while they fit, then fills the gaps with the shortest."""
+        rows, slots = self.eval_rows(), 2 * self.batch_size
         lengths = [s.lengths for s in self.data.segments]
-        mean = max(float(n[order].mean()) for n in lengths)
-        rows = min(self.eval_rows(row_length, mean), _round_up(max(int(n[order].sum()) for n in lengths), row_length))
-        slots = 2 * self.batch_size  # a slot costs one pooled vector: rows, not slots, should run out
-        batches = []
+        order = np.argsort(-np.sum(lengths, axis=0), kind="stable")
         front, back = 0, len(order) - 1  # records order[front..back] are left
         while front <= back:
             free: list[list[int]] = [[] for _ in lengths]  # per side: each open row's free tokens
@@ -305,7 +261,7 @@ class PackedBatcher(TaskBatcher):
             from_front = True
             while front <= back and len(taken) < slots:
                 i = order[front] if from_front else order[back]
-                spots = [_first_fit(f, int(n[i]), row_length, rows) for f, n in zip(free, lengths)]
+                spots = [_first_fit(f, int(n[i]), self.max_length, rows) for f, n in zip(free, lengths)]
                 if any(s is None for s in spots):
                     if from_front:
                         from_front = False
@@ -313,29 +269,29 @@ class PackedBatcher(TaskBatcher):
                     break  # not even the shortest fits: the batch is full
                 for f, p, s, n in zip(free, places, spots, lengths):
                     if s[0] == len(f):  # a new row
-                        f.append(row_length)
+                        f.append(self.max_length)
                     f[s[0]] -= int(n[i])
                     p.append(s)
                 taken.append(i)
                 front, back = (front + 1, back) if from_front else (front, back - 1)
-            place = [(np.asarray([r for r, _ in p], np.int64), np.asarray([c for _, c in p], np.int64)) for p in places]
-            batches.append((row_length, rows, slots, np.asarray(taken, np.int64), place))
-        return batches
+            taken_array = np.asarray(taken, np.int64)
+            batch: Batch = {}
+            for segments, suffix, p in zip(self.data.segments, _SIDES, places):
+                place = (np.asarray([r for r, _ in p], np.int64), np.asarray([c for _, c in p], np.int64))
+                side = _fill_side(segments, taken_array, rows, self.max_length, slots, place, self.pad_id)
+                batch |= {k + suffix: v for k, v in side.items()}
+                self.stats.real_tokens += int(segments.lengths[taken_array].sum())
+                self.stats.padded_tokens += rows * self.max_length
+            self._add_examples(batch, taken_array, slots)
+            yield batch
 
-    def eval_rows(self, row_length: int | None = None, mean: float | None = None) -> int:
+    def eval_rows(self) -> int:
         """Rows per side of an evaluation batch: the tokens of batch_size records of the longer
         side's mean length, rounded up to a multiple of EVAL_ROW_STEP, so that the chunks of one
         file (evaluate.py reads large files in chunks) mostly share one shape."""
-        row_length = row_length or self.max_length
-        if mean is None:
-            mean = max(float(s.lengths.mean()) if len(s) else 1.0 for s in self.data.segments)
-        return _round_up(self.batch_size * mean, row_length)
-
-
-def _round_up(tokens: float, row_length: int) -> int:
-    """Rows of row_length that hold `tokens`, rounded up to a multiple of EVAL_ROW_STEP."""
-    rows = int(np.ceil(tokens / row_length))
-    return max(EVAL_ROW_STEP, -(-rows // EVAL_ROW_STEP) * EVAL_ROW_STEP)
+        mean = max(float(s.lengths.mean()) if len(s) else 1.0 for s in self.data.segments)
+        rows = int(np.ceil(self.batch_size * mean / self.max_length))
+        return -(-rows // EVAL_ROW_STEP) * EVAL_ROW_STEP
 
 
 def _first_fit(free: list[int], n: int, row_length: int, rows: int) -> tuple[int, int] | None:

@@ -169,13 +169,11 @@ def test_packing_beats_bucketing_on_real_tokens():
     assert packed.stats.efficiency > 0.85 and padded.stats.efficiency < 0.8
 
 
-def test_evaluation_batches_have_at_most_two_shapes_and_hold_every_record_once():
+def test_evaluation_batches_have_one_shape_and_hold_every_record_once():
     data = _data(n=300, sides=2, longest=40)
     batcher = PackedBatcher(data, 32, 64)
     batches = list(batcher.by_length())
-    row_length, plan = batcher.eval_plan()
-    shapes = {(b["input_ids"].shape, b["input_ids_b"].shape, b["weights"].shape) for b in batches}
-    assert len(shapes) <= 2 and {shape[0][1] for shape in shapes} <= {row_length, 64}
+    assert len({(b["input_ids"].shape, b["input_ids_b"].shape, b["weights"].shape) for b in batches}) == 1
     seen = np.concatenate([b["index"][b["weights"] > 0] for b in batches])
     assert sorted(seen.tolist()) == list(range(300))
     for b in batches:
@@ -184,29 +182,6 @@ def test_evaluation_batches_have_at_most_two_shapes_and_hold_every_record_once()
             for slot, i in enumerate(b["index"][b["weights"] > 0]):
                 np.testing.assert_array_equal(unpacked[slot][0], segments.get(i)[0])
     assert batcher.stats.efficiency > 0.8  # one record per row: 0.33
-
-
-def test_evaluation_rows_are_as_short_as_the_cost_model_prefers(monkeypatch):
-    """200 records of 30 tokens, max_length 128, 32 records' tokens per batch. Per record, rows
-    of 32 cost 32 (1 + 32 / 400) = 34.6 tokens (one record each), of 64 cost 32 (1 + 64 / 400) =
-    37.1 (two each), of 128 cost 32 (1 + 128 / 400) = 42.2 (four each): rows of 32, one record
-    each, 32 rows a batch."""
-    segments = Segments.from_lists([np.full(30, 7, np.int32)] * 200, [np.zeros(30, np.int32)] * 200)
-    data = TaskData("sst", "dev", np.asarray([f"r{i}" for i in range(200)]), np.zeros(200, np.int32),
-                    (segments,), 0, [])
-    batcher = PackedBatcher(data, 32, 128)
-    assert packing.EVAL_ATTENTION_COST == 400
-    row_length, _ = batcher.eval_plan()
-    assert row_length == 32
-    batches = list(batcher.by_length())
-    assert {b["input_ids"].shape for b in batches} == {(32, 32)} and len(batches) == 7
-    for b in batches:
-        assert ((b["token_example"] >= 0).sum(1) <= 30).all()
-    # Without attention's cost, the fewest computed tokens: rows of 96 (three records each, 12
-    # rows a batch: 6 batches, 6,912 tokens) against rows of 128 (7 batches of 8: 7,168) and of
-    # 32 (7 batches of 32: 7,168).
-    monkeypatch.setattr(packing, "EVAL_ATTENTION_COST", float("inf"))
-    assert PackedBatcher(data, 32, 128).eval_plan()[0] == 96
 
 
 def test_a_packed_loader_resumes_with_the_same_batches():

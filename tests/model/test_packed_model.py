@@ -22,11 +22,11 @@ TASKS = ("sst", "quora", "sts")
 SLOTS, ROW_LENGTH = 12, 40
 
 
-def _data(task: str, sides: int, n: int = 14, seed: int = 0, longest: int = 20) -> TaskData:
+def _data(task: str, sides: int, n: int = 14, seed: int = 0) -> TaskData:
     rng = np.random.default_rng(seed)
 
     def side():
-        lengths = rng.integers(3, longest + 1, size=n)
+        lengths = rng.integers(3, 21, size=n)
         return Segments.from_lists([rng.integers(5, 60, size=k).astype(np.int32) for k in lengths],
                                    [(np.arange(k) >= k // 2).astype(np.int32) for k in lengths])
 
@@ -104,31 +104,13 @@ def test_packed_loss_and_gradient_equal_padded_with_smart_and_mnrl(config):
             np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-4, err_msg=f"{task} {jax.tree_util.keystr(path)}")
 
 
-@pytest.mark.parametrize("shortest_row, attention_cost", [(32, 400.0), (8, 1.0)])
-def test_packed_evaluation_gives_file_order_predictions(shortest_row, attention_cost, monkeypatch):
-    """Also with short evaluation rows forced (attention made costly): the records longer than
-    the row length chosen go to batches of rows of max_length, two shapes per task, with the
-    same predictions."""
-    from mtbert_jax.data import packing
-    monkeypatch.setattr(packing, "EVAL_SHORTEST_ROW", shortest_row)
-    monkeypatch.setattr(packing, "EVAL_ROW_LENGTH_STEP", 8)
-    monkeypatch.setattr(packing, "EVAL_ATTENTION_COST", attention_cost)
+def test_packed_evaluation_gives_file_order_predictions():
     config = ModelConfig(tasks=TASKS, pair_heads={"quora": "cross", "sts": "bi_concat"})
     model, params = init_model(DROPOUT, config, jax.random.PRNGKey(0))
     predict_fn = make_predict(model)
-    shapes = {}
+    from mtbert_jax.data.packing import BatchLayout
     for task, sides in (("sst", 1), ("quora", 1), ("sts", 2)):
-        data = _data(task, sides, n=57, seed=2, longest=ROW_LENGTH - 4)
+        data = _data(task, sides, n=57, seed=2)
         padded = predict(predict_fn, params, data, 8, (ROW_LENGTH,))
-        layout = packing.BatchLayout((ROW_LENGTH,), packing=True)
-        row_length, batches = layout.batcher(data, 8).eval_plan()
-        longest = np.max([s.lengths for s in data.segments], axis=0)
-        for length, _, _, records, _ in batches:
-            assert (longest[records] <= length).all() and (length == ROW_LENGTH or length == row_length), task
-            if length == ROW_LENGTH and row_length < ROW_LENGTH:
-                assert (longest[records] > row_length).all(), task
-        shapes[task] = {b[0] for b in batches}
-        packed = predict(predict_fn, params, data, 8, layout)
+        packed = predict(predict_fn, params, data, 8, BatchLayout((ROW_LENGTH,), packing=True))
         np.testing.assert_allclose(packed, padded, atol=1e-5, err_msg=task)
-    if attention_cost == 1.0:
-        assert any(len(s) == 2 for s in shapes.values()), shapes
