@@ -8,14 +8,15 @@ python -m mtbert_jax.compare runs --markdown      # the table as markdown (READM
 A run's numbers are those of its last dev evaluation (the end of its last epoch, the model a
 finished run ends with). A run with weight averaging on (optimizer.ema_decay) also counts as a
 run of its configuration without it, "NAME (unaveraged)": the average does not change training,
-and each dev record also scores the parameters trained. Unfinished runs are listed apart with how far they got and are not in
-the means; directories that cannot be read are named with the reason. The standard deviation is
+and each dev record also scores the parameters trained. Unfinished runs are listed apart with
+how far they got and are not in the means; directories that cannot be read are named with the reason. The standard deviation is
 the sample one (n - 1), over seeds; a group of one run says "1 seed" and has none.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import importlib.util
 import json
@@ -101,7 +102,7 @@ def with_unaveraged(runs: list[Run]) -> list[Run]:
     for run in runs:
         out.append(run)
         if run.unaveraged is not None:
-            config = json.loads(json.dumps(run.config))
+            config = copy.deepcopy(run.config)
             config["optimizer"]["ema_decay"] = 0.0
             out.append(dataclasses.replace(run, workdir=run.workdir.with_name(run.workdir.name + _UNAVERAGED),
                                            config=config, dev=run.unaveraged[0], overall=run.unaveraged[1],

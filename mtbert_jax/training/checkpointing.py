@@ -2,7 +2,8 @@
 
 A checkpoint holds the train state (parameters, optimizer state with PCGrad's key, step, and
 when kept SMART's teacher and the weight average), the loader's position and, as JSON, the
-config and the run's progress. Saves are synchronous and orbax commits them atomically, so a run killed at any moment resumes from the last complete one.
+config and the run's progress. Saves are synchronous and orbax commits them atomically, so a
+run killed at any moment resumes from the last complete one.
 """
 
 from __future__ import annotations

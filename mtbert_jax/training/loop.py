@@ -114,10 +114,12 @@ def _train(run: RunConfig, workdir: Path, data: Optional[RunData], checkpoint_di
     # --- train and evaluate, epoch by epoch
     dev_predict = make_predict(model)
     results: dict = {}
+
+    def evaluate(params) -> dict:
+        return dataset_metrics(dev_predict, distributed.unreplicate(params), data.dev, run.eval_batch_size, layout)
+
     while loader.epoch < run.num_epochs + run.frozen_epochs and trainer.step < trainer.stages.last_step:
         epoch = trainer.train_epoch()
-        evaluate = lambda params: dataset_metrics(  # noqa: E731
-            dev_predict, distributed.unreplicate(params), data.dev, run.eval_batch_size, layout)
         results = evaluate(trainer.state.evaluated)  # not the optimizer's moments
         # With a weight average, the trained parameters' own score too: the average's gain, measured
         # in the same run (the average does not change training).
