@@ -162,10 +162,11 @@ def side_environment() -> dict:
     return env
 
 
-def run_side(script: str, args: Sequence[str]) -> dict:
+def run_side(script: str, args: Sequence[str], extra_env: dict | None = None) -> dict:
     """Runs `python script args` in a fresh process (both sides of a comparison get the same
-    environment, see side_environment); its last stdout line is a JSON object."""
-    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=side_environment())
+    environment, see side_environment, plus extra_env); its last stdout line is a JSON object."""
+    env = {**side_environment(), **(extra_env or {})}
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"{script} {' '.join(args)} failed ({out.returncode}):\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
