@@ -9,8 +9,9 @@ A run's numbers are those of its last dev evaluation (the end of its last epoch,
 finished run ends with). A run with weight averaging on (optimizer.ema_decay) also counts as a
 run of its configuration without it, "NAME (unaveraged)": the average does not change training,
 and each dev record also scores the parameters trained. Unfinished runs are listed apart with
-how far they got and are not in the means; directories that cannot be read are named with the reason. The standard deviation is
-the sample one (n - 1), over seeds; a group of one run says "1 seed" and has none.
+how far they got and are not in the means; directories that cannot be read are named with the
+reason. The standard deviation is the sample one (n - 1), over seeds; a group of one run says
+"1 seed" and has none.
 """
 
 from __future__ import annotations
