@@ -43,7 +43,10 @@ class TokenDense(nn.Dense):
     gradient over two axes and first copies the activations into a transposed layout; on one
     [tokens, features] matrix it does not (a FFN block's fwd+bwd: 103 ms -> 86 ms on 2 cores).
     In bfloat16 the product and its gradients are `mixed_precision.dense` (bf16 operands,
-    float32 accumulation, every product in XLA:CPU's fast form) and the bias is added in float32.
+    float32 accumulation, every product in XLA:CPU's fast form), and the output stays float32:
+    the bias, GELU, dropout and residual sums that follow run in float32 as one fused pass each
+    (in bf16 XLA:CPU splits such a chain into a pass per operation); callers cast to bf16 where
+    the values feed the next product.
     """
 
     @nn.compact
@@ -52,7 +55,7 @@ class TokenDense(nn.Dense):
         if self.dtype == jnp.bfloat16:
             kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            y = (mixed_precision.dense(x, kernel) + bias).astype(self.dtype)
+            y = mixed_precision.dense(x, kernel) + bias
         else:
             y = super().__call__(x)
         return y.reshape(inputs.shape[:-1] + y.shape[-1:])
@@ -118,11 +121,12 @@ class BertSelfAttention(nn.Module):
         # Heads are moved ahead of positions ([batch, heads, seq, head_dim]) before the two
         # attention matmuls: batched matmuls in this canonical layout run on XLA:CPU's fast
         # library path (the step's attention fwd+bwd took 1.5x as long without it).
-        def project(name):
+        def project(name, scale=1.0):
             y = TokenDense(cfg.hidden_size, dtype=cfg.dtype, kernel_init=_INIT, name=name)(h)
-            return y.reshape(batch, seq, cfg.num_attention_heads, cfg.head_dim).transpose(0, 2, 1, 3)
+            y = y.reshape(batch, seq, cfg.num_attention_heads, cfg.head_dim).transpose(0, 2, 1, 3)
+            return (y * scale).astype(cfg.dtype)
 
-        query = project("query") / jnp.sqrt(cfg.head_dim).astype(cfg.dtype)
+        query = project("query", 1.0 / math.sqrt(cfg.head_dim))
         key, value = project("key"), project("value")
         if cfg.dtype == jnp.bfloat16:  # float32 results, gradients in XLA:CPU's fast form
             scores_of, context_of = mixed_precision.attention_scores, mixed_precision.attention_context
@@ -170,7 +174,7 @@ class BertIntermediate(nn.Module):
     def __call__(self, x: Array) -> Array:
         cfg = self.config
         y = TokenDense(cfg.intermediate_size, dtype=cfg.dtype, kernel_init=_INIT, name="dense")(x)
-        return gelu(y)
+        return gelu(y).astype(cfg.dtype)
 
 
 class BertLayer(nn.Module):
