@@ -17,6 +17,7 @@ from mtbert_jax.data.packing import BatchLayout
 from mtbert_jax.data.task_schedules import ALL_TASK_KINDS, ScheduleConfig
 from mtbert_jax.errors import ConfigError
 from mtbert_jax.model.config import ModelConfig
+from mtbert_jax.model.mixed_precision import COMPUTE_DTYPES
 from mtbert_jax.tasks import TASKS
 from mtbert_jax.training.objectives import MnrlConfig, ObjectiveConfig, check_objective
 from mtbert_jax.training.optimizer import OptimizerConfig
@@ -77,6 +78,8 @@ class RunConfig:
             if len(self.model.tasks) < 2:
                 raise ConfigError(f"optimizer.combiner={combiner!r} needs two or more tasks")
         check_objective(self.objective, self.model)
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ConfigError(f"compute_dtype={self.compute_dtype!r}: expected one of {list(COMPUTE_DTYPES)}")
 
     @classmethod
     def from_dict(cls, config: Any) -> "RunConfig":

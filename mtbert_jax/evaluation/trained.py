@@ -19,6 +19,7 @@ from mtbert_jax.config import RunConfig
 from mtbert_jax.errors import CheckpointError, ConfigError
 from mtbert_jax.evaluation.predict import make_predict
 from mtbert_jax.model.bert_config import BertConfig
+from mtbert_jax.model.mixed_precision import resolve_compute_dtype
 from mtbert_jax.model.multitask import MultiTaskModel, init_model
 from mtbert_jax.training.checkpointing import restore_trained
 
@@ -46,7 +47,8 @@ def load_trained(workdir: str | Path, which: str = "best") -> TrainedModel:
     except ConfigError as e:
         raise CheckpointError(f"{workdir}: the saved config does not fit this code: {e}") from None
     source = resolve_checkpoint_dir(run.checkpoint)
-    bert_config = BertConfig.from_json_file(source / "config.json").replace(compute_dtype=run.compute_dtype)
+    dtype, _ = resolve_compute_dtype(run.compute_dtype)  # saved configs hold the run's own dtype
+    bert_config = BertConfig.from_json_file(source / "config.json").replace(compute_dtype=dtype)
     expected = jax.eval_shape(lambda: init_model(bert_config, run.model, jax.random.PRNGKey(0))[1])
     shapes = lambda tree: jax.tree_util.tree_map(np.shape, tree)  # noqa: E731
     if shapes(expected) != shapes(params):

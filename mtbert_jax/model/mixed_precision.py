@@ -120,3 +120,39 @@ def _context_bwd(residuals, g):
 
 
 attention_context.defvjp(_context_fwd, _context_bwd)
+
+
+# --- Where bf16 is the faster choice ---------------------------------------------------------
+
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+
+
+def fast_bfloat16() -> tuple[bool, str]:
+    """(whether this machine multiplies bf16 faster than float32, why). GPUs and TPUs do; a CPU
+    does with AVX-512 BF16 or AMX (x86 Linux, read from /proc/cpuinfo). Elsewhere, an AVX2-only
+    x86 CPU for one, a bf16 product is no faster than float32 and only less exact."""
+    platform = jax.default_backend()
+    if platform in ("gpu", "tpu", "cuda", "rocm"):
+        return True, f"the {platform} has bf16 matrix units"
+    flags = cpu_flags()
+    found = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    if found:
+        return True, f"this CPU has {' and '.join(found)}"
+    return False, "this CPU has no bf16 matrix instructions (avx512_bf16, amx_bf16)"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+def resolve_compute_dtype(name: str) -> tuple[str, str]:
+    """A config's compute_dtype ("auto", "float32" or "bfloat16") -> (dtype, why)."""
+    if name != "auto":
+        return name, "as configured"
+    fast, why = fast_bfloat16()
+    return ("bfloat16" if fast else "float32"), f"auto: {why}"

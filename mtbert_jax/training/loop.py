@@ -31,6 +31,7 @@ from mtbert_jax.data.tokenized import TaskData, load_task_data
 from mtbert_jax.errors import CheckpointError, ConfigError, TrainingError, first_line
 from mtbert_jax.evaluation.metrics import overall_score
 from mtbert_jax.evaluation.predict import dataset_metrics, make_predict
+from mtbert_jax.model.mixed_precision import resolve_compute_dtype
 from mtbert_jax.model.multitask import init_model
 from mtbert_jax.training import distributed
 from mtbert_jax.training.checkpointing import Checkpoints
@@ -73,6 +74,7 @@ def train_and_evaluate(config, workdir: str | Path, data: Optional[RunData] = No
                           f"accumulation_steps = {divisor}")
     workdir, is_main = Path(workdir), jax.process_index() == 0
     log = print if is_main else (lambda *a, **k: None)
+    run = resolve_auto_dtype(run, workdir, log)
     checkpoint_dir = resolve_checkpoint_dir(run.checkpoint)
     bert_config, bert_params, report = load_hf_checkpoint(checkpoint_dir, run.compute_dtype)
     if run.max_length > bert_config.max_position_embeddings:
@@ -142,11 +144,33 @@ RESUME_FIELDS = ("checkpoint", "compute_dtype", "seed", "model", "objective", "o
                  "packing")
 
 
+def _has_checkpoints(workdir: Path) -> bool:
+    return (workdir / "config.json").exists() and any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*"))
+
+
+def resolve_auto_dtype(run: RunConfig, workdir: Path, log) -> RunConfig:
+    """compute_dtype "auto" made concrete (saved so in config.json): bfloat16 where this machine
+    multiplies it fast, float32 elsewhere; a resumed run keeps the dtype it started with."""
+    if run.compute_dtype != "auto":
+        return run
+    if _has_checkpoints(workdir):
+        try:
+            dtype, why = json.loads((workdir / "config.json").read_text())["compute_dtype"], "auto: as the run started"
+        except (ValueError, KeyError):
+            dtype = None  # check_resumable names the unreadable file
+        if dtype in ("float32", "bfloat16"):
+            log(f"compute dtype: {dtype} ({why})")
+            return dataclasses.replace(run, compute_dtype=dtype)
+    dtype, why = resolve_compute_dtype("auto")
+    log(f"compute dtype: {dtype} ({why})")
+    return dataclasses.replace(run, compute_dtype=dtype)
+
+
 def check_resumable(run: RunConfig, workdir: Path) -> None:
     """Refuses, before anything is written, to resume a workdir's checkpoints under a config that
     changes what they hold; names the differing fields in one line."""
     saved_path = workdir / "config.json"
-    if not saved_path.exists() or not any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*")):
+    if not _has_checkpoints(workdir):
         return
     try:
         saved = dataclasses.asdict(RunConfig.from_dict(json.loads(saved_path.read_text())))

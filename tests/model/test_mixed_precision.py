@@ -64,3 +64,21 @@ def test_attention_products_gradients_match_float32():
     _check_vjp(mp.attention_context,
                lambda p, v: jnp.einsum("bhqk,bhkd->bhqd", p, v, precision=hp), (probs, k), rtol=1e-2)
 
+
+
+@pytest.mark.parametrize("flags, expected", [({"avx2", "avx512f", "avx512_bf16"}, "bfloat16"),
+                                             ({"avx2", "amx_bf16"}, "bfloat16"),
+                                             ({"avx2", "fma"}, "float32"), (set(), "float32")])
+def test_auto_picks_bfloat16_only_where_the_cpu_multiplies_it_fast(monkeypatch, flags, expected):
+    monkeypatch.setattr(mp, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    dtype, why = mp.resolve_compute_dtype("auto")
+    assert dtype == expected and why.startswith("auto: ")
+    assert mp.resolve_compute_dtype("float32") == ("float32", "as configured")
+    assert mp.resolve_compute_dtype("bfloat16")[0] == "bfloat16"
+
+
+def test_auto_picks_bfloat16_on_accelerators(monkeypatch):
+    monkeypatch.setattr(mp, "cpu_flags", lambda: set())
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert mp.resolve_compute_dtype("auto")[0] == "bfloat16"

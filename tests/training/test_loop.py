@@ -111,12 +111,34 @@ def test_resuming_under_a_changed_model_is_refused_before_anything_is_written(ti
     ("optimizer__encoder_lr", -1e-5, "optimizer.encoder_lr=-1e-05: expected a number >= 0"),
     ("optimizer__warmup_fraction", 1.5, "optimizer.warmup_fraction=1.5: expected a number in [0, 1]"),
     ("optimizer__ema_decay", 1.0, "optimizer.ema_decay=1.0: expected a number in [0, 1) (0: no average)"),
+    ("compute_dtype", "float16", "compute_dtype='float16': expected one of ['auto', 'float32', 'bfloat16']"),
 ])
 def test_bad_config_is_refused_before_the_workdir_is_touched(tiny_checkpoint, tiny_data_dir, tmp_path, field, value, message):
     config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache", **{field: value})
     with pytest.raises(ConfigError, match=re.escape(message)):
         train_and_evaluate(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_auto_dtype_is_chosen_once_and_kept_on_resume(tiny_checkpoint, tiny_data_dir, tmp_path, monkeypatch):
+    from mtbert_jax.model import mixed_precision
+    from mtbert_jax.training.loop import resolve_auto_dtype
+
+    run = RunConfig.from_dict(tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache",
+                                                   compute_dtype="auto"))
+    monkeypatch.setattr(mixed_precision, "fast_bfloat16", lambda: (True, "a test"))
+    lines = []
+    assert resolve_auto_dtype(run, tmp_path / "new", lines.append).compute_dtype == "bfloat16"
+    assert lines == ["compute dtype: bfloat16 (auto: a test)"]
+    # A run that started in float32 (on a machine without fast bf16) resumes in float32.
+    (tmp_path / "old" / "checkpoints" / "40").mkdir(parents=True)
+    (tmp_path / "old" / "config.json").write_text(json.dumps({"compute_dtype": "float32"}))
+    assert resolve_auto_dtype(run, tmp_path / "old", lines.append).compute_dtype == "float32"
+    assert lines[-1] == "compute dtype: float32 (auto: as the run started)"
+    # An explicit dtype is left alone.
+    fixed = RunConfig.from_dict(tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache",
+                                                     compute_dtype="float32"))
+    assert resolve_auto_dtype(fixed, tmp_path / "new", lines.append) is fixed
 
 
 def test_an_unknown_config_field_is_one_line(tmp_path):
