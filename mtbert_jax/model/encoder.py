@@ -121,19 +121,18 @@ class BertSelfAttention(nn.Module):
         # Heads are moved ahead of positions ([batch, heads, seq, head_dim]) before the two
         # attention matmuls: batched matmuls in this canonical layout run on XLA:CPU's fast
         # library path (the step's attention fwd+bwd took 1.5x as long without it).
-        def project(name, scale=1.0):
-            y = TokenDense(cfg.hidden_size, dtype=cfg.dtype, kernel_init=_INIT, name=name)(h)
-            y = y.reshape(batch, seq, cfg.num_attention_heads, cfg.head_dim).transpose(0, 2, 1, 3)
-            return (y * scale).astype(cfg.dtype)
+        def project(name):
+            y = TokenDense(cfg.hidden_size, dtype=cfg.dtype, kernel_init=_INIT, name=name)(h).astype(cfg.dtype)
+            return y.reshape(batch, seq, cfg.num_attention_heads, cfg.head_dim).transpose(0, 2, 1, 3)
 
-        query = project("query", 1.0 / math.sqrt(cfg.head_dim))
-        key, value = project("key"), project("value")
+        query, key, value = project("query"), project("key"), project("value")
         if cfg.dtype == jnp.bfloat16:  # float32 results, gradients in XLA:CPU's fast form
             scores_of, context_of = mixed_precision.attention_scores, mixed_precision.attention_context
         else:
             scores_of = functools.partial(jnp.einsum, "bhqd,bhkd->bhqk")
             context_of = functools.partial(jnp.einsum, "bhqk,bhkd->bhqd")
-        scores = scores_of(query, key) + bias
+        # Scaled after the product, as BERT does, in float32 and fused into the softmax's pass.
+        scores = scores_of(query, key) * (1.0 / math.sqrt(cfg.head_dim)) + bias
         probs = jax.nn.softmax(scores, axis=-1)
         probs = Dropout(cfg.attention_probs_dropout_prob, attention=True)(probs, deterministic, example_ids)
         context = context_of(probs.astype(cfg.dtype), value).astype(cfg.dtype)
