@@ -8,7 +8,9 @@ order padded to the longest record in the batch (the starter code's way), and, f
 view, the same model on length-sorted batches. Same checkpoint, token ids and batch size.
 Ours is timed twice: the first pass includes compilation, the second does not.
 
-python benchmarks/inference.py [--batch 64] [--checkpoint default]
+python benchmarks/inference.py [--batch 64] [--checkpoint default] [--dtype bfloat16]
+
+With --dtype bfloat16 ours runs compute_dtype="bfloat16" and PyTorch runs under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def load_dev(checkpoint: str) -> dict:
     return {t: load_task_data(t, "dev", resolve_data_dir(None), tokenizer, MAX_LENGTH, "cross") for t in TASKS}
 
 
-def run_ours(batch_size: int, checkpoint: str, packing: bool = False) -> dict:
+def run_ours(batch_size: int, checkpoint: str, dtype: str, packing: bool = False) -> dict:
     import jax
 
     from mtbert_jax.checkpoints.hf import load_hf_checkpoint
@@ -43,7 +45,7 @@ def run_ours(batch_size: int, checkpoint: str, packing: bool = False) -> dict:
     from mtbert_jax.model.multitask import init_model
 
     data = load_dev(checkpoint)
-    bert_config, bert_params, _ = load_hf_checkpoint(checkpoint)
+    bert_config, bert_params, _ = load_hf_checkpoint(checkpoint, dtype)
     model, params = init_model(bert_config, ModelConfig(tasks=TASKS), jax.random.PRNGKey(0), bert_params)
     predict_fn, layout = make_predict(model), BatchLayout(bucket_lengths(MAX_LENGTH, 16), packing=packing)
     passes = []
@@ -56,7 +58,9 @@ def run_ours(batch_size: int, checkpoint: str, packing: bool = False) -> dict:
             "seconds": passes[1], "peak_rss_mib": common.peak_rss_mib()}
 
 
-def run_torch(batch_size: int, checkpoint: str) -> dict:
+def run_torch(batch_size: int, checkpoint: str, dtype: str) -> dict:
+    import contextlib
+
     import numpy as np
     import torch
     from transformers import BertModel
@@ -69,9 +73,12 @@ def run_torch(batch_size: int, checkpoint: str) -> dict:
     model = BertModel.from_pretrained(str(resolve_checkpoint_dir(checkpoint))).to(device).eval()
     heads = {t: torch.nn.Linear(model.config.hidden_size, 5 if t == "sst" else 1).to(device).eval() for t in TASKS}
 
+    autocast = (torch.autocast(device, dtype=torch.bfloat16) if dtype == "bfloat16"
+                else contextlib.nullcontext())
+
     def run(sort: bool) -> float:
         start = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             for task, d in data.items():
                 segments = d.segments[0]
                 order = np.argsort(segments.lengths, kind="stable") if sort else np.arange(len(d))
@@ -81,7 +88,7 @@ def run_torch(batch_size: int, checkpoint: str) -> dict:
                     pooled = model(**{k: torch.from_numpy(v).long().to(device) for k, v in
                                       (("input_ids", b.input_ids), ("token_type_ids", b.token_type_ids),
                                        ("attention_mask", b.attention_mask))}).pooler_output
-                    outputs.append(heads[task](pooled).cpu().numpy())
+                    outputs.append(heads[task](pooled).float().cpu().numpy())
         return time.perf_counter() - start
 
     run(False)  # warm-up (first-call allocations)
@@ -93,13 +100,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--checkpoint", default="default")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="ours: compute_dtype; PyTorch: bf16 autocast")
     parser.add_argument("--side", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
         run = {"ours": run_ours, "packed": lambda *a: run_ours(*a, packing=True), "torch": run_torch}[args.side]
-        print(json.dumps(run(args.batch, args.checkpoint)))
+        print(json.dumps(run(args.batch, args.checkpoint, args.dtype)))
         return
-    side_args = ["--batch", str(args.batch), "--checkpoint", args.checkpoint]
+    side_args = ["--batch", str(args.batch), "--checkpoint", args.checkpoint, "--dtype", args.dtype]
     ours = common.run_side(__file__, ["--side", "ours", *side_args])
     packed = common.run_side(__file__, ["--side", "packed", *side_args])
     ref = common.run_side(__file__, ["--side", "torch", *side_args])
@@ -116,9 +125,9 @@ def main():
         r["ours_speedup"] = r["seconds"] / ours["seconds"]
     common.print_table([("side", "side", "s"), ("seconds", "seconds", ".2f"),
                         ("examples_per_second", "ex/s", ".1f"), ("ours_speedup", "ours (compiled) x", ".2f")], rows)
-    print(f"{n} dev examples (SST, Quora, STS), batch {args.batch}; peak RSS ours "
+    print(f"{n} dev examples (SST, Quora, STS), batch {args.batch}, {args.dtype}; peak RSS ours "
           f"{ours['peak_rss_mib']:.0f} MiB, torch {ref['peak_rss_mib']:.0f} MiB")
-    common.print_json("inference", {"batch": args.batch, "examples": n, "checkpoint": args.checkpoint,
+    common.print_json("inference", {"batch": args.batch, "dtype": args.dtype, "examples": n, "checkpoint": args.checkpoint,
                                     "ratio_vs_starter": ref["seconds"] / ours["seconds"],
                                     "ratio_vs_sorted": ref["sorted_seconds"] / ours["seconds"],
                                     "packed_ratio_vs_sorted": ref["sorted_seconds"] / packed["seconds"],

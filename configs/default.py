@@ -30,8 +30,11 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     # ... or packed: several examples per row of max_length tokens, each attending to itself only
     # (data/packing.py; README says when it pays).
     c.packing = True
-    # "float32", or "bfloat16" matmuls with float32 parameters, LayerNorm and softmax.
-    c.compute_dtype = "float32"
+    # "bfloat16": matmuls in bf16 with float32 accumulation; parameters, optimizer, LayerNorm,
+    # softmax, GELU and losses in float32. "float32". "auto": bfloat16 where the hardware
+    # multiplies it fast (a CPU with AVX-512 BF16 or AMX, a GPU, a TPU), float32 elsewhere; the
+    # choice is printed, saved in the workdir's config.json and kept when the run resumes.
+    c.compute_dtype = "auto"
     # Epochs of fine-tuning ...
     c.num_epochs = 3
     # ... then epochs with the encoder frozen (seed 003's extra training; 0: none).

@@ -138,6 +138,7 @@ def tiny_training_config(checkpoint: Path, data_dir: Path, cache_dir: Path, **ch
     # start, and a small STS weight keeps its large squared errors from drowning the others.
     c.model.pooling = "mean"
     c.loss_weights.sts = 0.1
+    c.compute_dtype = "float32"  # the same numbers on every machine ("auto" follows the CPU)
     for dotted, value in changes.items():
         target = c
         *parents, leaf = dotted.split("__")
