@@ -118,25 +118,29 @@ class BertSelfAttention(nn.Module):
         cfg = self.config
         batch, seq, _ = h.shape
 
-        # Heads are moved ahead of positions ([batch, heads, seq, head_dim]) before the two
-        # attention matmuls: batched matmuls in this canonical layout run on XLA:CPU's fast
-        # library path (the step's attention fwd+bwd took 1.5x as long without it).
+        heads, head_dim = cfg.num_attention_heads, cfg.head_dim
+
+        # Heads are moved ahead of positions and merged with the batch ([batch * heads, seq,
+        # head_dim]) before the two attention products: XLA:CPU runs batched products on its fast
+        # library path only with operands in row-major layout, and merging the axes makes the
+        # transpose a real copy (a bare transpose keeps a permuted layout, and the product then
+        # falls back, in bf16 to a float32 product).
         def project(name):
             y = TokenDense(cfg.hidden_size, dtype=cfg.dtype, kernel_init=_INIT, name=name)(h).astype(cfg.dtype)
-            return y.reshape(batch, seq, cfg.num_attention_heads, cfg.head_dim).transpose(0, 2, 1, 3)
+            return y.reshape(batch, seq, heads, head_dim).transpose(0, 2, 1, 3).reshape(batch * heads, seq, head_dim)
 
         query, key, value = project("query"), project("key"), project("value")
         if cfg.dtype == jnp.bfloat16:  # float32 results, gradients in XLA:CPU's fast form
             scores_of, context_of = mixed_precision.attention_scores, mixed_precision.attention_context
         else:
-            scores_of = functools.partial(jnp.einsum, "bhqd,bhkd->bhqk")
-            context_of = functools.partial(jnp.einsum, "bhqk,bhkd->bhqd")
+            scores_of = functools.partial(jnp.einsum, "bqd,bkd->bqk")
+            context_of = functools.partial(jnp.einsum, "bqk,bkd->bqd")
         # Scaled after the product, as BERT does, in float32 and fused into the softmax's pass.
-        scores = scores_of(query, key) * (1.0 / math.sqrt(cfg.head_dim)) + bias
+        scores = scores_of(query, key).reshape(batch, heads, seq, seq) * (1.0 / math.sqrt(head_dim)) + bias
         probs = jax.nn.softmax(scores, axis=-1)
         probs = Dropout(cfg.attention_probs_dropout_prob, attention=True)(probs, deterministic, example_ids)
-        context = context_of(probs.astype(cfg.dtype), value).astype(cfg.dtype)
-        return context.transpose(0, 2, 1, 3).reshape(batch, seq, cfg.hidden_size)
+        context = context_of(probs.astype(cfg.dtype).reshape(batch * heads, seq, seq), value).astype(cfg.dtype)
+        return context.reshape(batch, heads, seq, head_dim).transpose(0, 2, 1, 3).reshape(batch, seq, cfg.hidden_size)
 
 
 class BertResidualOutput(nn.Module):

@@ -82,7 +82,7 @@ dense.defvjp(_dense_fwd, _dense_bwd)
 
 @jax.custom_vjp
 def attention_scores(query: Array, key: Array) -> Array:
-    """query [b, h, q, d] . key [b, h, k, d]^T -> [b, h, q, k] float32 (bf16 operands)."""
+    """query [..., q, d] . key [..., k, d]^T -> [..., q, k] float32 (bf16 operands)."""
     return _nt(query.astype(BF16), key.astype(BF16))
 
 
@@ -103,7 +103,7 @@ attention_scores.defvjp(_scores_fwd, _scores_bwd)
 
 @jax.custom_vjp
 def attention_context(probs: Array, value: Array) -> Array:
-    """probs [b, h, q, k] . value [b, h, k, d] -> [b, h, q, d] float32 (bf16 operands)."""
+    """probs [..., q, k] . value [..., k, d] -> [..., q, d] float32 (bf16 operands)."""
     return _nn(probs.astype(BF16), value.astype(BF16))
 
 
