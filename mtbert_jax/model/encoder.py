@@ -42,7 +42,7 @@ class TokenDense(nn.Dense):
     Same parameters as nn.Dense. With a 3-D input XLA's backward pass contracts the kernel
     gradient over two axes and first copies the activations into a transposed layout; on one
     [tokens, features] matrix it does not (a FFN block's fwd+bwd: 103 ms -> 86 ms on 2 cores).
-    In bfloat16 the product and its gradients are `mixed_precision.dense` (bf16 operands,
+    In bfloat16 the product and its gradients are `mixed_precision.matmul` (bf16 operands,
     float32 accumulation, every product in XLA:CPU's fast form), and the output stays float32:
     the bias, GELU, dropout and residual sums that follow run in float32 as one fused pass each
     (in bf16 XLA:CPU splits such a chain into a pass per operation); callers cast to bf16 where
@@ -55,7 +55,7 @@ class TokenDense(nn.Dense):
         if self.dtype == jnp.bfloat16:
             kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            y = mixed_precision.dense(x, kernel) + bias
+            y = mixed_precision.matmul(x, kernel) + bias
         else:
             y = super().__call__(x)
         return y.reshape(inputs.shape[:-1] + y.shape[-1:])
@@ -131,7 +131,7 @@ class BertSelfAttention(nn.Module):
 
         query, key, value = project("query"), project("key"), project("value")
         if cfg.dtype == jnp.bfloat16:  # float32 results, gradients in XLA:CPU's fast form
-            scores_of, context_of = mixed_precision.attention_scores, mixed_precision.attention_context
+            scores_of, context_of = mixed_precision.matmul_nt, mixed_precision.matmul
         else:
             scores_of = functools.partial(jnp.einsum, "bqd,bkd->bqk")
             context_of = functools.partial(jnp.einsum, "bqk,bkd->bqd")

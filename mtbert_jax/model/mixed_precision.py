@@ -57,69 +57,39 @@ def _nn(a: Array, b: Array) -> Array:
                                preferred_element_type=jnp.float32)
 
 
-@jax.custom_vjp
-def dense(x: Array, kernel: Array) -> Array:
-    """x [tokens, in] (bf16) . kernel [in, out] (float32 parameter, used in bf16) -> float32."""
-    return _nn(x.astype(BF16), kernel.astype(BF16))
+def _with_fast_gradients(forward, grad_a, grad_b):
+    """A bf16 product `forward(a, b)` whose VJP is `grad_a(g, a, b)`, `grad_b(g, a, b)`, each a
+    product of the fast form (operands cast to bf16; cotangents in the inputs' own dtypes)."""
+
+    @jax.custom_vjp
+    def product(a: Array, b: Array) -> Array:
+        return forward(a.astype(BF16), b.astype(BF16))
+
+    # The residuals are the inputs as given: callers pass activations already in bf16 (the
+    # casts cost nothing for them), and a float32 kernel's gradient stays float32.
+    def fwd(a, b):
+        return product(a, b), (a, b)
+
+    def bwd(residuals, g):
+        a, b = residuals
+        g, ab, bb = g.astype(BF16), a.astype(BF16), b.astype(BF16)
+        return grad_a(g, ab, bb).astype(a.dtype), grad_b(g, ab, bb).astype(b.dtype)
+
+    product.defvjp(fwd, bwd)
+    return product
 
 
-# The residuals are the inputs as given (the cotangents take their dtypes); callers pass
-# activations already in bf16, so the casts below cost nothing for them.
-def _dense_fwd(x, kernel):
-    return dense(x, kernel), (x, kernel)
+# a [..., M, K] @ b [..., K, N] -> float32: a dense layer (x @ kernel), attention's probs @ value.
+matmul = _with_fast_gradients(
+    _nn,
+    lambda g, a, b: _nt(g, b),  # g b^T, b read as [N, K]
+    lambda g, a, b: _nn(transposed(a), g))  # a^T g
 
-
-def _dense_bwd(residuals, g):
-    x, kernel = residuals
-    gb = g.astype(BF16)
-    dx = _nt(gb, kernel.astype(BF16))  # g W^T, W [in, out] read as [N, K]
-    dkernel = _nn(transposed(x.astype(BF16)), gb)  # x^T g
-    return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
-
-
-dense.defvjp(_dense_fwd, _dense_bwd)
-
-
-@jax.custom_vjp
-def attention_scores(query: Array, key: Array) -> Array:
-    """query [..., q, d] . key [..., k, d]^T -> [..., q, k] float32 (bf16 operands)."""
-    return _nt(query.astype(BF16), key.astype(BF16))
-
-
-def _scores_fwd(query, key):
-    return attention_scores(query, key), (query, key)
-
-
-def _scores_bwd(residuals, g):
-    query, key = residuals
-    gb = g.astype(BF16)
-    dq = _nn(gb, key.astype(BF16))  # g K
-    dk = _nn(transposed(gb), query.astype(BF16))  # g^T Q
-    return dq.astype(query.dtype), dk.astype(key.dtype)
-
-
-attention_scores.defvjp(_scores_fwd, _scores_bwd)
-
-
-@jax.custom_vjp
-def attention_context(probs: Array, value: Array) -> Array:
-    """probs [..., q, k] . value [..., k, d] -> [..., q, d] float32 (bf16 operands)."""
-    return _nn(probs.astype(BF16), value.astype(BF16))
-
-
-def _context_fwd(probs, value):
-    return attention_context(probs, value), (probs, value)
-
-
-def _context_bwd(residuals, g):
-    probs, value = residuals
-    gb = g.astype(BF16)
-    dprobs = _nt(gb, value.astype(BF16))  # g V^T
-    dvalue = _nn(transposed(probs.astype(BF16)), gb)  # P^T g
-    return dprobs.astype(probs.dtype), dvalue.astype(value.dtype)
-
-
-attention_context.defvjp(_context_fwd, _context_bwd)
+# a [..., M, K] @ b [..., N, K]^T -> float32: attention's scores, query @ key^T.
+matmul_nt = _with_fast_gradients(
+    _nt,
+    lambda g, a, b: _nn(g, b),  # g b
+    lambda g, a, b: _nn(transposed(g), a))  # g^T a
 
 
 # --- Where bf16 is the faster choice ---------------------------------------------------------

@@ -44,11 +44,11 @@ def test_dense_gradients_match_float32():
     x = _bf16_exact(k1, (48, 24))
     kernel = _bf16_exact(k2, (24, 40), 0.1).astype(F32)  # a float32 parameter
     hp = jax.lax.Precision.HIGHEST
-    _check_vjp(mp.dense, lambda x, w: jnp.dot(x, w, precision=hp), (x, kernel), rtol=1e-2)
+    _check_vjp(mp.matmul, lambda x, w: jnp.dot(x, w, precision=hp), (x, kernel), rtol=1e-2)
     # The kernel's gradient stays float32 and is not rounded to bf16: exact to float32's
     # accumulation, far inside one bf16 ulp (2^-8).
     w = jax.random.normal(jax.random.PRNGKey(3), (48, 40)).astype(BF16).astype(F32)
-    g = jax.grad(lambda k: jnp.sum(w * mp.dense(x, k)))(kernel)
+    g = jax.grad(lambda k: jnp.sum(w * mp.matmul(x, k)))(kernel)
     ref = jnp.dot(x.astype(F32).T, w, precision=hp)
     assert g.dtype == F32
     np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-5)
@@ -58,10 +58,10 @@ def test_attention_products_gradients_match_float32():
     keys = jax.random.split(jax.random.PRNGKey(1), 3)
     q, k = _bf16_exact(keys[0], (2, 3, 16, 8)), _bf16_exact(keys[1], (2, 3, 16, 8))
     hp = jax.lax.Precision.HIGHEST
-    _check_vjp(mp.attention_scores,
+    _check_vjp(mp.matmul_nt,
                lambda q, k: jnp.einsum("bhqd,bhkd->bhqk", q, k, precision=hp), (q, k), rtol=1e-2)
     probs = jax.nn.softmax(_bf16_exact(keys[2], (2, 3, 16, 16)).astype(F32), -1).astype(BF16)
-    _check_vjp(mp.attention_context,
+    _check_vjp(mp.matmul,
                lambda p, v: jnp.einsum("bhqk,bhkd->bhqd", p, v, precision=hp), (probs, k), rtol=1e-2)
 
 
