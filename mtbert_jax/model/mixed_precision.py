@@ -79,17 +79,31 @@ def _with_fast_gradients(forward, grad_a, grad_b):
     return product
 
 
-# a [..., M, K] @ b [..., K, N] -> float32: a dense layer (x @ kernel), attention's probs @ value.
-matmul = _with_fast_gradients(
+_cpu_matmul = _with_fast_gradients(
     _nn,
     lambda g, a, b: _nt(g, b),  # g b^T, b read as [N, K]
     lambda g, a, b: _nn(transposed(a), g))  # a^T g
 
-# a [..., M, K] @ b [..., N, K]^T -> float32: attention's scores, query @ key^T.
-matmul_nt = _with_fast_gradients(
+_cpu_matmul_nt = _with_fast_gradients(
     _nt,
     lambda g, a, b: _nn(g, b),  # g b
     lambda g, a, b: _nn(transposed(g), a))  # g^T a
+
+
+def matmul(a: Array, b: Array) -> Array:
+    """a [..., M, K] @ b [..., K, N] -> float32, bf16 operands: a dense layer (x @ kernel),
+    attention's probs @ value. The custom gradients are for XLA:CPU; GPUs and TPUs read
+    transposed operands at full speed, so there autodiff's own products are used."""
+    if jax.default_backend() == "cpu":
+        return _cpu_matmul(a, b)
+    return _nn(a.astype(BF16), b.astype(BF16))
+
+
+def matmul_nt(a: Array, b: Array) -> Array:
+    """a [..., M, K] @ b [..., N, K]^T -> float32, bf16 operands: attention's query @ key^T."""
+    if jax.default_backend() == "cpu":
+        return _cpu_matmul_nt(a, b)
+    return _nt(a.astype(BF16), b.astype(BF16))
 
 
 # --- Where bf16 is the faster choice ---------------------------------------------------------

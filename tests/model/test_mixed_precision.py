@@ -82,3 +82,22 @@ def test_auto_picks_bfloat16_on_accelerators(monkeypatch):
     monkeypatch.setattr(mp, "cpu_flags", lambda: set())
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert mp.resolve_compute_dtype("auto")[0] == "bfloat16"
+
+
+def test_accelerators_use_autodiffs_own_products(monkeypatch):
+    """Off the CPU the products are plain (no transposed copies), with the same values and
+    gradients."""
+    k1, k2 = jax.random.split(jax.random.PRNGKey(2))
+    a, b = _bf16_exact(k1, (2, 16, 8)), _bf16_exact(k2, (2, 8, 12)).astype(F32)
+    w = jax.random.normal(jax.random.PRNGKey(3), (2, 16, 12))
+
+    def value_and_grads(fn, *args):
+        return jax.value_and_grad(lambda *x: jnp.sum(w * fn(*x)), argnums=(0, 1))(*args)
+
+    cpu = value_and_grads(mp.matmul, a, b), value_and_grads(mp.matmul_nt, a, jnp.swapaxes(b, -1, -2))
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda a, b: jnp.sum(mp.matmul(a, b)), argnums=0))(a, b))
+    assert "custom_vjp" not in jaxpr and "optimization_barrier" not in jaxpr
+    gpu = value_and_grads(mp.matmul, a, b), value_and_grads(mp.matmul_nt, a, jnp.swapaxes(b, -1, -2))
+    for x, y in zip(jax.tree_util.tree_leaves(cpu), jax.tree_util.tree_leaves(gpu)):
+        np.testing.assert_allclose(np.asarray(x, np.float32), np.asarray(y, np.float32), rtol=2e-2, atol=2e-2)
