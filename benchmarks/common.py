@@ -135,14 +135,10 @@ def machine() -> dict:
 
 def _cpu_flags() -> str:
     """The vector extensions that decide matmul speed (AVX-512 and its BF16/VNNI parts, AMX)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")
-                return " ".join(f for f in line.split(":", 1)[1].split() if f in wanted)
-    except OSError:
-        pass
-    return ""
+    from mtbert_jax.model.mixed_precision import cpu_flags
+
+    flags = cpu_flags()
+    return " ".join(f for f in ("fma", "avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16") if f in flags)
 
 
 def _cpu_model() -> str:

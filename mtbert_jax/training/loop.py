@@ -153,15 +153,16 @@ def resolve_auto_dtype(run: RunConfig, workdir: Path, log) -> RunConfig:
     multiplies it fast, float32 elsewhere; a resumed run keeps the dtype it started with."""
     if run.compute_dtype != "auto":
         return run
+    saved = None
     if _has_checkpoints(workdir):
         try:
-            dtype, why = json.loads((workdir / "config.json").read_text())["compute_dtype"], "auto: as the run started"
-        except (ValueError, KeyError):
-            dtype = None  # check_resumable names the unreadable file
-        if dtype in ("float32", "bfloat16"):
-            log(f"compute dtype: {dtype} ({why})")
-            return dataclasses.replace(run, compute_dtype=dtype)
-    dtype, why = resolve_compute_dtype("auto")
+            saved = json.loads((workdir / "config.json").read_text()).get("compute_dtype")
+        except ValueError:
+            pass  # check_resumable names the unreadable file
+    if saved in ("float32", "bfloat16"):
+        dtype, why = saved, "auto: as the run started"
+    else:
+        dtype, why = resolve_compute_dtype("auto")
     log(f"compute dtype: {dtype} ({why})")
     return dataclasses.replace(run, compute_dtype=dtype)
 
