@@ -11,6 +11,8 @@ So each product here has a custom VJP that writes every gradient as a product of
 first copying the one operand that needs it into transposed order (`transposed`), which costs
 one pass over memory. Operands are bf16, every product accumulates and returns float32, and the
 kernel stays a float32 parameter whose gradient is computed in float32 (not rounded to bf16).
+GPUs and TPUs get the same gradients without the copies: there the transposed operand is read
+in place.
 """
 
 from __future__ import annotations
@@ -57,9 +59,23 @@ def _nn(a: Array, b: Array) -> Array:
                                preferred_element_type=jnp.float32)
 
 
-def _with_fast_gradients(forward, grad_a, grad_b):
-    """A bf16 product `forward(a, b)` whose VJP is `grad_a(g, a, b)`, `grad_b(g, a, b)`, each a
-    product of the fast form (operands cast to bf16; cotangents in the inputs' own dtypes)."""
+def _tn(a: Array, b: Array) -> Array:
+    """a [..., M, K]^T . b [..., M, N] -> [..., K, N] float32 (contracting both row axes). GPUs
+    and TPUs read the transposed operand at full speed."""
+    batch = tuple(range(a.ndim - 2))
+    return jax.lax.dot_general(a, b, (((a.ndim - 2,), (b.ndim - 2,)), (batch, batch)),
+                               preferred_element_type=jnp.float32)
+
+
+def _tn_through_a_copy(a: Array, b: Array) -> Array:
+    """_tn for XLA:CPU: `a` first copied into transposed order, so the product is of the fast form."""
+    return _nn(transposed(a), b)
+
+
+def _with_float32_gradients(forward, grad_a, grad_b):
+    """A bf16 product `forward(a, b)` whose VJP is `grad_a(g, a, b)`, `grad_b(g, a, b)`: bf16
+    operands, float32 accumulation, cotangents in the inputs' own dtypes. Autodiff's own
+    transpose of a bf16 product would round a float32 kernel's gradient to bf16."""
 
     @jax.custom_vjp
     def product(a: Array, b: Array) -> Array:
@@ -79,31 +95,37 @@ def _with_fast_gradients(forward, grad_a, grad_b):
     return product
 
 
-_cpu_matmul = _with_fast_gradients(
-    _nn,
-    lambda g, a, b: _nt(g, b),  # g b^T, b read as [N, K]
-    lambda g, a, b: _nn(transposed(a), g))  # a^T g
+def _products(tn):
+    """(a @ b, a @ b^T) whose gradients read a transposed operand through `tn`."""
+    matmul = _with_float32_gradients(
+        _nn,
+        lambda g, a, b: _nt(g, b),  # g b^T, b read as [N, K]
+        lambda g, a, b: tn(a, g))  # a^T g
+    matmul_nt = _with_float32_gradients(
+        _nt,
+        lambda g, a, b: _nn(g, b),  # g b
+        lambda g, a, b: tn(g, a))  # g^T a
+    return matmul, matmul_nt
 
-_cpu_matmul_nt = _with_fast_gradients(
-    _nt,
-    lambda g, a, b: _nn(g, b),  # g b
-    lambda g, a, b: _nn(transposed(g), a))  # g^T a
+
+# The transposed copies are a workaround for XLA:CPU alone: elsewhere they would only cost a pass.
+_CPU_PRODUCTS = _products(_tn_through_a_copy)
+_ACCELERATOR_PRODUCTS = _products(_tn)
+
+
+def _for_backend():
+    return _CPU_PRODUCTS if jax.default_backend() == "cpu" else _ACCELERATOR_PRODUCTS
 
 
 def matmul(a: Array, b: Array) -> Array:
     """a [..., M, K] @ b [..., K, N] -> float32, bf16 operands: a dense layer (x @ kernel),
-    attention's probs @ value. The custom gradients are for XLA:CPU; GPUs and TPUs read
-    transposed operands at full speed, so there autodiff's own products are used."""
-    if jax.default_backend() == "cpu":
-        return _cpu_matmul(a, b)
-    return _nn(a.astype(BF16), b.astype(BF16))
+    attention's probs @ value."""
+    return _for_backend()[0](a, b)
 
 
 def matmul_nt(a: Array, b: Array) -> Array:
     """a [..., M, K] @ b [..., N, K]^T -> float32, bf16 operands: attention's query @ key^T."""
-    if jax.default_backend() == "cpu":
-        return _cpu_matmul_nt(a, b)
-    return _nt(a.astype(BF16), b.astype(BF16))
+    return _for_backend()[1](a, b)
 
 
 # --- Where bf16 is the faster choice ---------------------------------------------------------
