@@ -26,11 +26,13 @@ SHAPES = {
 }
 
 # Dense peak throughput (FLOP/s) of accelerators by name fragment, for utilisation figures.
-# Sources: NVIDIA datasheets (dense, no sparsity; SXM parts).
+# Sources: NVIDIA datasheets (dense, no sparsity; SXM parts). "float32" is the TF32 tensor-core
+# peak: XLA multiplies float32 in TF32 on these GPUs by default (jax's default matmul
+# precision), and torch_device() turns TF32 on for the reference too.
 DEVICE_PEAKS = {
-    "H100": {"float32": 67e12, "bfloat16": 989e12},
-    "H200": {"float32": 67e12, "bfloat16": 989e12},
-    "A100": {"float32": 19.5e12, "bfloat16": 312e12},
+    "H100": {"float32": 494.7e12, "bfloat16": 989.4e12},
+    "H200": {"float32": 494.7e12, "bfloat16": 989.4e12},
+    "A100": {"float32": 156e12, "bfloat16": 312e12},
 }
 
 
@@ -65,9 +67,15 @@ def peak_rss_mib() -> float:
 
 
 def torch_device() -> str:
+    """"cuda" when PyTorch sees a GPU, with TF32 matmuls on: what XLA does with float32 there by
+    default, and PyTorch's fastest float32 (its own default multiplies in full float32)."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return "cuda"
 
 
 def jax_matmul_gflops(n: int, dtype: str = "float32", repeats: int = 5) -> float:
