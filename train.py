@@ -47,7 +47,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from mtbert_jax.training.huge_pages import restart_with_huge_pages
+    from mtbert_jax.training.malloc_tunables import restart_with_malloc_tunables
 
-    restart_with_huge_pages()  # before anything allocates: glibc reads its tunables at start-up
+    restart_with_malloc_tunables()  # before anything allocates: glibc reads its tunables at start-up
     app.run(main, flags_parser=parse_flags)

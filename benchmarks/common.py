@@ -160,14 +160,11 @@ def _cpu_model() -> str:
 
 
 def side_environment() -> dict:
-    """The environment of every side: glibc's huge-page tunable where it helps (train.py and
-    evaluate.py set it for themselves; PyTorch's large CPU buffers gain from it as well)."""
-    from mtbert_jax.training import huge_pages
+    """The environment of every side: glibc's malloc tunables where they apply (train.py and
+    evaluate.py set them for themselves; PyTorch's large CPU buffers gain from them as well)."""
+    from mtbert_jax.training import malloc_tunables
 
-    env = dict(os.environ)
-    if huge_pages.available() and "glibc.malloc.hugetlb" not in env.get("GLIBC_TUNABLES", ""):
-        env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES"), huge_pages.TUNABLE]))
-    return env
+    return malloc_tunables.with_tunables(dict(os.environ))
 
 
 def run_side(script: str, args: Sequence[str], extra_env: dict | None = None) -> dict:
