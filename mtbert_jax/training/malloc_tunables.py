@@ -1,25 +1,27 @@
-"""glibc malloc settings that let XLA:CPU reuse its per-step buffers (Linux, glibc).
+"""glibc malloc settings for XLA:CPU's per-step buffers (Linux, glibc).
 
 XLA:CPU allocates each step's temporary buffers afresh, hundreds of MB at once, and frees them
 at the step's end. glibc serves allocations over 32 MB (whatever its mmap threshold says) with a
 fresh mmap and unmaps them on free, so every page was faulted in and zeroed again each step:
-190,000 minor faults and a quarter of the CPU time in the kernel for a MiniLM step. Huge pages
-(`glibc.malloc.hugetlb=1`) cut that to about 1,300 faults of 2 MB, but then the kernel must find
-free huge pages every step, and one step in two or three stalled in compaction (1.3-1.7 s of
-system time in a 2 s float32 MiniLM step at seq 128). These tunables stop the churn instead:
+190,000 minor faults and a quarter of the CPU time in the kernel for a MiniLM step.
 
-- `glibc.malloc.mmap_max=0`: no allocation gets a mapping of its own; all come from the heap;
-- `glibc.malloc.arena_max=1`: one heap, the main one, grown by brk (other arenas' heaps are
-  capped at 64 MB and would map large buffers anyway);
-- `glibc.malloc.trim_threshold=16 GiB`: freed memory stays in the heap for the next step;
-- `glibc.malloc.hugetlb=1` (glibc 2.35 or newer, transparent huge pages on): the heap in 2 MB
-  pages, fewer TLB misses.
+`MTBERT_MALLOC_TUNABLES` chooses what `train.py`, `evaluate.py` and the benchmarks start with:
 
-After the first steps no step faults a page: 0 minor faults and no system time per step
-(docs/performance.md). The cost: memory freed after a peak is not given back to the system
-until the process ends. glibc reads tunables only at start-up, so `train.py` and `evaluate.py`
-start themselves again with them set; tunables already in GLIBC_TUNABLES are kept as given.
-MTBERT_MALLOC_TUNABLES=0 turns this off.
+- `huge_pages` (the default): `glibc.malloc.hugetlb=1` (glibc 2.35 or newer, transparent huge
+  pages on), the mappings in 2 MB pages: about 1,300 faults per step. The kernel must then find
+  free huge pages every step, and it sometimes stalls compacting memory: in a float32 MiniLM step
+  at seq 128, one step in two or three took 1.3-1.7 s of system time more (2.9 s against 1.9).
+- `reuse`: huge pages and `glibc.malloc.mmap_max=0` (no allocation gets a mapping of its own),
+  `glibc.malloc.arena_max=1` (one heap, grown by brk: other arenas' heaps are capped at 64 MB
+  and map large buffers anyway), `glibc.malloc.trim_threshold=16 GiB` (freed memory stays for
+  the next step). No fault and no system time per step once running, and no stalls, but the one
+  heap fragments: peak memory 1.5-1.6x (MiniLM 2.5 to 3.8 GB, bert-base 8.0 to 12.8 GB at seq
+  128), and the tiny-model host loop slower (one lock for every thread's allocations). Worth it
+  for float32 on a CPU with memory to spare; no faster in bf16 (docs/performance.md).
+- `0`: glibc's defaults.
+
+glibc reads tunables only at start-up, so `train.py` and `evaluate.py` start themselves again
+with them set; tunables already in GLIBC_TUNABLES are kept as given.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ import sys
 from pathlib import Path
 
 ENV_SWITCH = "MTBERT_MALLOC_TUNABLES"
+MODES = ("huge_pages", "reuse", "0")
+_HUGE_PAGES = {"glibc.malloc.hugetlb": "1"}
 _REUSE = {"glibc.malloc.mmap_max": "0", "glibc.malloc.arena_max": "1",
           "glibc.malloc.trim_threshold": str(16 << 30)}
-_HUGE_PAGES = {"glibc.malloc.hugetlb": "1"}
 _THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
@@ -54,29 +57,35 @@ def huge_pages_available() -> bool:
     return version is not None and version >= (2, 35) and "[never]" not in mode
 
 
-def tunables() -> dict[str, str]:
-    """The tunables this machine takes (none off Linux/glibc)."""
-    if not sys.platform.startswith("linux") or _glibc_version() is None:
+def tunables(mode: str = "huge_pages") -> dict[str, str]:
+    """The tunables of `mode` that this machine takes (none off Linux/glibc)."""
+    if mode not in MODES:
+        raise ValueError(f"{ENV_SWITCH}={mode!r}: expected one of {', '.join(MODES)}")
+    if mode == "0" or not sys.platform.startswith("linux") or _glibc_version() is None:
         return {}
-    return {**_REUSE, **(_HUGE_PAGES if huge_pages_available() else {})}
+    return {**(_REUSE if mode == "reuse" else {}), **(_HUGE_PAGES if huge_pages_available() else {})}
 
 
 def with_tunables(environ: dict[str, str]) -> dict[str, str]:
-    """`environ` with the missing tunables appended to GLIBC_TUNABLES (a name already there is
-    left as given); unchanged when switched off."""
-    if environ.get(ENV_SWITCH, "1") == "0":
-        return dict(environ)
+    """`environ` with the missing tunables of its MTBERT_MALLOC_TUNABLES mode (default
+    huge_pages) appended to GLIBC_TUNABLES; a name already there is left as given."""
     given = environ.get("GLIBC_TUNABLES", "")
     names = {item.split("=", 1)[0] for item in given.split(":") if item}
-    missing = [f"{name}={value}" for name, value in tunables().items() if name not in names]
+    wanted = tunables(environ.get(ENV_SWITCH) or "huge_pages")
+    missing = [f"{name}={value}" for name, value in wanted.items() if name not in names]
     if not missing:
         return dict(environ)
     return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, [given, *missing]))}
 
 
 def restart_with_malloc_tunables() -> None:
-    """Re-executes this program with the tunables set, once; does nothing where none is missing."""
-    env = with_tunables(dict(os.environ))
+    """Re-executes this program with the tunables set, once; does nothing where none is missing.
+    A bad MTBERT_MALLOC_TUNABLES ends the program with one line and exit status 2."""
+    try:
+        env = with_tunables(dict(os.environ))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     if env.get("GLIBC_TUNABLES", "") == os.environ.get("GLIBC_TUNABLES", ""):
         return
     sys.stdout.flush()
