@@ -20,7 +20,7 @@ import pytest
 from conftest import tiny_training_config, write_tsv
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "MTBERT_HUGE_PAGES": "0"}
+ENV = {**os.environ, "MTBERT_MALLOC_TUNABLES": "0"}
 
 
 def _hashes(workdir: Path) -> dict:

@@ -71,7 +71,9 @@ def with_tunables(environ: dict[str, str]) -> dict[str, str]:
     huge_pages) appended to GLIBC_TUNABLES; a name already there is left as given."""
     given = environ.get("GLIBC_TUNABLES", "")
     names = {item.split("=", 1)[0] for item in given.split(":") if item}
-    wanted = tunables(environ.get(ENV_SWITCH) or "huge_pages")
+    # MTBERT_HUGE_PAGES=0 is this switch's older name.
+    mode = environ.get(ENV_SWITCH) or ("0" if environ.get("MTBERT_HUGE_PAGES") == "0" else "huge_pages")
+    wanted = tunables(mode)
     missing = [f"{name}={value}" for name, value in wanted.items() if name not in names]
     if not missing:
         return dict(environ)

@@ -59,7 +59,10 @@ def test_dense_gradients_match_float32(monkeypatch, backend):
     np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_attention_products_gradients_match_float32():
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_attention_products_gradients_match_float32(monkeypatch, backend):
+    if jax.default_backend() == "cpu":
+        monkeypatch.setattr(jax, "default_backend", lambda: backend)
     keys = jax.random.split(jax.random.PRNGKey(1), 3)
     q, k = _bf16_exact(keys[0], (2, 3, 16, 8)), _bf16_exact(keys[1], (2, 3, 16, 8))
     hp = jax.lax.Precision.HIGHEST

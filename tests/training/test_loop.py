@@ -144,7 +144,7 @@ def test_auto_dtype_is_chosen_once_and_kept_on_resume(tiny_checkpoint, tiny_data
 def test_an_unknown_config_field_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "default.py"),
                              "--workdir", str(tmp_path / "run"), "--config.foo=1"], cwd=ROOT, capture_output=True,
-                            text=True, env={**os.environ, "MTBERT_HUGE_PAGES": "0"})
+                            text=True, env={**os.environ, "MTBERT_MALLOC_TUNABLES": "0"})
     assert result.returncode == 2
     assert result.stderr.strip() == "error: --config.foo: no config field 'foo' (see configs/default.py)"
     assert not (tmp_path / "run").exists()
@@ -276,7 +276,7 @@ def test_a_run_killed_during_its_final_evaluation_finishes_on_restart(tiny_check
     workdir = tmp_path / "run"
     wrapper = tmp_path / "killed_at_evaluation.py"
     wrapper.write_text(KILLED_AT_EVALUATION)
-    env = {**os.environ, "KILL_AT_EVALUATION": "2", "MTBERT_HUGE_PAGES": "0"}  # no re-exec: keep the patch
+    env = {**os.environ, "KILL_AT_EVALUATION": "2", "MTBERT_MALLOC_TUNABLES": "0"}  # no re-exec: keep the patch
     killed = subprocess.run([sys.executable, str(wrapper), *_train_command(config, workdir)[1:]], env=env,
                             cwd=ROOT, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
