@@ -10,6 +10,7 @@ LayerNorm and softmax stay float32.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, NamedTuple, Optional
 
@@ -117,36 +118,24 @@ class BertSelfAttention(nn.Module):
         cfg = self.config
         batch, seq, _ = h.shape
 
-        heads, head_dim = cfg.num_attention_heads, cfg.head_dim
-
-        # In bf16 the heads are moved ahead of positions and merged with the batch ([batch *
-        # heads, seq, head_dim]) before the two products: XLA:CPU multiplies bf16 fast only with
-        # row-major operands, and merging the axes makes the transpose a real copy (a bare
-        # transpose keeps a permuted layout, and the product falls back to float32). In float32
-        # the copies only cost: XLA reads the permuted layout itself, and the forward over rows
-        # of 128 ran 15-18% faster without them (fwd+bwd within 5%; issue 19, item 6).
-        merged = cfg.dtype == jnp.bfloat16
-
+        # Heads ahead of positions: [batch, heads, seq, head_dim]. In float32 XLA reads that
+        # permuted layout in place; the bf16 products make the copies XLA:CPU needs themselves.
         def project(name):
             y = TokenDense(cfg.hidden_size, dtype=cfg.dtype, kernel_init=_INIT, name=name)(h).astype(cfg.dtype)
-            y = y.reshape(batch, seq, heads, head_dim).transpose(0, 2, 1, 3)
-            return y.reshape(batch * heads, seq, head_dim) if merged else y
+            return y.reshape(batch, seq, cfg.num_attention_heads, cfg.head_dim).transpose(0, 2, 1, 3)
 
         query, key, value = project("query"), project("key"), project("value")
-        # Scaled after the product, as BERT does, in float32 and fused into the softmax's pass.
-        if merged:  # float32 results, gradients in XLA:CPU's fast form
-            scores = mixed_precision.matmul_nt(query, key).reshape(batch, heads, seq, seq)
+        if cfg.dtype == jnp.bfloat16:  # float32 results, float32 gradients for float32 inputs
+            scores_of, context_of = mixed_precision.matmul_nt, mixed_precision.matmul
         else:
-            scores = jnp.einsum("bhqd,bhkd->bhqk", query, key)
-        scores = scores * (1.0 / math.sqrt(head_dim)) + bias
+            scores_of = functools.partial(jnp.einsum, "bhqd,bhkd->bhqk")
+            context_of = functools.partial(jnp.einsum, "bhqk,bhkd->bhqd")
+        # Scaled after the product, as BERT does, in float32 and fused into the softmax's pass.
+        scores = scores_of(query, key) * (1.0 / math.sqrt(cfg.head_dim)) + bias
         probs = jax.nn.softmax(scores, axis=-1)
         probs = Dropout(cfg.attention_probs_dropout_prob, attention=True)(probs, deterministic, example_ids)
-        if merged:
-            context = mixed_precision.matmul(probs.astype(cfg.dtype).reshape(batch * heads, seq, seq), value)
-        else:
-            context = jnp.einsum("bhqk,bhkd->bhqd", probs, value)
-        context = context.astype(cfg.dtype)
-        return context.reshape(batch, heads, seq, head_dim).transpose(0, 2, 1, 3).reshape(batch, seq, cfg.hidden_size)
+        context = context_of(probs.astype(cfg.dtype), value).astype(cfg.dtype)
+        return context.transpose(0, 2, 1, 3).reshape(batch, seq, cfg.hidden_size)
 
 
 class BertResidualOutput(nn.Module):

@@ -108,8 +108,22 @@ def _products(tn):
     return matmul, matmul_nt
 
 
-# The transposed copies are a workaround for XLA:CPU alone: elsewhere they would only cost a pass.
-_CPU_PRODUCTS = _products(_tn_through_a_copy)
+def _one_batch_axis(product):
+    """`product` on [..., M, K] operands with their leading axes merged into one. XLA:CPU runs a
+    batched bf16 product fast only on row-major operands with one batch axis; attention's heads,
+    moved ahead of positions by a bare transpose, keep a permuted layout, and merging the axes
+    makes that transpose a real copy (the product otherwise falls back to float32)."""
+    def merged(a: Array, b: Array) -> Array:
+        if a.ndim <= 3:
+            return product(a, b)
+        out = product(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]))
+        return out.reshape(*a.shape[:-2], *out.shape[-2:])
+    return merged
+
+
+# The transposed copies and merged batch axes are workarounds for XLA:CPU alone: elsewhere they
+# would only cost passes over memory.
+_CPU_PRODUCTS = tuple(_one_batch_axis(p) for p in _products(_tn_through_a_copy))
 _ACCELERATOR_PRODUCTS = _products(_tn)
 
 
