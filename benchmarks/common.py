@@ -164,11 +164,7 @@ def side_environment() -> dict:
     evaluate.py set them for themselves; PyTorch's large CPU buffers gain from them as well)."""
     from mtbert_jax.training import malloc_tunables
 
-    try:
-        return malloc_tunables.with_tunables(dict(os.environ))
-    except ValueError as error:  # a bad MTBERT_MALLOC_TUNABLES: one line, as train.py gives
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    return malloc_tunables.tuned_environment()
 
 
 def run_side(script: str, args: Sequence[str], extra_env: dict | None = None) -> dict:

@@ -80,14 +80,19 @@ def with_tunables(environ: dict[str, str]) -> dict[str, str]:
     return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, [given, *missing]))}
 
 
-def restart_with_malloc_tunables() -> None:
-    """Re-executes this program with the tunables set, once; does nothing where none is missing.
-    A bad MTBERT_MALLOC_TUNABLES ends the program with one line and exit status 2."""
+def tuned_environment() -> dict[str, str]:
+    """This process's environment with_tunables; a bad MTBERT_MALLOC_TUNABLES ends the program
+    with one line and exit status 2."""
     try:
-        env = with_tunables(dict(os.environ))
+        return with_tunables(dict(os.environ))
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+def restart_with_malloc_tunables() -> None:
+    """Re-executes this program with the tunables set, once; does nothing where none is missing."""
+    env = tuned_environment()
     if env.get("GLIBC_TUNABLES", "") == os.environ.get("GLIBC_TUNABLES", ""):
         return
     sys.stdout.flush()

@@ -16,9 +16,13 @@ SCRIPT = ("import os, sys\n"
 REUSE = "glibc.malloc.mmap_max=0:glibc.malloc.arena_max=1:glibc.malloc.trim_threshold=17179869184"
 
 
+def _clean_env() -> dict:
+    """This process's environment without any tunables or mode of its own."""
+    return {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", malloc_tunables.ENV_SWITCH)}
+
+
 def _run(env_changes, *args):
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", malloc_tunables.ENV_SWITCH)}
-    out = subprocess.run([sys.executable, "-c", SCRIPT, *args], env=env | env_changes, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", SCRIPT, *args], env=_clean_env() | env_changes, capture_output=True,
                          text=True, check=True, timeout=60)  # a restart loop fails, not hangs
     return out.stdout.splitlines()
 
@@ -63,7 +67,7 @@ def test_modes_without_huge_pages(monkeypatch):
 
 
 def test_a_bad_mode_is_one_line_and_status_2():
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"} | {malloc_tunables.ENV_SWITCH: "fast"}
+    env = _clean_env() | {malloc_tunables.ENV_SWITCH: "fast"}
     out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
@@ -81,7 +85,7 @@ def test_a_step_of_xla_cpu_faults_no_pages_once_running():
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
             "for _ in range(5): f(x).block_until_ready()\n"
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", malloc_tunables.ENV_SWITCH)}
+    env = _clean_env()
 
     def faults(environ):
         out = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True, check=True,
