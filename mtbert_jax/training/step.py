@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from mtbert_jax.model.multitask import MultiTaskModel
+from mtbert_jax.training import distributed
 from mtbert_jax.training.objectives import ObjectiveConfig, make_objective
 from mtbert_jax.training.optimizer import Optimizer
 from mtbert_jax.training.smart import update_teacher
@@ -121,9 +122,15 @@ def task_gradient(params: PyTree, teacher: PyTree, batch: Mapping[str, jax.Array
 
         zeros = (jax.tree_util.tree_map(jnp.zeros_like, params), jnp.zeros(()), jnp.zeros(()))
         totals, _ = jax.lax.scan(accumulate, zeros, (micro, vector_grads))
-    grad, loss, count = jax.lax.psum(totals, AXIS)
+    grad, loss, count = _sum_over_devices(totals)
     denominator = jnp.maximum(count, 1.0)
     return jax.tree_util.tree_map(lambda g: g / denominator, grad), loss / denominator, count
+
+
+def _sum_over_devices(tree: PyTree) -> PyTree:
+    """psum over AXIS; on one device (a static size) the tree as it is: XLA:CPU would otherwise
+    copy every gradient through a one-device all-reduce (70 ms of a 2.4 s bert-base step)."""
+    return tree if jax.lax.axis_size(AXIS) == 1 else jax.lax.psum(tree, AXIS)
 
 
 def _ranking_vector_grads(objective, params, batch, micro, key):
@@ -229,8 +236,9 @@ class StepRunner:
         self.gradients = {t: functools.partial(
             task_gradient, loss_sum=make_objective(model, t, objective, deterministic), task_index=i,
             accumulation=accumulation, frozen=frozen) for i, t in enumerate(self.tasks)}
-        self.grad_fns = {t: jax.pmap(g, axis_name=AXIS, in_axes=(0, 0, 0, 0, None))
-                         for t, g in self.gradients.items()}
+        # Every argument mapped on axis 0 (the key replicated, `_device_keys`): pmap's Python
+        # wrapper then takes its fast path for in_axes, about 0.1 ms less per dispatch.
+        self.grad_fns = {t: jax.pmap(g, axis_name=AXIS) for t, g in self.gradients.items()}
         self.gse = optimizer.gse
         self.update = jax.pmap(functools.partial(apply_update, optimizer=optimizer, total_steps=total_steps),
                                axis_name=AXIS, donate_argnums=(0,))
@@ -238,7 +246,8 @@ class StepRunner:
                                                         second=True), axis_name=AXIS, donate_argnums=(0,))
         self.whole_step = jax.pmap(
             functools.partial(train_step, gradients=self.gradients, optimizer=optimizer, total_steps=total_steps),
-            axis_name=AXIS, in_axes=(0, 0, None, 0), donate_argnums=(0,))
+            axis_name=AXIS, donate_argnums=(0,))
+        self._key: tuple = (None, None)  # (the key last given, its copy per device)
 
     @functools.lru_cache(maxsize=None)
     def _weights(self, tasks: tuple[str, ...]) -> jax.Array:
@@ -246,10 +255,19 @@ class StepRunner:
         row = [self.loss_weights.get(t, 1.0) for t in tasks]
         return jnp.asarray([row] * jax.local_device_count(), jnp.float32)
 
+    def _device_keys(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The run's dropout key (the same every step) and GSE's, stacked per local device, made
+        once rather than every step."""
+        if self._key[0] is not key:
+            self._key = (key, distributed.replicate((key, gse_key(key))))
+        return self._key[1]
+
     def __call__(self, state: TrainState, batches: Mapping[str, PyTree], key: jax.Array):
-        """state replicated; batches {task: leaves [devices, rows, ...]} -> (state, metrics)."""
+        """state replicated; batches {task: leaves [devices, rows, ...]}; key one PRNG key (the
+        same every step: the step number is folded in on the device) -> (state, metrics)."""
         tasks = tuple(t for t in self.tasks if t in batches)  # a fixed order: PCGrad's task indices
         weights = self._weights(tasks)
+        key, second_key = self._device_keys(key)
         if len(tasks) == 1:
             return self.whole_step(state, {tasks[0]: batches[tasks[0]]}, key, weights)
 
@@ -264,7 +282,7 @@ class StepRunner:
         state, metrics = self.update(state, grads, weights)
         metrics["loss"] = losses
         if self.gse:  # the second update's gradients, afresh at the first update's parameters
-            grads, losses = all_gradients(state, gse_key(key))
+            grads, losses = all_gradients(state, second_key)
             state, second = self.second_update(state, grads, weights)
             metrics |= {**second, "gse/loss": losses}
         return state, metrics
