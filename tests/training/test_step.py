@@ -1,4 +1,5 @@
-"""The per-task gradient function: a frozen encoder is not differentiated, and nothing else changes."""
+"""The per-task gradient function: a frozen encoder is not differentiated, and nothing else changes;
+StepRunner's separate programs equal the one-function step; one device sums without an all-reduce."""
 
 from __future__ import annotations
 
@@ -67,3 +68,26 @@ def test_gse_step_runner_equals_the_module_level_step():
     moved = sum(float(np.abs(np.asarray(x[0]) - np.asarray(p)).sum())
                 for x, p in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(params)))
     assert moved > 0
+
+
+def test_one_device_gradient_has_no_all_reduce():
+    """On one device the sum over devices is the value itself: the compiled gradient must not
+    carry an all-reduce (XLA:CPU copies every gradient through it), and the gradient must equal
+    autodiff's of the mean loss computed without pmap."""
+    model, params = init_model(TINY, ModelConfig(tasks=("sst",)), jax.random.PRNGKey(0))
+    objective = make_objective(model, "sst", ObjectiveConfig(), True)
+    batch = distributed.split_for_devices(synthetic_batch("sst", 8, 12, np.random.default_rng(0)))
+    bound = functools.partial(task_gradient, loss_sum=objective, task_index=0)
+    pmapped = jax.pmap(bound, axis_name=AXIS, in_axes=(0, 0, 0, None, None), devices=jax.local_devices()[:1])
+    args = (distributed.replicate(params), None, batch, 0, jax.random.PRNGKey(1))
+    assert "all_reduce" not in pmapped.lower(*args).as_text()
+    grad, loss, _ = pmapped(*args)
+
+    one = jax.tree_util.tree_map(lambda x: x[0], batch)
+    def mean_loss(p):
+        total, count = objective(p, None, one, jax.random.PRNGKey(1))
+        return total / count
+    expected_loss, expected = jax.value_and_grad(mean_loss)(params)
+    np.testing.assert_allclose(loss[0], expected_loss, rtol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(expected)):
+        np.testing.assert_allclose(a[0], b, rtol=1e-5, atol=1e-7)
