@@ -247,7 +247,7 @@ class StepRunner:
         self.whole_step = jax.pmap(
             functools.partial(train_step, gradients=self.gradients, optimizer=optimizer, total_steps=total_steps),
             axis_name=AXIS, donate_argnums=(0,))
-        self._key: tuple = (None, None)  # (the key last given, its copy per device)
+        self._key: tuple = (None, None)  # (the key last given, (it, GSE's) per device)
 
     @functools.lru_cache(maxsize=None)
     def _weights(self, tasks: tuple[str, ...]) -> jax.Array:
