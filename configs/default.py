@@ -75,6 +75,10 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.model.adapter_layers = "all"
     # Dropout before each head's linear layer.
     c.model.head_dropout = 0.1
+    # Pair tasks predict the mean of the head's outputs for both sentence orders (Quora's
+    # logit, STS's score), so that a pair's prediction never depends on its order; evaluation
+    # of pair tasks costs twice as much.
+    c.model.symmetric_pairs = False
 
     # The multi-task schedule (mtbert_jax/data/task_schedules.py).
     c.schedule = ml_collections.ConfigDict()
@@ -96,6 +100,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     # Method 3 starts every task's pass afresh each epoch, discarding the rest (seed 001); True
     # continues each task where the last epoch stopped, so that over epochs all data is seen.
     c.schedule.method3_carry_over = False
+    # Each pass of a cross-encoded pair task (Quora, STS) takes a random half of its pairs with
+    # the two sentences swapped: the relations are symmetric, a cross-encoder is not.
+    c.schedule.swap_pairs = False
 
     # Loss weight per task (Method 1 schedules use their own).
     c.loss_weights = ml_collections.ConfigDict({"sst": 1.0, "quora": 1.0, "sts": 1.0})

@@ -78,6 +78,10 @@ class RunConfig:
             if len(self.model.tasks) < 2:
                 raise ConfigError(f"optimizer.combiner={combiner!r} needs two or more tasks")
         check_objective(self.objective, self.model)
+        bi_encoded = [t for t in self.model.tasks if TASKS[t].is_pair and self.model.pair_encoding(t) == "bi"]
+        if self.schedule.swap_pairs and bi_encoded:
+            raise ConfigError(f"schedule.swap_pairs swaps the sentences inside cross-encoded pairs, but "
+                              f"{bi_encoded} use bi-encoder heads ({ {t: self.model.pair_head(t) for t in bi_encoded} })")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ConfigError(f"compute_dtype={self.compute_dtype!r}: expected one of {list(COMPUTE_DTYPES)}")
 
@@ -123,6 +127,11 @@ def upgrade(saved: Mapping) -> dict:
     if any(k in d for k in _OBJECTIVE_KEYS) and "objective" not in d:
         d["objective"] = {k: d.pop(k) for k in _OBJECTIVE_KEYS if k in d}
     d.setdefault("packing", False)  # runs from before packing
+    # Runs from before pair swapping scored and trained one sentence order.
+    if "model" in d:
+        d["model"] = {"symmetric_pairs": False, **d["model"]}
+    if "schedule" in d:
+        d["schedule"] = {"swap_pairs": False, **d["schedule"]}
     # Packed runs from before balanced batches rounded rows to a step; the rows now follow the data.
     d.pop("pack_row_step", None)
     if "schedule" in d and "method3_carry_over" not in d["schedule"]:

@@ -55,6 +55,9 @@ class ScheduleConfig:
     curriculum_epochs: int = 0
     curriculum: str = "largest_first"  # or "one_by_one"
     method3_carry_over: bool = False
+    # Each pass of a cross-encoded pair task takes a random half of its pairs in the other
+    # sentence order (Quora and STS are symmetric; a cross-encoder is not).
+    swap_pairs: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "task_weights", dict(self.task_weights or {}))

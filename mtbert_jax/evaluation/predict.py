@@ -25,10 +25,18 @@ Layout = Union[BatchLayout, Sequence[int]]
 _MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "position_ids", "token_example", "example_start")
 
 
-def predict(predict_fn, params, data: TaskData, batch_size: int, layout: Layout) -> np.ndarray:
+def predict(predict_fn, params, data: TaskData, batch_size: int, layout: Layout,
+            symmetric_pairs: bool = False) -> np.ndarray:
     """Head outputs for every record of `data`, in file order (memory: one batch at a time plus
     the outputs). Records are batched by length, so batches carry little padding, or packed
-    (`layout`: bucket lengths or a BatchLayout)."""
+    (`layout`: bucket lengths or a BatchLayout).
+
+    `symmetric_pairs`: a pair task's output is the mean of its outputs for the two sentence
+    orders (Quora's logit, STS's score), so that swapping a pair never changes its prediction."""
+    if symmetric_pairs and TASKS[data.task].is_pair:
+        forward = predict(predict_fn, params, data, batch_size, layout)
+        backward = predict(predict_fn, params, data.swapped(), batch_size, layout)
+        return ((forward.astype(np.float32) + backward.astype(np.float32)) / 2).astype(forward.dtype)
     batcher = as_layout(layout).batcher(data, batch_size)
     outputs = None
     for batch in batcher.by_length():
@@ -52,10 +60,10 @@ def labels_from_outputs(task: str, outputs: np.ndarray) -> np.ndarray:
 
 
 def dataset_metrics(predict_fn, params, datasets: Mapping[str, TaskData], batch_size: int,
-                    layout: Layout) -> dict[str, dict[str, float]]:
+                    layout: Layout, symmetric_pairs: bool = False) -> dict[str, dict[str, float]]:
     """{task: its metrics} over whole labelled datasets (the dev record after each epoch)."""
     results = {}
     for task, data in datasets.items():
-        outputs = predict(predict_fn, params, data, batch_size, layout)
+        outputs = predict(predict_fn, params, data, batch_size, layout, symmetric_pairs)
         results[task] = task_metrics(task, labels_from_outputs(task, outputs), data.labels)
     return results

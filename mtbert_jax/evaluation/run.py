@@ -36,7 +36,8 @@ def predict_file(trained: TrainedModel, task: str, path: Path, batch_size: int,
         for chunk in iter_task_file(path, task, lenient=False, chunk_size=chunk_size):
             segments, truncated = tokenize_records(chunk, trained.tokenizer, trained.run.max_length, encoding)
             data = TaskData(task, "eval", np.asarray(chunk.record_ids), chunk.labels, segments, truncated, [])
-            out = predict(trained.predict_fn, trained.params, data, batch_size, trained.layout)
+            out = predict(trained.predict_fn, trained.params, data, batch_size, trained.layout,
+                          trained.run.model.symmetric_pairs)
             labels = labels_from_outputs(task, out)
             if handle:
                 prediction_file.write_records(handle, task, chunk.record_ids, labels)
@@ -157,7 +158,8 @@ def score_texts(trained: TrainedModel, sentences: Sequence[str] = (), pairs: Seq
         segments, _ = tokenize_records(records, trained.tokenizer, trained.run.max_length,
                                        trained.run.model.pair_encoding(task))
         data = TaskData(task, "input", np.asarray(records.record_ids), None, segments, 0, [])
-        outputs = predict(trained.predict_fn, trained.params, data, 32, trained.layout)
+        outputs = predict(trained.predict_fn, trained.params, data, 32, trained.layout,
+                          trained.run.model.symmetric_pairs)
         for item, out in zip(items, outputs):
             entry = {"task": task, "input": list(item)}
             if spec.kind == MULTICLASS:

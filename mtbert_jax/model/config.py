@@ -40,6 +40,8 @@ class ModelConfig:
     adapter_heads: int = 6  # heads of the PAL attention (6 x 34 for d_s = 204)
     adapter_layers: str = "all"
     head_dropout: float = 0.1
+    # A pair task's prediction is the mean of the head's outputs for both sentence orders.
+    symmetric_pairs: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "tasks", tuple(self.tasks))

@@ -118,7 +118,8 @@ def _train(run: RunConfig, workdir: Path, data: Optional[RunData], checkpoint_di
     results: dict = {}
 
     def evaluate(params) -> dict:
-        return dataset_metrics(dev_predict, distributed.unreplicate(params), data.dev, run.eval_batch_size, layout)
+        return dataset_metrics(dev_predict, distributed.unreplicate(params), data.dev, run.eval_batch_size, layout,
+                               run.model.symmetric_pairs)
 
     while loader.epoch < run.num_epochs + run.frozen_epochs and trainer.step < trainer.stages.last_step:
         epoch = trainer.train_epoch()

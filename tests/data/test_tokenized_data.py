@@ -103,3 +103,32 @@ def test_subset_is_the_records_in_the_given_order():
         np.testing.assert_array_equal(sub.get(k)[0], ids[i])
         np.testing.assert_array_equal(sub.get(k)[1], types[i])
     assert len(segments.subset(np.array([], np.int64))) == 0
+
+
+def test_swapped_pairs_are_the_tokenizer_s_pairs_in_the_other_order(tokenizer):
+    first = ["A man plays a guitar.", "Two dogs run.", "How do I learn Python fast?"]
+    second = ["A person plays music.", "", "best way"]
+    forward = tokenizer.tokenize(first, second, 64)
+    backward = tokenizer.tokenize(second, first, 64)
+    swapped = Segments.from_lists(forward.input_ids, forward.token_type_ids).swapped_pairs()
+    expected = Segments.from_lists(backward.input_ids, backward.token_type_ids)
+    np.testing.assert_array_equal(swapped.offsets, expected.offsets)
+    np.testing.assert_array_equal(swapped.ids, expected.ids)  # the empty partner included
+    np.testing.assert_array_equal(swapped.types, expected.types)
+    twice = swapped.swapped_pairs()
+    np.testing.assert_array_equal(twice.ids, np.concatenate(forward.input_ids))
+
+
+def test_swapping_keeps_truncated_pairs_whole_and_refuses_single_sentences(sts_dir, tokenizer, tmp_path):
+    cross = load_task_data("sts", "dev", sts_dir, tokenizer, 16, "cross", cache_dir=tmp_path / "c")
+    swapped = cross.swapped()
+    ids, types = swapped.segments[0].get(2)  # "very " * 40 + "long." was cut to fit 16 tokens
+    short = tokenizer.tokenize(["Short."], None, 16).input_ids[0]
+    assert ids[:len(short)].tolist() == short.tolist() and len(ids) == 16
+    assert types.tolist() == [0] * len(short) + [1] * (16 - len(short))
+    assert sorted(ids.tolist()) == sorted(cross.segments[0].get(2)[0].tolist())
+    bi = load_task_data("sts", "dev", sts_dir, tokenizer, 16, "bi", cache_dir=tmp_path / "c")
+    assert bi.swapped().segments == bi.segments[::-1]
+    single = Segments.from_lists([np.array([101, 7, 102])], [np.zeros(3, np.int8)])
+    with pytest.raises(ValueError, match="sequence 0 is not a cross-encoded pair"):
+        single.swapped_pairs()
