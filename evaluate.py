@@ -5,6 +5,7 @@ python evaluate.py --workdir runs/NAME --task-file dev:sts=my-sts.csv      # any
 python evaluate.py --workdir runs/NAME --sentence "A gripping film." --pair "How old are you?" "What is your age?"
 python evaluate.py --workdir runs/NAME --input-file texts.tsv              # a sentence or a tab-separated pair a line
 python evaluate.py --workdir runs/NAME --export-hf runs/NAME/hf            # the fine-tuned encoder as a HF directory
+python evaluate.py --workdir runs/NAME --pair-orders both                   # pairs scored in both orders, averaged
 
 Writes WORKDIR/eval/: metrics.json, predictions/{sst,para,sts,cfimdb}-{split}-output.csv in the
 course's format, plots/ (training curves, confusion matrices, STS scatter).
@@ -36,6 +37,9 @@ def main(argv=None) -> int:
                         help="score a sentence pair (paraphrase, similarity)")
     parser.add_argument("--input-file", help="lines to score: a sentence, or two tab-separated sentences")
     parser.add_argument("--export-hf", metavar="DIR", help="write the fine-tuned encoder as a HF directory")
+    parser.add_argument("--pair-orders", choices=["run", "both", "given"], default="run",
+                        help="pair tasks: the mean over both sentence orders (both), the order given "
+                             "(given), or as the run's model.symmetric_pairs says (run, the default)")
     args = parser.parse_args(argv)
 
     from mtbert_jax.errors import MtbertError, exit_on_error, mark_command_line
@@ -48,6 +52,7 @@ def main(argv=None) -> int:
         if args.export_hf:
             from mtbert_jax import convert
             return convert.main(["--checkpoint", args.workdir, "--which", args.checkpoint, "--out", args.export_hf])
+        symmetric = {"run": None, "both": True, "given": False}[args.pair_orders]
         sentences, pairs = list(args.sentence), [tuple(p) for p in args.pair]
         if args.input_file:
             for line in Path(args.input_file).read_text(encoding="utf-8").splitlines():
@@ -57,7 +62,7 @@ def main(argv=None) -> int:
                 elif line.strip():
                     sentences.append(line)
         if sentences or pairs:
-            trained = load_trained(args.workdir, args.checkpoint)
+            trained = load_trained(args.workdir, args.checkpoint, symmetric)
             for entry in score_texts(trained, sentences, pairs):
                 print(json.dumps(entry))
             return 0
@@ -71,7 +76,8 @@ def main(argv=None) -> int:
             task_files.setdefault(split, {})[task] = Path(path)
         splits = ("dev", "test") if args.split == "both" else (args.split,)
         results = evaluate_run(args.workdir, args.checkpoint, splits, task_files,
-                               Path(args.out) if args.out else None, args.batch_size)
+                               Path(args.out) if args.out else None, args.batch_size,
+                               symmetric_pairs=symmetric)
     except (MtbertError, FileNotFoundError) as e:
         if __name__ == "__main__":  # a command line: one line and exit 2, no shutdown noise
             exit_on_error(str(e))

@@ -77,21 +77,23 @@ def check_task_files(task_files: dict[str, dict[str, Path]], splits: Sequence[st
 
 def evaluate_run(workdir: str | Path, which: str = "best", splits: Sequence[str] = ("dev",),
                  task_files: Optional[dict[str, dict[str, Path]]] = None, out_dir: Optional[Path] = None,
-                 batch_size: int = 128, chunk_size: int = 10_000) -> dict:
+                 batch_size: int = 128, chunk_size: int = 10_000, symmetric_pairs: Optional[bool] = None) -> dict:
     """Evaluates every task of a run on the given splits; writes metrics.json, predictions,
-    reports and plots under `out_dir` (default WORKDIR/eval). Returns the metrics."""
+    reports and plots under `out_dir` (default WORKDIR/eval). Returns the metrics.
+    `symmetric_pairs`: score pairs in both orders (True), as given (False), or as the run did (None)."""
     from mtbert_jax.data.task_files import resolve_data_dir
     from mtbert_jax.evaluation.plots import plot_training_curves
 
     workdir, task_files = Path(workdir), task_files or {}
     check_task_files(task_files, splits)
-    trained = load_trained(workdir, which)
+    trained = load_trained(workdir, which, symmetric_pairs)
     check_task_files(task_files, splits, trained.run.model.tasks)
     out_dir = Path(out_dir) if out_dir else workdir / "eval"
     (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
     data_dir = None
-    results: dict = {"workdir": str(workdir), "checkpoint": which, "step": trained.step}
+    results: dict = {"workdir": str(workdir), "checkpoint": which, "step": trained.step,
+                     "symmetric_pairs": trained.run.model.symmetric_pairs}
     for split in splits:
         split_results = {}
         for task in trained.run.model.tasks:

@@ -37,15 +37,18 @@ class TrainedModel:
         self.layout = self.run.layout()  # batches as in training: padded to buckets, or packed
 
 
-def load_trained(workdir: str | Path, which: str = "best") -> TrainedModel:
+def load_trained(workdir: str | Path, which: str = "best", symmetric_pairs: bool | None = None) -> TrainedModel:
     """Restores a run's config and parameters; refuses parameters that do not fit the model
-    its config describes."""
+    its config describes. `symmetric_pairs` overrides the run's model.symmetric_pairs (None:
+    keep it)."""
     saved, params, step = restore_trained(workdir, which)
     params = {k: v for k, v in params.items() if not k.startswith("uncertainty_")}  # training only
     try:
         run = RunConfig.from_dict(saved)
     except ConfigError as e:
         raise CheckpointError(f"{workdir}: the saved config does not fit this code: {e}") from None
+    if symmetric_pairs is not None:  # how to predict, not what was trained: the parameters fit either way
+        run = dataclasses.replace(run, model=dataclasses.replace(run.model, symmetric_pairs=symmetric_pairs))
     source = resolve_checkpoint_dir(run.checkpoint)
     dtype, _ = resolve_compute_dtype(run.compute_dtype)  # saved configs hold the run's own dtype
     bert_config = BertConfig.from_json_file(source / "config.json").replace(compute_dtype=dtype)

@@ -131,6 +131,26 @@ def test_scoring_sentences_and_pairs(trained_run, capsys):
     assert 0 <= by_task["quora"]["paraphrase_probability"] <= 1 and "similarity" in by_task["sts"]
 
 
+def test_both_pair_orders_score_a_pair_and_its_swap_alike(trained_run, tmp_path, capsys):
+    pairs = ["--pair", "a car on the road", "two dogs", "--pair", "two dogs", "a car on the road"]
+
+    def scores(orders):
+        assert evaluate.main(["--workdir", str(trained_run), "--pair-orders", orders, *pairs]) == 0
+        entries = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        return [(e["task"], e.get("similarity", e.get("paraphrase_probability"))) for e in entries]
+
+    given, both = dict(enumerate(scores("given"))), dict(enumerate(scores("both")))
+    assert [given[i][0] for i in range(4)] == ["quora", "quora", "sts", "sts"]
+    assert given[2][1] != given[3][1]  # one order: the cross-encoder tells them apart
+    assert both[0] == both[1] and both[2] == both[3]
+    assert both[2][1] == pytest.approx((given[2][1] + given[3][1]) / 2, abs=1e-4)  # STS: the mean score
+    low, high = sorted((given[0][1], given[1][1]))
+    assert low <= both[0][1] <= high  # Quora: the sigmoid of the mean logit lies between the two
+    assert evaluate.main(["--workdir", str(trained_run), "--pair-orders", "both", "--out", str(tmp_path / "e")]) == 0
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["symmetric_pairs"] is True and set(metrics["dev"]) == {"sst", "quora", "sts", "overall"}
+
+
 def test_export_from_the_training_checkpoint(trained_run, tmp_path):
     assert evaluate.main(["--workdir", str(trained_run), "--export-hf", str(tmp_path / "hf")]) == 0
     assert (tmp_path / "hf" / "model.safetensors").exists() and (tmp_path / "hf" / "vocab.txt").exists()
