@@ -28,17 +28,15 @@ class _TaskStream:
         self.pass_index, self.position = 0, 0
         self._order: list[np.ndarray] | None = None
         # schedule.swap_pairs: each pass takes a random half of the pairs in the other order.
-        self._original = batcher.data
-        self._swapped = batcher.data.swapped() if swap_pairs else None
+        self._original, self.swap_pairs = batcher.data, swap_pairs
 
     def _current_order(self) -> list[np.ndarray]:
         if self._order is None:
             rng = np.random.default_rng([self.seed, self.task_index, self.pass_index])
             self._order = self.batcher.pass_order(rng)
-            if self._swapped is not None:
+            if self.swap_pairs:
                 swap_rng = np.random.default_rng([self.seed, self.task_index, self.pass_index, 1])
-                take = swap_rng.random(len(self._original)) < 0.5
-                self.batcher.data = self._original.mixed(self._swapped, take)
+                self.batcher.data = self._original.swapped(swap_rng.random(len(self._original)) < 0.5)
         return self._order
 
     def next_batch(self) -> Batch:
@@ -77,9 +75,8 @@ class MultiTaskLoader:
         sizes = schedule.batch_sizes()
         self.schedule = schedule
         layout = as_layout(layout)
-        swap = {t: schedule.config.swap_pairs and TASKS[t].is_pair for t in datasets}
         self.streams = {t: _TaskStream(layout.batcher(datasets[t], sizes[t], pad_id, t in unique_text_tasks, shards),
-                                       seed, i, swap[t])
+                                       seed, i, schedule.config.swap_pairs and TASKS[t].is_pair)
                         for i, t in enumerate(sorted(datasets)) if t in schedule.tasks}
         self.epoch, self.step = 0, 0
         self._plan_epoch, self._plan = None, None

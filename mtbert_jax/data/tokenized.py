@@ -57,27 +57,31 @@ class Segments:
         tokens = np.repeat(self.offsets[keep] - offsets[:-1], lengths) + np.arange(offsets[-1])
         return Segments(self.ids[tokens], self.types[tokens], offsets)
 
-    def swapped_pairs(self) -> "Segments":
+    def swapped_pairs(self, which: Optional[np.ndarray] = None) -> "Segments":
         """Cross-encoded pairs with their sentences swapped: [CLS] a [SEP] b [SEP] becomes
         [CLS] b [SEP] a [SEP], token types following (the same tokens, truncation included).
+        `which` [n] bool: swap only those sequences (None: all); every sequence keeps its length.
 
-        Quora and STS are symmetric relations but a cross-encoder is not; scoring both orders
-        is what `evaluation.symmetric_pairs` averages. Sequences must hold both segments."""
+        Quora and STS are symmetric relations but a cross-encoder is not: `model.symmetric_pairs`
+        averages both orders, `schedule.swap_pairs` trains on both. Swapped sequences must hold
+        both segments."""
         lengths = self.lengths
+        which = np.ones(len(self), bool) if which is None else np.asarray(which, bool)
         first = np.add.reduceat(self.types == 0, self.offsets[:-1]) if len(self) else np.zeros(0, np.int64)
         first = np.where(lengths > 0, first, 0)  # reduceat reads one element for empty sequences
         second = lengths - first
-        if len(self) and (first.min() < 2 or second.min() < 1):
-            bad = int(np.flatnonzero((first < 2) | (second < 1))[0])
+        not_pairs = which & ((first < 2) | (second < 1))
+        if not_pairs.any():
+            bad = int(np.flatnonzero(not_pairs)[0])
             raise ValueError(f"sequence {bad} is not a cross-encoded pair (token types "
                              f"{self.get(bad)[1].tolist()}); only pairs can be swapped")
-        la, lb = (np.repeat(x, lengths) for x in (first, second))
+        la, lb, swap = (np.repeat(x, lengths) for x in (first, second, which))
         j = np.arange(self.offsets[-1]) - np.repeat(self.offsets[:-1], lengths)  # position in its sequence
         # New position j -> old position: [CLS], b's tokens, the [SEP] after a, a's tokens, the last [SEP].
         old = np.select([j == 0, j < lb, j == lb, j < la + lb - 1],
                         [0, la + j - 1, la - 1, j - lb], default=la + lb - 1)
-        tokens = np.repeat(self.offsets[:-1], lengths) + old
-        types = (j > lb).astype(np.int8)
+        tokens = np.repeat(self.offsets[:-1], lengths) + np.where(swap, old, j)
+        types = np.where(swap, j > lb, self.types).astype(self.types.dtype)
         return Segments(self.ids[tokens], types, self.offsets.copy())
 
     def get(self, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -114,24 +118,17 @@ class TaskData:
         """[n] the longest segment of each record: what its padded length must hold."""
         return np.max([s.lengths for s in self.segments], axis=0)
 
-    def swapped(self) -> "TaskData":
+    def swapped(self, which: Optional[np.ndarray] = None) -> "TaskData":
         """A pair task's records with each pair's two sentences swapped (cross-encoded: within
-        the sequence; bi-encoded: the two segments change places)."""
+        the sequence; bi-encoded: the two segments change places). `which` [n] bool: only those
+        records (cross-encoded pairs only, whose lengths stay as they are; None: all)."""
         if not TASKS[self.task].is_pair:
             raise ValueError(f"{self.task} is not a pair task: there is nothing to swap")
-        segments = self.segments[::-1] if len(self.segments) == 2 else (self.segments[0].swapped_pairs(),)
-        return dataclasses.replace(self, segments=segments)
-
-    def mixed(self, swapped: "TaskData", take: np.ndarray) -> "TaskData":
-        """Cross-encoded records: those where `take` [n] is true from `swapped` (this data's
-        `swapped()`), the others from this data; every record keeps its length."""
-        if len(self.segments) != 1:
-            raise ValueError("only cross-encoded pairs can be mixed record by record")
-        own, other = self.segments[0], swapped.segments[0]
-        tokens = np.repeat(np.asarray(take, bool), own.lengths)
-        segment = Segments(np.where(tokens, other.ids, own.ids), np.where(tokens, other.types, own.types),
-                           own.offsets)
-        return dataclasses.replace(self, segments=(segment,))
+        if len(self.segments) == 1:
+            return dataclasses.replace(self, segments=(self.segments[0].swapped_pairs(which),))
+        if which is not None:
+            raise ValueError("bi-encoded pairs are swapped all together, not record by record")
+        return dataclasses.replace(self, segments=self.segments[::-1])
 
     def subset(self, keep: np.ndarray) -> "TaskData":
         """The records at indices `keep`, in that order."""
