@@ -78,7 +78,7 @@ def run_ours(examples_per_task: int, batch_size: int, checkpoint: str, xla_cache
     data = load_data(examples_per_task, checkpoint)
     start = time.perf_counter()
     bert_config, bert_params, _ = load_hf_checkpoint(checkpoint, dtype)
-    model, params = init_model(bert_config, ModelConfig(tasks=TASKS), jax.random.PRNGKey(0), bert_params)
+    model, params = init_model(bert_config, ModelConfig(tasks=TASKS, pooling="pooler"), jax.random.PRNGKey(0), bert_params)
     layout = BatchLayout(bucket_lengths(MAX_LENGTH, BUCKET_STEP), packing=packing)
     batchers = {t: layout.batcher(d, batch_size, shards=jax.local_device_count()) for t, d in data.items()}
     rng = np.random.default_rng(SEED)

@@ -46,7 +46,7 @@ def run_ours(batch_size: int, checkpoint: str, dtype: str, packing: bool = False
 
     data = load_dev(checkpoint)
     bert_config, bert_params, _ = load_hf_checkpoint(checkpoint, dtype)
-    model, params = init_model(bert_config, ModelConfig(tasks=TASKS), jax.random.PRNGKey(0), bert_params)
+    model, params = init_model(bert_config, ModelConfig(tasks=TASKS, pooling="pooler"), jax.random.PRNGKey(0), bert_params)
     predict_fn, layout = make_predict(model), BatchLayout(bucket_lengths(MAX_LENGTH, 16), packing=packing)
     passes = []
     for _ in range(2):

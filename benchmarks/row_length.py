@@ -40,7 +40,7 @@ def run(lengths: list[int], repeats: int, checkpoint: str) -> dict:
     data = load_task_data("sst", "dev", resolve_data_dir(None), BertTextTokenizer(checkpoint), 128, "cross")
     indices = np.arange(RECORDS)
     bert_config, bert_params, _ = load_hf_checkpoint(checkpoint)
-    model, params = init_model(bert_config, ModelConfig(tasks=("sst",)), jax.random.PRNGKey(0), bert_params)
+    model, params = init_model(bert_config, ModelConfig(tasks=("sst",), pooling="pooler"), jax.random.PRNGKey(0), bert_params)
     predict = make_predict(model)
     optimizer = Optimizer(OptimizerConfig(), params, ("sst",), 1000, 1)
     runner = StepRunner(model, optimizer, ("sst",), {}, total_steps=1000)

@@ -40,7 +40,7 @@ def run_variant(name: str, batch: int, seq: int, steps: int) -> dict:
 
     variant = VARIANTS[name]
     bert_config, bert_params, _ = load_hf_checkpoint("default")
-    model, params = init_model(bert_config, ModelConfig(tasks=TASKS), jax.random.PRNGKey(0), bert_params)
+    model, params = init_model(bert_config, ModelConfig(tasks=TASKS, pooling="pooler"), jax.random.PRNGKey(0), bert_params)
     optimizer = Optimizer(OptimizerConfig(combiner=variant["combiner"]), params, TASKS, 1000, 3,
                           jax.random.PRNGKey(1))
     smart = SmartConfig(tasks=TASKS if variant["smart"] else ())

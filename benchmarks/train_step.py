@@ -38,7 +38,7 @@ def run_ours(shape_name: str, seq: int, steps: int, dtype: str) -> dict:
 
     tasks = ("sst",)
     bert_config = BertConfig(**common.SHAPES[shape_name], compute_dtype=dtype)
-    model, params = init_model(bert_config, ModelConfig(tasks=tasks), jax.random.PRNGKey(0))
+    model, params = init_model(bert_config, ModelConfig(tasks=tasks, pooling="pooler"), jax.random.PRNGKey(0))
     optimizer = Optimizer(OptimizerConfig(max_grad_norm=0.0), params, tasks, 1000, 1)
     runner = StepRunner(model, optimizer, tasks, {}, total_steps=1000)
     state = distributed.replicate(TrainState.create(params, optimizer))

@@ -30,7 +30,7 @@ class ModelConfigError(ConfigError):
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     tasks: tuple[str, ...] = ("sst", "quora", "sts")
-    pooling: str = "pooler"
+    pooling: str = "mean"
     pair_heads: Mapping[str, str] = dataclasses.field(
         default_factory=lambda: {"quora": "cross", "sts": "cross"})
     # One hidden layer (dense + GELU) shared by the Quora and STS heads (seed 003).

@@ -190,14 +190,18 @@ def check_resumable(run: RunConfig, workdir: Path) -> None:
             return {k: v for key, sub in d.items() for k, v in leaves(sub, f"{prefix}.{key}").items()}
         return {prefix: d}
 
-    changed = []
+    changed, flags = [], []
     for field in RESUME_FIELDS:
         before, after = leaves(at(saved, field), field), leaves(at(now, field), field)
-        changed += [f"{k} {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(set(before) | set(after))
-                    if json.dumps(before.get(k), sort_keys=True, default=str) != json.dumps(after.get(k), sort_keys=True, default=str)]
+        for k in sorted(set(before) | set(after)):
+            if json.dumps(before.get(k), sort_keys=True, default=str) != json.dumps(after.get(k), sort_keys=True, default=str):
+                changed.append(f"{k} {before.get(k)!r} -> {after.get(k)!r}")
+                # A saved scalar can be given back on the command line (a default that changed
+                # since the run started: packing, model.pooling); anything else is in config.json.
+                if isinstance(before.get(k), (str, int, float, bool)):
+                    flags.append(f"--config.{k}={before[k]}")
     if changed:
-        hint = (f"--config.packing={saved['packing']}" if saved["packing"] != now["packing"]
-                else "the saved config.json")  # runs from before packing was the default: packing=False
+        hint = " ".join(flags) if len(flags) == len(changed) else "the saved config.json"
         raise ConfigError(f"{workdir} holds checkpoints of a run configured otherwise: " + "; ".join(changed)
                           + f" (use a new --workdir, or {hint})")
 

@@ -260,7 +260,7 @@ def test_frozen_encoder_stays_bit_identical():
 def test_real_checkpoint_inside_the_model(minilm_dir, tokenizer):
     from mtbert_jax.checkpoints.hf import load_hf_checkpoint
     bert_config, bert_params, _ = load_hf_checkpoint(minilm_dir)
-    model, params = init_model(bert_config, ModelConfig(), jax.random.PRNGKey(0), bert_params)
+    model, params = init_model(bert_config, ModelConfig(pooling="pooler"), jax.random.PRNGKey(0), bert_params)
     batch = tokenizer(["a fine film"], ["a good movie"], max_length=32)
     inputs = {"input_ids": batch.input_ids, "token_type_ids": batch.token_type_ids,
               "attention_mask": batch.attention_mask}

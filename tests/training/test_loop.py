@@ -98,6 +98,7 @@ def test_resuming_under_a_changed_model_is_refused_before_anything_is_written(ti
     message = str(refused.value)
     assert "seed 0 -> 7" in message and "model.pooling 'mean' -> 'cls'" in message
     assert "packing True -> False" in message  # a packed pass orders records differently
+    assert "--config.seed=0 --config.model.pooling=mean --config.packing=True" in message  # the way back
     assert len(message) < 400 and "\n" not in message
     assert (tmp_path / "run" / "config.json").read_bytes() == saved
     # What does not change the checkpoints' meaning may change: more epochs, another log interval.
