@@ -10,9 +10,7 @@ from configs import default
 
 
 def get_config(preset: str = ""):
-    c = default.get_config(preset)
-    # The reports' sentence vector (BERT's pooler); the MiniLM default mean-pools.
-    c.model.pooling = "pooler"
+    c = default.reports_config(preset)
     c.checkpoint = os.environ.get("MTBERT_BERT_BASE_DIR", "bert-base-uncased")
     c.optimizer.encoder_lr = 2e-5
     return c

@@ -186,3 +186,11 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     elif preset not in ("", "budget"):
         raise ValueError(f"unknown preset {preset!r}: expected '', 'quick' or 'budget'")
     return c
+
+
+def reports_config(preset: str = "") -> ml_collections.ConfigDict:
+    """The base of the recipe configs: the default with the reports' sentence vector (BERT's
+    pooler), so that their Results rows keep meaning what they say now that MiniLM mean-pools."""
+    c = get_config(preset)
+    c.model.pooling = "pooler"
+    return c

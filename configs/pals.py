@@ -5,9 +5,7 @@ from configs import default
 
 
 def get_config(preset: str = ""):
-    c = default.get_config(preset)
-    # The reports' sentence vector (BERT's pooler); the MiniLM default mean-pools.
-    c.model.pooling = "pooler"
+    c = default.reports_config(preset)
     c.model.adapter = "pals"
     c.model.adapter_size = 204
     c.model.adapter_heads = 6

@@ -5,9 +5,7 @@ from configs import default
 
 
 def get_config(preset: str = ""):
-    c = default.get_config(preset)
-    # The reports' sentence vector (BERT's pooler); the MiniLM default mean-pools.
-    c.model.pooling = "pooler"
+    c = default.reports_config(preset)
     c.model.pair_heads.quora = "bi_concat"
     c.model.pair_heads.sts = "bi_concat"
     c.model.shared_pair_hidden = True

@@ -6,9 +6,7 @@ from configs import default
 
 
 def get_config(preset: str = ""):
-    c = default.get_config(preset)
-    # The reports' sentence vector (BERT's pooler); the MiniLM default mean-pools.
-    c.model.pooling = "pooler"
+    c = default.reports_config(preset)
     c.model.adapter = "low_rank_top_layer"
     c.model.adapter_size = 256
     c.schedule.kind = "round_robin"

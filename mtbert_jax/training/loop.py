@@ -194,12 +194,13 @@ def check_resumable(run: RunConfig, workdir: Path) -> None:
     for field in RESUME_FIELDS:
         before, after = leaves(at(saved, field), field), leaves(at(now, field), field)
         for k in sorted(set(before) | set(after)):
-            if json.dumps(before.get(k), sort_keys=True, default=str) != json.dumps(after.get(k), sort_keys=True, default=str):
-                changed.append(f"{k} {before.get(k)!r} -> {after.get(k)!r}")
+            was, wanted = before.get(k), after.get(k)
+            if json.dumps(was, sort_keys=True, default=str) != json.dumps(wanted, sort_keys=True, default=str):
+                changed.append(f"{k} {was!r} -> {wanted!r}")
                 # A saved scalar can be given back on the command line (a default that changed
                 # since the run started: packing, model.pooling); anything else is in config.json.
-                if isinstance(before.get(k), (str, int, float, bool)):
-                    flags.append(f"--config.{k}={before[k]}")
+                if isinstance(was, (str, int, float, bool)):
+                    flags.append(f"--config.{k}={was}")
     if changed:
         hint = " ".join(flags) if len(flags) == len(changed) else "the saved config.json"
         raise ConfigError(f"{workdir} holds checkpoints of a run configured otherwise: " + "; ".join(changed)
