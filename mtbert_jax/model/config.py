@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from typing import Mapping, Optional
 
 from mtbert_jax.errors import ConfigError
 from mtbert_jax.tasks import TASKS
@@ -40,6 +40,8 @@ class ModelConfig:
     adapter_heads: int = 6  # heads of the PAL attention (6 x 34 for d_s = 204)
     adapter_layers: str = "all"
     head_dropout: float = 0.1
+    # The encoder's hidden and attention dropout; None: the checkpoint's config.json.
+    encoder_dropout: Optional[float] = None
     # A pair task's prediction is the mean of the head's outputs for both sentence orders.
     symmetric_pairs: bool = False
 
@@ -69,8 +71,19 @@ class ModelConfig:
         if self.adapter == "pals" and self.adapter_size % self.adapter_heads:
             problems.append(f"adapter_size={self.adapter_size} is not divisible by "
                             f"adapter_heads={self.adapter_heads}")
+        for name in ("head_dropout", "encoder_dropout"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
+                problems.append(f"{name}={value!r}: expected a rate in [0, 1)")
         if problems:
             raise ModelConfigError("model config: " + "; ".join(problems))
+
+    def encoder_config(self, bert_config):
+        """The checkpoint's BertConfig with this run's encoder dropout, where one is set."""
+        if self.encoder_dropout is None:
+            return bert_config
+        return bert_config.replace(hidden_dropout_prob=float(self.encoder_dropout),
+                                   attention_probs_dropout_prob=float(self.encoder_dropout))
 
     def pair_head(self, task: str) -> str:
         return self.pair_heads.get(task, "cross")

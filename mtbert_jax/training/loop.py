@@ -77,6 +77,7 @@ def train_and_evaluate(config, workdir: str | Path, data: Optional[RunData] = No
     run = resolve_auto_dtype(run, workdir, log)
     checkpoint_dir = resolve_checkpoint_dir(run.checkpoint)
     bert_config, bert_params, report = load_hf_checkpoint(checkpoint_dir, run.compute_dtype)
+    bert_config = run.model.encoder_config(bert_config)
     if run.max_length > bert_config.max_position_embeddings:
         raise ConfigError(f"max_length={run.max_length} is more than the checkpoint's "
                           f"max_position_embeddings={bert_config.max_position_embeddings}")

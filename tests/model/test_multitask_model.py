@@ -279,8 +279,28 @@ def test_real_checkpoint_inside_the_model(minilm_dir, tokenizer):
     (dict(pair_heads={"sst": "cross"}), "not a sentence-pair task"),
     (dict(shared_pair_hidden=True, pair_heads={"quora": "cross", "sts": "cosine"}), "shared_pair_hidden"),
     (dict(adapter="pals", adapter_size=10, adapter_heads=3), "not divisible"),
+    (dict(encoder_dropout=1.0), "encoder_dropout=1.0: expected a rate in [0, 1)"),
+    (dict(head_dropout=-0.1), "head_dropout=-0.1: expected a rate in [0, 1)"),
 ])
 def test_bad_model_config(bad, words):
     with pytest.raises(ModelConfigError, match=None) as err:
         ModelConfig(**bad)
     assert words in str(err.value)
+
+
+def test_encoder_dropout_overrides_the_checkpoints_only_when_set():
+    checkpoint = tiny_bert_config(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.2)
+    assert ModelConfig().encoder_config(checkpoint) == checkpoint
+    off = ModelConfig(encoder_dropout=0.0).encoder_config(checkpoint)
+    assert (off.hidden_dropout_prob, off.attention_probs_dropout_prob) == (0.0, 0.0)
+    assert off.replace(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.2) == checkpoint
+    # With the encoder's dropout off (and the head's) training's forward pass is evaluation's;
+    # with the checkpoint's rates it is not.
+    batch, rngs = _batch(ModelConfig(tasks=("sst",)), "sst"), {"dropout": jax.random.PRNGKey(1)}
+    for encoder_dropout, same in ((0.0, True), (None, False)):
+        config = ModelConfig(tasks=("sst",), encoder_dropout=encoder_dropout, head_dropout=0.0)
+        model, params = init_model(config.encoder_config(checkpoint), config, jax.random.PRNGKey(0))
+        train = model.apply({"params": params}, "sst", batch, False, rngs=rngs)
+        evaluate = model.apply({"params": params}, "sst", batch, True)
+        equal = [np.array_equal(a, b) for a, b in zip(jax.tree.leaves(train), jax.tree.leaves(evaluate))]
+        assert all(equal) if same else not any(equal)
