@@ -76,7 +76,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.model.adapter_layers = "all"
     # Dropout before each head's linear layer.
     c.model.head_dropout = 0.1
-    # The encoder's hidden and attention dropout; unset: the checkpoint's config.json (MiniLM: 0.1).
+    # The encoder's hidden and attention dropout (PAL attention takes the latter); unset: the
+    # checkpoint's config.json (MiniLM: 0.1).
     c.model.encoder_dropout = ml_collections.config_dict.placeholder(float)
     # Pair tasks predict the mean of the head's outputs for both sentence orders (Quora's
     # logit, STS's score), so that a pair's prediction never depends on its order; evaluation

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Mapping, Optional
 
 from mtbert_jax.errors import ConfigError
+from mtbert_jax.model.bert_config import BertConfig
 from mtbert_jax.tasks import TASKS
 
 POOLINGS = ("pooler", "cls", "mean", "max")
@@ -40,7 +41,8 @@ class ModelConfig:
     adapter_heads: int = 6  # heads of the PAL attention (6 x 34 for d_s = 204)
     adapter_layers: str = "all"
     head_dropout: float = 0.1
-    # The encoder's hidden and attention dropout; None: the checkpoint's config.json.
+    # The encoder's hidden and attention dropout (PAL attention takes the latter); None: the
+    # checkpoint's config.json.
     encoder_dropout: Optional[float] = None
     # A pair task's prediction is the mean of the head's outputs for both sentence orders.
     symmetric_pairs: bool = False
@@ -78,7 +80,7 @@ class ModelConfig:
         if problems:
             raise ModelConfigError("model config: " + "; ".join(problems))
 
-    def encoder_config(self, bert_config):
+    def encoder_config(self, bert_config: BertConfig) -> BertConfig:
         """The checkpoint's BertConfig with this run's encoder dropout, where one is set."""
         if self.encoder_dropout is None:
             return bert_config
