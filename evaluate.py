@@ -43,14 +43,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from mtbert_jax.errors import MtbertError, exit_on_error, mark_command_line
-    from mtbert_jax.evaluation.run import evaluate_run, format_table, load_trained, score_texts
-    from mtbert_jax.training import compilation_cache
+    from mtbert_jax.run.evaluate import evaluate_run, format_table, load_trained, score_texts
+    from mtbert_jax.run import compilation_cache
 
     mark_command_line()
     compilation_cache.enable()
     try:
         if args.export_hf:
-            from mtbert_jax import convert
+            from mtbert_jax.run import convert
             return convert.main(["--checkpoint", args.workdir, "--which", args.checkpoint, "--out", args.export_hf])
         symmetric = {"run": None, "both": True, "given": False}[args.pair_orders]
         sentences, pairs = list(args.sentence), [tuple(p) for p in args.pair]
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from mtbert_jax.training.malloc_tunables import restart_with_malloc_tunables
+    from mtbert_jax.run.malloc_tunables import restart_with_malloc_tunables
 
     restart_with_malloc_tunables()  # before anything allocates: glibc reads its tunables at start-up
     sys.exit(main())

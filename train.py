@@ -30,8 +30,9 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax reports every save at INFO
     from mtbert_jax.errors import MtbertError, exit_on_error, mark_command_line
-    from mtbert_jax.training import compilation_cache, distributed
-    from mtbert_jax.training.loop import train_and_evaluate
+    from mtbert_jax.run import compilation_cache
+    from mtbert_jax.training import distributed
+    from mtbert_jax.run.loop import train_and_evaluate
 
     mark_command_line()
     compilation_cache.enable()
@@ -47,7 +48,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from mtbert_jax.training.malloc_tunables import restart_with_malloc_tunables
+    from mtbert_jax.run.malloc_tunables import restart_with_malloc_tunables
 
     restart_with_malloc_tunables()  # before anything allocates: glibc reads its tunables at start-up
     app.run(main, flags_parser=parse_flags)

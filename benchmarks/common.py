@@ -162,7 +162,7 @@ def _cpu_model() -> str:
 def side_environment() -> dict:
     """The environment of every side: glibc's malloc tunables where they apply (train.py and
     evaluate.py set them for themselves; PyTorch's large CPU buffers gain from them as well)."""
-    from mtbert_jax.training import malloc_tunables
+    from mtbert_jax.run import malloc_tunables
 
     return malloc_tunables.tuned_environment()
 

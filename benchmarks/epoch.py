@@ -70,7 +70,8 @@ def run_ours(examples_per_task: int, batch_size: int, checkpoint: str, xla_cache
     from mtbert_jax.data.packing import BatchLayout
     from mtbert_jax.model.config import ModelConfig
     from mtbert_jax.model.multitask import init_model
-    from mtbert_jax.training import compilation_cache, distributed
+    from mtbert_jax.run import compilation_cache
+    from mtbert_jax.training import distributed
     from mtbert_jax.training.optimizer import Optimizer, OptimizerConfig
     from mtbert_jax.training.step import StepRunner, TrainState
 

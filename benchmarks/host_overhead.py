@@ -56,8 +56,9 @@ def run(steps: int, warmup: int, batch: int) -> dict:
     from mtbert_jax.data import loader
     from mtbert_jax.model.encoder import init_params
     from mtbert_jax.synthetic import tiny_bert_config
-    from mtbert_jax.training import distributed, loop, step
-    from mtbert_jax.training.loop import train_and_evaluate
+    from mtbert_jax.run import loop
+    from mtbert_jax.training import distributed, step
+    from mtbert_jax.run.loop import train_and_evaluate
 
     log = collections.defaultdict(list)
 

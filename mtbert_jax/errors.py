@@ -88,6 +88,11 @@ def exit_on_error(message: str) -> None:
     os._exit(2)
 
 
+def is_command_line() -> bool:
+    """Whether a command line (train.py, evaluate.py, compare.py, convert.py) runs this process."""
+    return _command_line
+
+
 def mark_command_line() -> None:
     """Marks this process as a command line: failed orbax operations silence its output until
     the one error line (see silenced_after_failure)."""

@@ -143,9 +143,9 @@ def test_convert_on_a_bin_that_is_not_a_state_dict(corpus, tmp_path, content, ex
     bad.mkdir()
     shutil.copy(resolve_checkpoint_dir("default") / "config.json", bad / "config.json")
     torch.save(content, bad / "pytorch_model.bin")
-    _check(["-m", "mtbert_jax.convert", "--checkpoint", str(bad), "--out", str(tmp_path / "out")], bad,
+    _check([str(ROOT / "convert.py"), "--checkpoint", str(bad), "--out", str(tmp_path / "out")], bad,
            "pytorch_model.bin: expected a state dict of tensors")
-    assert expected in subprocess.run([sys.executable, "-m", "mtbert_jax.convert", "--checkpoint", str(bad), "--out",
+    assert expected in subprocess.run([sys.executable, str(ROOT / "convert.py"), "--checkpoint", str(bad), "--out",
                                        str(tmp_path / "out")], cwd=ROOT, env=ENV, capture_output=True, text=True).stderr
 
 

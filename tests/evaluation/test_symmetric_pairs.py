@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from mtbert_jax.config import RunConfig
+from mtbert_jax.run.config import RunConfig
 from mtbert_jax.data.packing import BatchLayout
 from mtbert_jax.data.tokenized import Segments, TaskData
 from mtbert_jax.errors import ConfigError

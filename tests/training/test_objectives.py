@@ -17,7 +17,7 @@ from mtbert_jax.errors import ConfigError
 from mtbert_jax.model.config import ModelConfig
 from mtbert_jax.model.multitask import init_model
 from mtbert_jax.synthetic import synthetic_batch, tiny_bert_config
-from mtbert_jax.training.loop import train_and_evaluate
+from mtbert_jax.run.loop import train_and_evaluate
 from mtbert_jax.training.objectives import ObjectiveConfig, cosine_embedding_loss, make_objective, mnrl
 from mtbert_jax.training.rdrop import RDropConfig, second_pass_key
 from mtbert_jax.training.smart import SmartConfig, perturbation, symmetric_divergence, update_teacher

@@ -17,8 +17,8 @@ from flax import traverse_util
 import evaluate
 from conftest import quadratic_task_gradients, tiny_training_config
 from mtbert_jax.training import distributed
-from mtbert_jax.training.checkpointing import Checkpoints, restore_trained
-from mtbert_jax.training.loop import train_and_evaluate
+from mtbert_jax.run.checkpointing import Checkpoints, restore_trained
+from mtbert_jax.run.loop import train_and_evaluate
 from mtbert_jax.training.optimizer import Optimizer, OptimizerConfig
 from mtbert_jax.training.step import AXIS, TrainState, ema_decay, train_step
 

@@ -63,7 +63,7 @@ class Checkpoints:
         not, in one line. Reads it as stored, so that a checkpoint of another model's shape is
         not mistaken for a damaged one, and in a child process: a failed read leaves
         tensorstore's threads printing "Event loop is closed" tracebacks for seconds after."""
-        child = subprocess.run([sys.executable, "-m", "mtbert_jax.training.checkpointing",
+        child = subprocess.run([sys.executable, "-m", "mtbert_jax.run.checkpointing",
                                 str(self.latest.directory), str(step)], capture_output=True, text=True)
         if child.returncode == 0:
             return None

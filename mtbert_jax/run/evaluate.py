@@ -19,7 +19,7 @@ from mtbert_jax.evaluation import prediction_file
 from mtbert_jax.evaluation.metrics import classification_report, overall_score, task_metrics
 from mtbert_jax.evaluation.plots import plot_confusion_matrix, plot_scatter
 from mtbert_jax.evaluation.predict import labels_from_outputs, predict
-from mtbert_jax.evaluation.trained import TrainedModel, load_trained
+from mtbert_jax.run.trained import TrainedModel, load_trained
 from mtbert_jax.tasks import BINARY, MULTICLASS, TASKS
 
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from mtbert_jax.checkpoints.hf import load_hf_checkpoint, resolve_checkpoint_dir
 from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
-from mtbert_jax.config import RunConfig
+from mtbert_jax.run.config import RunConfig
 from mtbert_jax.data.loader import MultiTaskLoader
 from mtbert_jax.data.prefetch import Prefetcher
 from mtbert_jax.data.task_files import resolve_data_dir
@@ -34,12 +34,12 @@ from mtbert_jax.evaluation.predict import dataset_metrics, make_predict
 from mtbert_jax.model.mixed_precision import resolve_compute_dtype
 from mtbert_jax.model.multitask import init_model
 from mtbert_jax.training import distributed
-from mtbert_jax.training.checkpointing import Checkpoints
-from mtbert_jax.training.metrics_log import LogWindow, MetricsLog
+from mtbert_jax.run.checkpointing import Checkpoints
+from mtbert_jax.run.metrics_log import LogWindow, MetricsLog
 from mtbert_jax.training.param_groups import parameter_report
-from mtbert_jax.training.stages import Stages
+from mtbert_jax.run.stages import Stages
 from mtbert_jax.training.step import TrainState
-from mtbert_jax.training.workdir_lock import WorkdirLock
+from mtbert_jax.run.workdir_lock import WorkdirLock
 
 
 @dataclasses.dataclass

@@ -1,9 +1,9 @@
 """Compares training runs: groups workdirs by configuration (the seed left out) and prints each
 group's dev metrics and overall score as mean +- standard deviation over its seeds.
 
-python -m mtbert_jax.compare runs/default_s0 runs/default_s1 runs/pals_s0 ...
-python -m mtbert_jax.compare runs                 # every run directory inside runs/
-python -m mtbert_jax.compare runs --markdown      # the table as markdown (README's Results)
+python compare.py runs/default_s0 runs/default_s1 runs/pals_s0 ...
+python compare.py runs                 # every run directory inside runs/
+python compare.py runs --markdown      # the table as markdown (README's Results)
 
 A run's numbers are those of its last dev evaluation (the end of its last epoch, the model a
 finished run ends with). A run with weight averaging on (optimizer.ema_decay) also counts as a
@@ -59,7 +59,7 @@ class NotEvaluatedYet(ValueError):
 
 def read_run(workdir: Path) -> Run:
     """A run directory's configuration and last dev evaluation; ValueError says why it cannot."""
-    from mtbert_jax.config import RunConfig
+    from mtbert_jax.run.config import RunConfig
 
     config_path, metrics_path = workdir / "config.json", workdir / "metrics.jsonl"
     if not workdir.is_dir():
@@ -133,7 +133,7 @@ def _leaves(d, prefix=""):
 
 def default_config() -> Optional[dict]:
     """configs/default.py as a RunConfig dict, when this checkout has it."""
-    from mtbert_jax.config import RunConfig
+    from mtbert_jax.run.config import RunConfig
 
     path = Path(__file__).resolve().parents[1] / "configs" / "default.py"
     if not path.exists():
@@ -178,7 +178,7 @@ def encoder_free_parameters(config: dict) -> Optional[int]:
     import jax
 
     from mtbert_jax.checkpoints.hf import resolve_checkpoint_dir
-    from mtbert_jax.config import RunConfig
+    from mtbert_jax.run.config import RunConfig
     from mtbert_jax.model.bert_config import BertConfig
     from mtbert_jax.model.multitask import MultiTaskModel, example_batch
     from mtbert_jax.training.param_groups import count_parameters
@@ -264,7 +264,7 @@ def render(rows: list[dict], markdown: bool) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mtbert_jax.compare", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python compare.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("workdirs", nargs="+", type=Path, help="run directories, or directories holding runs")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     parser.add_argument("--no-parameters", action="store_true", help="skip counting parameters (faster)")

@@ -13,7 +13,7 @@ import jax
 import pytest
 
 from configs import default
-from mtbert_jax.config import RunConfig, upgrade
+from mtbert_jax.run.config import RunConfig, upgrade
 from mtbert_jax.data.task_schedules import ScheduleConfig
 from mtbert_jax.errors import ConfigError
 from mtbert_jax.model.bert_config import BertConfig

@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
-from mtbert_jax.training import malloc_tunables
+from mtbert_jax.run import malloc_tunables
 
 SCRIPT = ("import os, sys\n"
-          "from mtbert_jax.training.malloc_tunables import restart_with_malloc_tunables\n"
+          "from mtbert_jax.run.malloc_tunables import restart_with_malloc_tunables\n"
           "print('start', flush=True)\n"
           "restart_with_malloc_tunables()\n"
           "print('tunables=' + os.environ.get('GLIBC_TUNABLES', ''), sys.argv[1:])\n")

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from mtbert_jax.training.workdir_lock import LOCK_NAME, WorkdirBusy, WorkdirLock
+from mtbert_jax.run.workdir_lock import LOCK_NAME, WorkdirBusy, WorkdirLock
 
 
 def _write_lock(workdir, host, pid):
@@ -64,7 +64,7 @@ def test_processes_other_than_the_first_hold_nothing(tmp_path):
 
 def test_train_py_refuses_a_busy_workdir_in_one_line(tiny_checkpoint, tiny_data_dir, tmp_path):
     from conftest import tiny_training_config
-    from mtbert_jax.training.loop import train_and_evaluate
+    from mtbert_jax.run.loop import train_and_evaluate
     config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache", num_epochs=1, max_steps=1)
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

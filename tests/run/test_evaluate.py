@@ -13,8 +13,8 @@ from scipy import stats
 import evaluate
 from conftest import tiny_training_config, write_tsv
 from mtbert_jax.evaluation.metrics import classification_report, overall_score, task_metrics
-from mtbert_jax.evaluation.run import load_trained, predict_file
-from mtbert_jax.training.loop import train_and_evaluate
+from mtbert_jax.run.evaluate import load_trained, predict_file
+from mtbert_jax.run.loop import train_and_evaluate
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -1,4 +1,4 @@
-"""python -m mtbert_jax.compare: grouping by configuration without the seed, mean +- sd over
+"""python -m mtbert_jax.run.compare: grouping by configuration without the seed, mean +- sd over
 seeds, unfinished and unreadable runs named, parameters beyond the encoder."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import statistics
 import pytest
 
 from configs import default
-from mtbert_jax import compare
+from mtbert_jax.run import compare
 
 
 def _run(root, name, seed=0, overall_by_epoch=(0.70, 0.74, 0.75), seconds=1800.0, **changes):

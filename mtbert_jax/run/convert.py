@@ -1,6 +1,6 @@
 """Command line: convert a Hugging Face BERT directory and write it back as one.
 
-    python -m mtbert_jax.convert --checkpoint DIR --out DIR
+    python convert.py --checkpoint DIR --out DIR
 
 `--checkpoint default` is the embedded all-MiniLM-L6-v2; a training workdir (runs/NAME, with
 `--which best|latest|STEP`) exports its fine-tuned encoder. The output is config.json,
@@ -19,9 +19,9 @@ import numpy as np
 from flax import traverse_util
 
 from mtbert_jax.checkpoints.hf import export_hf_checkpoint, load_hf_checkpoint, resolve_checkpoint_dir
-from mtbert_jax.errors import MtbertError, exit_on_error
+from mtbert_jax.errors import MtbertError, exit_on_error, is_command_line, mark_command_line
 from mtbert_jax.model.bert_config import BertConfig
-from mtbert_jax.training.checkpointing import restore_trained
+from mtbert_jax.run.checkpointing import restore_trained
 
 
 def _max_difference(a, b) -> float:
@@ -32,7 +32,7 @@ def _max_difference(a, b) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python convert.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default="default",
                         help="a Hugging Face BERT directory, or 'default' for the embedded MiniLM")
     parser.add_argument("--out", required=True, help="directory to write the Hugging Face files to")
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         export_hf_checkpoint(params, config, args.out, tokenizer_dir=source)
         _, reread, _ = load_hf_checkpoint(args.out)
     except (MtbertError, FileNotFoundError) as e:
-        if __name__ == "__main__":  # a command line: one line and exit 2, no shutdown noise
+        if is_command_line():  # one line and exit 2, no shutdown noise
             exit_on_error(str(e))
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -64,5 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if difference == 0 else 1
 
 
+def command() -> int:
+    """The command line (convert.py, the mtbert-convert script): errors end in one line."""
+    mark_command_line()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command())

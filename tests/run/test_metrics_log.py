@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from mtbert_jax.training.metrics_log import MetricsLog
+from mtbert_jax.run.metrics_log import MetricsLog
 
 
 def _records(path):

@@ -10,7 +10,7 @@ import dataclasses
 
 import jax
 
-from mtbert_jax.config import RunConfig
+from mtbert_jax.run.config import RunConfig
 from mtbert_jax.data.loader import MultiTaskLoader
 from mtbert_jax.data.task_schedules import Schedule
 from mtbert_jax.model.multitask import MultiTaskModel

@@ -17,9 +17,9 @@ import pytest
 
 from conftest import tiny_training_config
 from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
-from mtbert_jax.config import RunConfig
+from mtbert_jax.run.config import RunConfig
 from mtbert_jax.errors import ConfigError, TrainingError
-from mtbert_jax.training.loop import load_run_data, train_and_evaluate
+from mtbert_jax.run.loop import load_run_data, train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,10 +49,10 @@ def test_end_to_end_with_pcgrad(tiny_checkpoint, tiny_data_dir, tmp_path):
     assert len([p for p in (run / "best").iterdir() if p.name.isdigit()]) == 1
 
     # The fine-tuned encoder exports to a Hugging Face directory that transformers loads.
-    from mtbert_jax import convert
+    from mtbert_jax.run import convert
     from mtbert_jax.checkpoints.hf import load_hf_checkpoint
     from mtbert_jax.model.encoder import BertModel
-    from mtbert_jax.training.checkpointing import restore_trained
+    from mtbert_jax.run.checkpointing import restore_trained
     assert convert.main(["--checkpoint", str(run), "--out", str(tmp_path / "hf")]) == 0
     _, trained, _ = restore_trained(run, "best")
     bert_config, exported, _ = load_hf_checkpoint(tmp_path / "hf")
@@ -123,7 +123,7 @@ def test_bad_config_is_refused_before_the_workdir_is_touched(tiny_checkpoint, ti
 
 def test_auto_dtype_is_chosen_once_and_kept_on_resume(tiny_checkpoint, tiny_data_dir, tmp_path, monkeypatch):
     from mtbert_jax.model import mixed_precision
-    from mtbert_jax.training.loop import resolve_auto_dtype
+    from mtbert_jax.run.loop import resolve_auto_dtype
 
     run = RunConfig.from_dict(tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache",
                                                    compute_dtype="auto"))
@@ -253,7 +253,7 @@ def test_killed_run_resumes_to_the_same_parameters(tiny_checkpoint, tiny_data_di
 
 KILLED_AT_EVALUATION = """
 import os, runpy, signal, sys
-import mtbert_jax.training.loop as loop
+import mtbert_jax.run.loop as loop
 
 real, calls = loop.dataset_metrics, []
 

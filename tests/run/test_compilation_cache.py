@@ -6,7 +6,7 @@ import sys
 
 SCRIPT = """
 import sys, jax, jax.numpy as jnp
-from mtbert_jax.training import compilation_cache
+from mtbert_jax.run import compilation_cache
 path = compilation_cache.enable(sys.argv[1], min_compile_seconds=0.0)
 print(path)
 jax.jit(lambda x: jnp.tanh(x @ x.T).sum())(jnp.ones((64, 64))).block_until_ready()

@@ -1,0 +1,12 @@
+"""Compare training runs: python compare.py runs   (or a list of workdirs; --markdown)
+
+Groups runs by configuration with the seed left out and prints each group's dev metrics and
+overall score as mean +- standard deviation over its seeds (mtbert_jax/run/compare.py).
+"""
+
+import sys
+
+from mtbert_jax.run.compare import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""Export a Hugging Face BERT directory: python convert.py --checkpoint DIR_OR_WORKDIR --out DIR
+
+A training workdir (with --which best|latest|STEP) exports its fine-tuned encoder; the output is
+read back and compared before success is reported (mtbert_jax/run/convert.py).
+"""
+
+import sys
+
+from mtbert_jax.run.convert import command
+
+if __name__ == "__main__":
+    sys.exit(command())
