@@ -43,8 +43,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from mtbert_jax.errors import MtbertError, exit_on_error, mark_command_line
-    from mtbert_jax.run.evaluate import evaluate_run, format_table, load_trained, score_texts
     from mtbert_jax.run import compilation_cache
+    from mtbert_jax.run.evaluate import evaluate_run, format_table, load_trained, score_texts
 
     mark_command_line()
     compilation_cache.enable()

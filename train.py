@@ -31,8 +31,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax reports every save at INFO
     from mtbert_jax.errors import MtbertError, exit_on_error, mark_command_line
     from mtbert_jax.run import compilation_cache
-    from mtbert_jax.training import distributed
     from mtbert_jax.run.loop import train_and_evaluate
+    from mtbert_jax.training import distributed
 
     mark_command_line()
     compilation_cache.enable()

@@ -55,10 +55,10 @@ def run(steps: int, warmup: int, batch: int) -> dict:
     from mtbert_jax.checkpoints.hf import default_checkpoint_dir, export_hf_checkpoint
     from mtbert_jax.data import loader
     from mtbert_jax.model.encoder import init_params
-    from mtbert_jax.synthetic import tiny_bert_config
     from mtbert_jax.run import loop
-    from mtbert_jax.training import distributed, step
     from mtbert_jax.run.loop import train_and_evaluate
+    from mtbert_jax.synthetic import tiny_bert_config
+    from mtbert_jax.training import distributed, step
 
     log = collections.defaultdict(list)
 

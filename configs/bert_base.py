@@ -10,7 +10,7 @@ from configs import default
 
 
 def get_config(preset: str = ""):
-    c = default.reports_config(preset)
+    c = default.pooler_recipe_config(preset)
     c.checkpoint = os.environ.get("MTBERT_BERT_BASE_DIR", "bert-base-uncased")
     c.optimizer.encoder_lr = 2e-5
     return c

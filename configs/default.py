@@ -86,7 +86,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 
     # The multi-task schedule (mtbert_jax/data/task_schedules.py).
     c.schedule = ml_collections.ConfigDict()
-    # sequential | round_robin | method1 | method2 | method3 | proportional | sqrt | annealed.
+    # sequential | round_robin | all_tasks_scaled_batches | all_tasks_until_largest |
+    # all_tasks_until_smallest | proportional | sqrt | annealed (data/task_schedules.py;
+    # method1..method3, seed 001's names for the all_tasks_* kinds, are read as aliases).
     c.schedule.kind = "sqrt"
     # Records per task batch (every device of every process gets an equal share).
     c.schedule.batch_size = 32
@@ -101,14 +103,14 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     # largest_first: those epochs train the largest task alone, then all; one_by_one: tasks join
     # largest first, one more every curriculum_epochs epochs (seed 004's gradual introduction).
     c.schedule.curriculum = "largest_first"
-    # Method 3 starts every task's pass afresh each epoch, discarding the rest (seed 001); True
+    # all_tasks_until_smallest starts every task's pass afresh each epoch, discarding the rest (seed 001); True
     # continues each task where the last epoch stopped, so that over epochs all data is seen.
-    c.schedule.method3_carry_over = False
+    c.schedule.carry_over_passes = False
     # Each pass of a cross-encoded pair task (Quora, STS) takes a random half of its pairs with
     # the two sentences swapped: the relations are symmetric, a cross-encoder is not.
     c.schedule.swap_pairs = False
 
-    # Loss weight per task (Method 1 schedules use their own).
+    # Loss weight per task (all_tasks_scaled_batches uses its own).
     c.loss_weights = ml_collections.ConfigDict({"sst": 1.0, "quora": 1.0, "sts": 1.0})
 
     # What each task's loss is made of (mtbert_jax/training/objectives.py).
@@ -191,7 +193,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     return c
 
 
-def reports_config(preset: str = "") -> ml_collections.ConfigDict:
+def pooler_recipe_config(preset: str = "") -> ml_collections.ConfigDict:
     """The base of the recipe configs: the default with the reports' sentence vector (BERT's
     pooler), so that their Results rows keep meaning what they say now that MiniLM mean-pools."""
     c = get_config(preset)

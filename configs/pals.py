@@ -5,7 +5,7 @@ from configs import default
 
 
 def get_config(preset: str = ""):
-    c = default.reports_config(preset)
+    c = default.pooler_recipe_config(preset)
     c.model.adapter = "pals"
     c.model.adapter_size = 204
     c.model.adapter_heads = 6

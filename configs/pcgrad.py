@@ -4,7 +4,7 @@ from configs import default
 
 
 def get_config(preset: str = ""):
-    c = default.reports_config(preset)
-    c.schedule.kind = "method2"
+    c = default.pooler_recipe_config(preset)
+    c.schedule.kind = "all_tasks_until_largest"
     c.optimizer.combiner = "pcgrad"
     return c

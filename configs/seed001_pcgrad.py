@@ -5,10 +5,10 @@ from configs import default
 
 
 def get_config(preset: str = ""):
-    c = default.reports_config(preset)
+    c = default.pooler_recipe_config(preset)
     c.model.pair_heads.quora = "bi_concat"
     c.model.pair_heads.sts = "bi_concat"
-    c.schedule.kind = "method3"
+    c.schedule.kind = "all_tasks_until_smallest"
     c.optimizer.combiner = "pcgrad"
     c.optimizer.pcgrad_reduction = "sum"
     if preset == "budget":  # the Results table's budget: 926 steps x 3 tasks = 2,778 task batches

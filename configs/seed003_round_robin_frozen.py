@@ -5,7 +5,7 @@ from configs import default
 
 
 def get_config(preset: str = ""):
-    c = default.reports_config(preset)
+    c = default.pooler_recipe_config(preset)
     c.model.pair_heads.quora = "bi_concat"
     c.model.pair_heads.sts = "bi_concat"
     c.model.shared_pair_hidden = True

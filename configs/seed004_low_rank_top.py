@@ -6,7 +6,7 @@ from configs import default
 
 
 def get_config(preset: str = ""):
-    c = default.reports_config(preset)
+    c = default.pooler_recipe_config(preset)
     c.model.adapter = "low_rank_top_layer"
     c.model.adapter_size = 256
     c.schedule.kind = "round_robin"

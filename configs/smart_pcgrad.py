@@ -5,8 +5,8 @@ from configs import default
 
 
 def get_config(preset: str = ""):
-    c = default.reports_config(preset)
-    c.schedule.kind = "method2"
+    c = default.pooler_recipe_config(preset)
+    c.schedule.kind = "all_tasks_until_largest"
     c.optimizer.combiner = "pcgrad"
     c.objective.smart.tasks = ("sst", "quora", "sts")
     return c

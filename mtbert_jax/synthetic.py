@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from mtbert_jax.batch import ATTENTION_MASK, EXAMPLE_IDS, INPUT_IDS, LABELS, TOKEN_TYPE_IDS, WEIGHTS
 from mtbert_jax.model.bert_config import BertConfig
-from mtbert_jax.tasks import MULTICLASS, REGRESSION, TASKS
+from mtbert_jax.tasks import TASKS
 
 # A 2-layer, hidden-32 encoder with a 60-token vocabulary: seconds to compile and run.
 TINY_BERT = dict(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -32,12 +33,12 @@ def synthetic_batch(task: str, rows: int, seq: int, rng: np.random.Generator, *,
         types = np.zeros((rows, seq), np.int32)
         if spec.is_pair and pair_encoding == "cross":
             types[:, seq // 2:] = 1
-        batch |= {"input_ids" + suffix: rng.integers(*token_range, size=(rows, seq)).astype(np.int32) * mask,
-                  "token_type_ids" + suffix: types * mask, "attention_mask" + suffix: mask}
-    if spec.kind == REGRESSION:
-        batch["labels"] = rng.uniform(*spec.score_range, size=rows).astype(np.float32)
+        batch |= {INPUT_IDS + suffix: rng.integers(*token_range, size=(rows, seq)).astype(np.int32) * mask,
+                  TOKEN_TYPE_IDS + suffix: types * mask, ATTENTION_MASK + suffix: mask}
+    if spec.is_classification:
+        batch[LABELS] = rng.integers(0, spec.num_classes, rows).astype(spec.kind.label_dtype)
     else:
-        batch["labels"] = rng.integers(0, spec.num_classes if spec.kind == MULTICLASS else 2, rows).astype(np.int32)
-    batch["weights"] = (np.arange(rows) < rows - filler_rows).astype(np.float32)
-    batch["example_ids"] = np.arange(rows, dtype=np.int32)
+        batch[LABELS] = rng.uniform(*spec.score_range, size=rows).astype(spec.kind.label_dtype)
+    batch[WEIGHTS] = (np.arange(rows) < rows - filler_rows).astype(np.float32)
+    batch[EXAMPLE_IDS] = np.arange(rows, dtype=np.int32)
     return batch

@@ -1,6 +1,8 @@
 """The tasks: their files, columns, labels and kind.
 
-A task's kind decides its head, loss, divergence, metric and how outputs become labels:
+A task's kind is one object that owns everything decided by it: the loss on the head's output,
+the divergence between two outputs (SMART, R-Drop), the labels an output stands for, the metric,
+and the value written to the course's prediction files.
 - multiclass: one sentence, softmax over classes (SST: 5, CFIMDB: 2), accuracy
 - binary:     a sentence pair, one logit (Quora paraphrase), accuracy
 - regression: a sentence pair, a score in a range (STS similarity 0-5), Pearson r
@@ -12,7 +14,129 @@ import dataclasses
 import math
 from typing import Optional
 
-MULTICLASS, BINARY, REGRESSION = "multiclass", "binary", "regression"
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+Array = jax.Array
+
+
+class TaskKind:
+    """What a kind of task does with its head's outputs; one instance per kind."""
+
+    name: str
+    is_classification: bool = True
+    label_dtype = np.int32
+
+    def loss(self, prediction: Array, labels: Array) -> Array:
+        """[batch] training loss of each example."""
+        raise NotImplementedError
+
+    def log_probs(self, prediction: Array) -> Array:
+        """[batch, classes] log-probabilities of a classifier's outputs."""
+        raise NotImplementedError
+
+    def divergence(self, p: Array, q: Array) -> Array:
+        """[batch] symmetric divergence between two outputs of the head: KL(P||Q) + KL(Q||P)
+        between the distributions they stand for (SMART's l_s, R-Drop)."""
+        log_p, log_q = self.log_probs(p), self.log_probs(q)
+        return jnp.sum((jnp.exp(log_p) - jnp.exp(log_q)) * (log_p - log_q), -1)
+
+    def labels(self, outputs: np.ndarray) -> np.ndarray:
+        """The labels host-side outputs stand for."""
+        raise NotImplementedError
+
+    def metrics(self, predicted: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+        return {"accuracy": float(np.mean(predicted == gold))}
+
+    def starter_values(self, labels: np.ndarray) -> list:
+        """Per-record values whose str() is what the CS224N starter code prints."""
+        raise NotImplementedError
+
+    def describe(self, output: np.ndarray) -> dict:
+        """One example's output for people (evaluate.py --sentence / --pair)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class Multiclass(TaskKind):
+    name = "multiclass"
+
+    def loss(self, prediction, labels):
+        return optax.softmax_cross_entropy_with_integer_labels(prediction.astype(jnp.float32),
+                                                               labels.astype(jnp.int32))
+
+    def log_probs(self, prediction):
+        return jax.nn.log_softmax(prediction.astype(jnp.float32), -1)
+
+    def labels(self, outputs):
+        return outputs.argmax(-1)
+
+    def starter_values(self, labels):
+        return [int(x) for x in labels]  # np.argmax -> int64, printed "3"
+
+    def describe(self, output):
+        probabilities = np.exp(output - output.max())
+        probabilities /= probabilities.sum()
+        return {"class": int(output.argmax()), "probabilities": [round(float(p), 4) for p in probabilities]}
+
+
+class Binary(TaskKind):
+    """One logit: the probability of the positive class is its sigmoid."""
+
+    name = "binary"
+
+    def loss(self, prediction, labels):
+        return optax.sigmoid_binary_cross_entropy(prediction.astype(jnp.float32), labels.astype(jnp.float32))
+
+    def log_probs(self, prediction):
+        """A logit as [log(1 - p), log p]."""
+        prediction = prediction.astype(jnp.float32)
+        return jnp.stack([jax.nn.log_sigmoid(-prediction), jax.nn.log_sigmoid(prediction)], -1)
+
+    def labels(self, outputs):
+        return (outputs > 0).astype(np.int32)
+
+    def starter_values(self, labels):
+        return list(np.asarray(labels, np.float32))  # sigmoid().round() -> float32, "1.0"
+
+    def describe(self, output):
+        return {"paraphrase_probability": round(float(1 / (1 + np.exp(-output))), 4)}
+
+
+class Regression(TaskKind):
+    """A score: squared error, Pearson r."""
+
+    name = "regression"
+    is_classification = False
+    label_dtype = np.float32
+
+    def loss(self, prediction, labels):
+        return jnp.square(prediction.astype(jnp.float32) - labels.astype(jnp.float32))
+
+    def divergence(self, p, q):
+        return jnp.square(p.astype(jnp.float32) - q.astype(jnp.float32))
+
+    def labels(self, outputs):
+        return outputs
+
+    def metrics(self, predicted, gold):
+        from scipy import stats  # scipy only where a score is evaluated
+
+        return {"pearson": float(stats.pearsonr(predicted, gold).statistic),
+                "spearman": float(stats.spearmanr(predicted, gold).statistic)}
+
+    def starter_values(self, labels):
+        return list(np.asarray(labels, np.float32))  # float32 scores, "3.1234567"
+
+    def describe(self, output):
+        return {"similarity": round(float(output), 4)}
+
+
+MULTICLASS, BINARY, REGRESSION = Multiclass(), Binary(), Regression()
 SPLITS = ("train", "dev", "test")
 _SPLIT_SUFFIX = {"train": "train", "dev": "dev", "test": "test-student"}
 
@@ -26,7 +150,7 @@ class TaskSpec:
     """One task's files and labels."""
 
     name: str
-    kind: str  # MULTICLASS | BINARY | REGRESSION
+    kind: TaskKind  # MULTICLASS | BINARY | REGRESSION
     file_stem: str  # files are {file_stem}-train.csv, -dev.csv, -test-student.csv
     text_columns: tuple[str, ...]  # one column (a sentence) or two (a pair)
     label_column: str
@@ -39,7 +163,12 @@ class TaskSpec:
 
     @property
     def is_classification(self) -> bool:
-        return self.kind != REGRESSION
+        return self.kind.is_classification
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the head's output: a logit per class, or one logit or score."""
+        return self.num_classes if self.kind is MULTICLASS else 1
 
     def file_name(self, split: str) -> str:
         if split not in _SPLIT_SUFFIX:
@@ -72,6 +201,3 @@ TASKS: dict[str, TaskSpec] = {
                     score_range=(0.0, 5.0)),
 }
 
-
-def kind(task: str) -> str:
-    return TASKS[task].kind

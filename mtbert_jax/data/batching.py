@@ -15,11 +15,11 @@ from typing import Iterator
 
 import numpy as np
 
+from mtbert_jax.batch import ATTENTION_MASK, EXAMPLE_IDS, INDEX, INPUT_IDS, LABELS, SIDES, TOKEN_TYPE_IDS, WEIGHTS
 from mtbert_jax.data.tokenized import TaskData
 from mtbert_jax.errors import ConfigError
 
 Batch = dict[str, np.ndarray]
-_SEGMENT_SUFFIX = ("", "_b")
 
 
 def bucket_lengths(max_length: int, step: int = 16) -> tuple[int, ...]:
@@ -56,25 +56,21 @@ class TaskBatcher:
         self.unique_texts = unique_texts  # in-batch negatives (MNRL): no text twice in a batch
         self.stats = PaddingStats()
 
-    @property
-    def batches_per_pass(self) -> int:
-        return -(-len(self.data) // self.batch_size)
-
     def make_batch(self, indices: np.ndarray) -> Batch:
         """Records `indices` (at most batch_size) -> a batch padded to a bucket length and batch_size rows."""
         rows, n = self.batch_size, len(indices)
         longest = int(self.data.lengths[indices].max(initial=1))
         length = next(b for b in self.buckets if b >= longest)
         batch: Batch = {}
-        for segments, suffix in zip(self.data.segments, _SEGMENT_SUFFIX):
+        for segments, suffix in zip(self.data.segments, SIDES):
             ids = np.full((rows, length), self.pad_id, np.int32)
             types = np.zeros((rows, length), np.int32)
             mask = np.zeros((rows, length), np.int32)
             for row, i in enumerate(indices):
                 x, t = segments.get(i)
                 ids[row, :len(x)], types[row, :len(x)], mask[row, :len(x)] = x, t, 1
-            batch |= {"input_ids" + suffix: ids, "token_type_ids" + suffix: types,
-                      "attention_mask" + suffix: mask}
+            batch |= {INPUT_IDS + suffix: ids, TOKEN_TYPE_IDS + suffix: types,
+                      ATTENTION_MASK + suffix: mask}
             self.stats.real_tokens += int(mask[:n].sum())
             self.stats.padded_tokens += rows * length
         return batch | self.example_fields(indices, rows)
@@ -84,12 +80,12 @@ class TaskBatcher:
         (1 real, 0 filler), index (record, -1 filler), example_ids (dropout's per-example randomness)."""
         n, fields = len(indices), {}
         if self.data.labels is not None:
-            fields["labels"] = np.zeros(slots, self.data.labels.dtype)
-            fields["labels"][:n] = self.data.labels[indices]
-        fields["weights"] = (np.arange(slots) < n).astype(np.float32)
-        fields["index"] = np.full(slots, -1, np.int32)
-        fields["index"][:n] = indices
-        fields["example_ids"] = np.arange(slots, dtype=np.int32)
+            fields[LABELS] = np.zeros(slots, self.data.labels.dtype)
+            fields[LABELS][:n] = self.data.labels[indices]
+        fields[WEIGHTS] = (np.arange(slots) < n).astype(np.float32)
+        fields[INDEX] = np.full(slots, -1, np.int32)
+        fields[INDEX][:n] = indices
+        fields[EXAMPLE_IDS] = np.arange(slots, dtype=np.int32)
         return fields
 
     def pass_order(self, rng: np.random.Generator) -> list[np.ndarray]:
@@ -126,7 +122,7 @@ class TaskBatcher:
 
     def by_length(self) -> Iterator[Batch]:
         """Evaluation: every record once, in batches of similar length (least padding); each
-        batch's "index" says which records it holds, so outputs go back to file order."""
+        batch's INDEX says which records it holds, so outputs go back to file order."""
         order = np.argsort(self.data.lengths, kind="stable")
         for start in range(0, len(order), self.batch_size):
             yield self.make_batch(order[start:start + self.batch_size])

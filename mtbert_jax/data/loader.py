@@ -2,9 +2,9 @@
 
 Each task's stream goes through its records in shuffled passes (pass p of task t is shuffled
 by a generator seeded with (seed, t, p)); a task that runs out in an epoch starts its next pass
-(Method 2's cycling, oversampling). Under Method 3 each epoch starts every task's next pass
-instead, discarding what the last epoch left (unless schedule.method3_carry_over). All randomness is seeded from positions, so the loader's
-state is a handful of integers: `state_dict()` after any step and `load_state_dict()` in a new
+(all_tasks_until_largest's cycling, oversampling). Under all_tasks_until_smallest each epoch
+starts every task's next pass instead, discarding what the last epoch left (unless
+schedule.carry_over_passes). All randomness is seeded from positions, so the loader's state is a handful of integers: `state_dict()` after any step and `load_state_dict()` in a new
 process continue with exactly the batches an uninterrupted run would have seen.
 """
 

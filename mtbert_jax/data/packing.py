@@ -38,11 +38,11 @@ from typing import Callable, Iterator, Sequence, Union
 
 import numpy as np
 
+from mtbert_jax.batch import EXAMPLE_START, INPUT_IDS, POSITION_IDS, SIDES, TEXT_KEY_B, TOKEN_EXAMPLE, TOKEN_TYPE_IDS
 from mtbert_jax.data.batching import Batch, TaskBatcher
 from mtbert_jax.data.tokenized import Segments, TaskData
 from mtbert_jax.errors import ConfigError
 
-_SIDES = ("", "_b")
 EVAL_ROW_STEP = 4
 BALANCE_WINDOW = 64  # batches whose records are shared out by length together
 ROW_LENGTH_STEP = 8
@@ -180,8 +180,8 @@ def _fill_side(segments: Segments, indices: np.ndarray, rows: int, row_length: i
         positions[r, c:c + len(x)] = np.arange(len(x))
         slot_of[r, c:c + len(x)] = slot
         start[slot] = r * row_length + c
-    return {"input_ids": ids, "token_type_ids": types, "position_ids": positions, "token_example": slot_of,
-            "example_start": start}
+    return {INPUT_IDS: ids, TOKEN_TYPE_IDS: types, POSITION_IDS: positions, TOKEN_EXAMPLE: slot_of,
+            EXAMPLE_START: start}
 
 
 class PackedBatcher(TaskBatcher):
@@ -225,7 +225,7 @@ class PackedBatcher(TaskBatcher):
         shard_indices = [indices[k * self.per_shard:(k + 1) * self.per_shard] for k in range(self.shards)]
         length, planned = self.shape
         batch: Batch = {}
-        for segments, suffix, planned_rows in zip(self.data.segments, _SIDES, planned):
+        for segments, suffix, planned_rows in zip(self.data.segments, SIDES, planned):
             places = [first_fit_decreasing(segments.lengths[ix], length) for ix in shard_indices]
             rows = max([int(p[0].max(initial=-1)) + 1 for p in places] + [planned_rows])
             parts = [_fill_side(segments, ix, rows, length, self.per_shard, p, self.pad_id)
@@ -243,7 +243,7 @@ class PackedBatcher(TaskBatcher):
             keys = np.zeros((slots, 2), np.int32)
             for slot, i in enumerate(indices):
                 keys[slot] = text_key(self.data.segments[1].get(i)[0])
-            batch["text_key_b"] = keys
+            batch[TEXT_KEY_B] = keys
 
     def by_length(self) -> Iterator[Batch]:
         """Evaluation: every record once, packed into batches of one shape: `eval_rows()` rows
@@ -276,7 +276,7 @@ class PackedBatcher(TaskBatcher):
                 front, back = (front + 1, back) if from_front else (front, back - 1)
             taken_array = np.asarray(taken, np.int64)
             batch: Batch = {}
-            for segments, suffix, p in zip(self.data.segments, _SIDES, places):
+            for segments, suffix, p in zip(self.data.segments, SIDES, places):
                 place = (np.asarray([r for r, _ in p], np.int64), np.asarray([c for _, c in p], np.int64))
                 side = _fill_side(segments, taken_array, rows, self.max_length, slots, place, self.pad_id)
                 batch |= {k + suffix: v for k, v in side.items()}

@@ -13,6 +13,7 @@ import queue
 import threading
 from typing import Any, Callable, Iterator, Mapping
 
+from mtbert_jax.batch import WEIGHTS
 from mtbert_jax.data.loader import MultiTaskLoader
 
 
@@ -47,7 +48,7 @@ class Prefetcher:
     def _produce(self) -> None:
         try:
             for batches in self.loader:
-                examples = sum(float(b["weights"].sum()) for b in batches.values())
+                examples = sum(float(b[WEIGHTS].sum()) for b in batches.values())
                 item = Prefetched(self.prepare(batches), examples, self.loader.position(),
                                   self.loader.padding.efficiency)
                 if not self._put(item):

@@ -145,7 +145,7 @@ def iter_task_file(path: str | Path, task: str, lenient: bool = False,
 def _records(task, path, record_ids, texts, labels, skipped) -> TaskRecords:
     label_array = None
     if labels is not None:
-        dtype = np.int32 if TASKS[task].is_classification else np.float32
+        dtype = TASKS[task].kind.label_dtype
         label_array = np.asarray(labels, dtype=dtype)
     return TaskRecords(task, path, record_ids, texts, label_array, skipped)
 

@@ -1,18 +1,22 @@
 """Multi-task schedules: which tasks train in each step of each epoch, and with what batch size.
 
-A schedule only plans (it sees dataset sizes, never data); `multitask_loader.py` carries a plan
-out. Plans are a pure function of (config, sizes, seed, epoch), so a resumed run re-plans the
+A schedule only plans (it sees dataset sizes, never data); `loader.py` carries a plan out. Plans are a pure function of (config, sizes, seed, epoch), so a resumed run re-plans the
 same epoch exactly.
 
 Kinds (see ../shared/docs/algorithms.md; n_t = batches in task t's epoch share):
 - sequential:   every batch of task 1, then task 2, ... (one task per step)
 - round_robin:  one task per step, cycling, until the largest task has done its n_t steps
-- method1:      all tasks every step; ceil(N_max / B) steps; task t's batch ceil(N_t / steps);
-                loss_t weighted by (sum of the other tasks' batch sizes) / (t's batch size)
-- method2:      all tasks every step, equal batches, until the largest is exhausted (others cycle)
-- method3:      all tasks every step, equal batches, until the smallest is exhausted; each
-                epoch restarts every task's pass, discarding the rest of the larger tasks (seed
-                001), unless method3_carry_over continues where the last epoch stopped
+- all_tasks_scaled_batches: all tasks every step; ceil(N_max / B) steps; task t's batch
+                ceil(N_t / steps); loss_t weighted by (sum of the other tasks' batch sizes) /
+                (t's batch size)
+- all_tasks_until_largest: all tasks every step, equal batches, until the largest is exhausted
+                (the others cycle)
+- all_tasks_until_smallest: all tasks every step, equal batches, until the smallest is
+                exhausted; each epoch restarts every task's pass, discarding the rest of the
+                larger tasks (seed 001), unless carry_over_passes continues where the last
+                epoch stopped
+Seed 001's report calls these three Methods 1, 2 and 3: `method1`..`method3` are accepted as
+aliases (saved configs, the command line) and stored under the names above.
 - proportional / sqrt / annealed: one task per step, sampled with p_t ~ N_t^alpha, alpha = 1,
                 0.5, or 1 - 0.8 (e - 1) / (E - 1) in epoch e of E; sum n_t steps per epoch
 Modifiers: task_weights (N_t -> w_t N_t; 0 removes a task), oversample_max k (a smaller task
@@ -33,7 +37,8 @@ import numpy as np
 from mtbert_jax.errors import ConfigError
 from mtbert_jax.tasks import TASKS
 
-ALL_TASK_KINDS = ("method1", "method2", "method3")
+ALL_TASK_KINDS = ("all_tasks_scaled_batches", "all_tasks_until_largest", "all_tasks_until_smallest")
+KIND_ALIASES = dict(zip(("method1", "method2", "method3"), ALL_TASK_KINDS))  # seed 001's names
 SAMPLED_KINDS = {"proportional": 1.0, "sqrt": 0.5, "annealed": None}
 CURRICULA = ("largest_first", "one_by_one")
 KINDS = ("sequential", "round_robin") + ALL_TASK_KINDS + tuple(SAMPLED_KINDS)
@@ -54,15 +59,16 @@ class ScheduleConfig:
     iterations_multiplier: float = 1.0
     curriculum_epochs: int = 0
     curriculum: str = "largest_first"  # or "one_by_one"
-    method3_carry_over: bool = False
+    carry_over_passes: bool = False
     # Each pass of a cross-encoded pair task takes a random half of its pairs in the other
     # sentence order (Quora and STS are symmetric; a cross-encoder is not).
     swap_pairs: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "task_weights", dict(self.task_weights or {}))
+        object.__setattr__(self, "kind", KIND_ALIASES.get(self.kind, self.kind))
         if self.kind not in KINDS:
-            raise ConfigError(f"schedule.kind={self.kind!r}: expected one of {KINDS}")
+            raise ConfigError(f"schedule.kind={self.kind!r}: expected one of {KINDS} (or {tuple(KIND_ALIASES)})")
         if self.curriculum not in CURRICULA:
             raise ConfigError(f"schedule.curriculum={self.curriculum!r}: expected one of {CURRICULA}")
         for name, value, ok, expected in (
@@ -105,8 +111,9 @@ class Schedule:
 
     @property
     def restarts_streams(self) -> bool:
-        """Whether each epoch starts every task's pass afresh (Method 3: the rest is discarded)."""
-        return self.config.kind == "method3" and not self.config.method3_carry_over
+        """Whether each epoch starts every task's pass afresh (all_tasks_until_smallest: the rest is
+        discarded)."""
+        return self.config.kind == "all_tasks_until_smallest" and not self.config.carry_over_passes
 
     def active_tasks(self, epoch: int) -> tuple[str, ...]:
         c = self.config.curriculum_epochs
@@ -118,18 +125,19 @@ class Schedule:
         return (self.curriculum_task,) if epoch < c else self.tasks
 
     def batch_sizes(self, epoch: int = -1) -> dict[str, int]:
-        """Per-task batch size (Method 1: proportional to the task's size)."""
+        """Per-task batch size (all_tasks_scaled_batches: proportional to the task's size)."""
         tasks = self.active_tasks(epoch) if epoch >= 0 else self.tasks
         b = self.config.batch_size
-        if self.config.kind != "method1":
+        if self.config.kind != "all_tasks_scaled_batches":
             return {t: b for t in self.tasks}
         steps = math.ceil(max(self.sizes[t] for t in tasks) / b)
         return {t: math.ceil(self.sizes[t] / steps) for t in self.tasks}
 
     def loss_weights(self, epoch: int = -1) -> dict[str, float]:
-        """Method 1: loss_t * (sum of the other tasks' batch sizes) / (t's batch size); else 1."""
+        """all_tasks_scaled_batches: loss_t * (sum of the other tasks' batch sizes) / (t's batch
+        size); else 1."""
         tasks = self.active_tasks(epoch) if epoch >= 0 else self.tasks
-        if self.config.kind != "method1" or len(tasks) == 1:
+        if self.config.kind != "all_tasks_scaled_batches" or len(tasks) == 1:
             return {t: 1.0 for t in self.tasks}
         sizes = self.batch_sizes(epoch)
         total = sum(sizes[t] for t in tasks)
@@ -156,11 +164,11 @@ class Schedule:
             base = [(t,) for t in tasks for _ in range(batches[t])]
         elif kind == "round_robin":
             base = [(tasks[i % len(tasks)],) for i in range(len(tasks) * max(batches.values()))]
-        elif kind == "method1":
+        elif kind == "all_tasks_scaled_batches":
             base = [tasks] * math.ceil(max(self.sizes[t] for t in tasks) / self.config.batch_size)
-        elif kind == "method2":
+        elif kind == "all_tasks_until_largest":
             base = [tasks] * max(batches.values())
-        elif kind == "method3":
+        elif kind == "all_tasks_until_smallest":
             base = [tasks] * min(batches.values())
         else:
             count = round(sum(batches.values()) * self.config.iterations_multiplier)

@@ -1,22 +1,11 @@
-"""The task metrics (accuracy; Pearson and Spearman r), the overall score and the per-class
-report of a classification task."""
+"""The overall score over tasks and the per-class report of a classification task (each task's
+own metric is its kind's: mtbert_jax/tasks.py)."""
 
 from __future__ import annotations
 
 from typing import Mapping
 
 import numpy as np
-from scipy import stats
-
-from mtbert_jax.tasks import TASKS
-
-
-def task_metrics(task: str, predicted: np.ndarray, gold: np.ndarray) -> dict[str, float]:
-    """Accuracy for the classification tasks; Pearson (and Spearman) r for STS."""
-    if TASKS[task].is_classification:
-        return {"accuracy": float(np.mean(predicted == gold))}
-    return {"pearson": float(stats.pearsonr(predicted, gold).statistic),
-            "spearman": float(stats.spearmanr(predicted, gold).statistic)}
 
 
 def overall_score(metrics: Mapping[str, Mapping[str, float]]) -> float:

@@ -8,11 +8,11 @@ from typing import Mapping, Sequence, Union
 import jax
 import numpy as np
 
+from mtbert_jax.batch import INDEX, WEIGHTS, model_inputs
 from mtbert_jax.data.packing import BatchLayout, as_layout
 from mtbert_jax.data.tokenized import TaskData
-from mtbert_jax.evaluation.metrics import task_metrics
 from mtbert_jax.model.multitask import MultiTaskModel
-from mtbert_jax.tasks import BINARY, MULTICLASS, TASKS
+from mtbert_jax.tasks import TASKS
 
 
 def make_predict(model: MultiTaskModel):
@@ -22,7 +22,6 @@ def make_predict(model: MultiTaskModel):
 
 
 Layout = Union[BatchLayout, Sequence[int]]
-_MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "position_ids", "token_example", "example_start")
 
 
 def predict(predict_fn, params, data: TaskData, batch_size: int, layout: Layout,
@@ -40,23 +39,13 @@ def predict(predict_fn, params, data: TaskData, batch_size: int, layout: Layout,
     batcher = as_layout(layout).batcher(data, batch_size)
     outputs = None
     for batch in batcher.by_length():
-        inputs = {k: v for k, v in batch.items() if k.startswith(_MODEL_INPUTS)}
-        real = batch["weights"] > 0
+        inputs = model_inputs(batch)
+        real = batch[WEIGHTS] > 0
         out = np.asarray(predict_fn(params, data.task, inputs))[real]
         if outputs is None:
             outputs = np.zeros((len(data),) + out.shape[1:], out.dtype)
-        outputs[batch["index"][real]] = out
+        outputs[batch[INDEX][real]] = out
     return outputs if outputs is not None else np.zeros((0,), np.float32)
-
-
-def labels_from_outputs(task: str, outputs: np.ndarray) -> np.ndarray:
-    """Sentiment: argmax class; Quora: 1 when the logit > 0; STS: the score."""
-    kind = TASKS[task].kind
-    if kind == MULTICLASS:
-        return outputs.argmax(-1)
-    if kind == BINARY:
-        return (outputs > 0).astype(np.int32)
-    return outputs
 
 
 def dataset_metrics(predict_fn, params, datasets: Mapping[str, TaskData], batch_size: int,
@@ -65,5 +54,6 @@ def dataset_metrics(predict_fn, params, datasets: Mapping[str, TaskData], batch_
     results = {}
     for task, data in datasets.items():
         outputs = predict(predict_fn, params, data, batch_size, layout, symmetric_pairs)
-        results[task] = task_metrics(task, labels_from_outputs(task, outputs), data.labels)
+        kind = TASKS[task].kind
+        results[task] = kind.metrics(kind.labels(outputs), data.labels)
     return results

@@ -13,7 +13,7 @@ from typing import IO, Sequence
 
 import numpy as np
 
-from mtbert_jax.tasks import BINARY, MULTICLASS, TASKS
+from mtbert_jax.tasks import TASKS
 
 HEADERS = {"sst": "Predicted_Sentiment", "cfimdb": "Predicted_Sentiment",
            "quora": "Predicted_Is_Paraphrase", "sts": "Predicted_Similiary"}
@@ -25,17 +25,6 @@ def write_header(handle: IO[str], task: str) -> None:
     handle.write(f"id \t {HEADERS[task]} \n")
 
 
-def starter_values(task: str, labels: np.ndarray) -> list:
-    """Per-record values whose str() is what the starter prints (labels from
-    `evaluation.predict.labels_from_outputs`)."""
-    kind = TASKS[task].kind
-    if kind == MULTICLASS:
-        return [int(x) for x in labels]  # np.argmax -> int64, printed "3"
-    if kind == BINARY:
-        return list(np.asarray(labels, np.float32))  # sigmoid().round() -> float32, "1.0"
-    return list(np.asarray(labels, np.float32))  # float32 scores, "3.1234567"
-
-
 def write_records(handle: IO[str], task: str, record_ids: Sequence[str], labels: np.ndarray) -> None:
-    for record_id, value in zip(record_ids, starter_values(task, labels)):
+    for record_id, value in zip(record_ids, TASKS[task].kind.starter_values(labels)):
         handle.write(f"{record_id.lower().strip()} , {value} \n")

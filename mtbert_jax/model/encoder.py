@@ -1,7 +1,7 @@
 """A functional Flax (linen) BERT encoder whose parameter names mirror the PyTorch checkpoints.
 
 Parameter paths are the Hugging Face tensor names with "." replaced by "/" and list indices
-written `layer_{i}`, so conversion (see `hf_checkpoint.py`) is a table, not a puzzle:
+written `layer_{i}`, so conversion (see `checkpoints/hf.py`) is a table, not a puzzle:
 `encoder.layer.3.attention.self.query.weight` <-> `encoder/layer_3/attention/self/query/kernel`.
 
 Post-LayerNorm layers (as in the original BERT). Matmuls run in `config.dtype`; parameters,

@@ -15,6 +15,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtbert_jax.batch import (
+    ATTENTION_MASK,
+    EXAMPLE_IDS,
+    EXAMPLE_START,
+    INPUT_IDS,
+    POSITION_IDS,
+    SIDES,
+    TOKEN_EXAMPLE,
+    TOKEN_TYPE_IDS,
+    is_packed,
+    sides,
+)
+from mtbert_jax.batch import (
+    check as check_batch,
+)
 from mtbert_jax.errors import CheckpointError
 from mtbert_jax.model.adapters import TaskAdapter
 from mtbert_jax.model.bert_config import BertConfig
@@ -31,26 +46,21 @@ from mtbert_jax.model.heads import (
     pool,
     pool_packed,
 )
-from mtbert_jax.tasks import MULTICLASS, REGRESSION, TASKS
+from mtbert_jax.tasks import REGRESSION, TASKS
 
 Array = jax.Array
-SEGMENT_SUFFIXES = ("", "_b")
-
-
-def is_packed(batch: Mapping[str, Array]) -> bool:
-    return "token_example" in batch
 
 
 def dropout_token_ids(batch: Mapping[str, Array], suffix: str = "") -> Optional[TokenIds]:
     """Each token's (example id, position in its example) for dropout and SMART's noise, or
     None when the batch has no example ids: the same for a packed and a padded batch."""
-    example_ids = batch.get("example_ids")
+    example_ids = batch.get(EXAMPLE_IDS)
     if example_ids is None:
         return None
     if not is_packed(batch):
-        return token_ids(example_ids, batch["input_ids" + suffix].shape[-1])
-    slot = batch["token_example" + suffix]
-    return TokenIds(example_ids[jnp.maximum(slot, 0)], batch["position_ids" + suffix])
+        return token_ids(example_ids, batch[INPUT_IDS + suffix].shape[-1])
+    slot = batch[TOKEN_EXAMPLE + suffix]
+    return TokenIds(example_ids[jnp.maximum(slot, 0)], batch[POSITION_IDS + suffix])
 
 
 class TaskOutput(NamedTuple):
@@ -70,8 +80,8 @@ class MultiTaskModel(nn.Module):
         heads = {}
         for task in cfg.tasks:
             spec = TASKS[task]
-            if spec.kind == MULTICLASS:
-                heads[task] = LinearHead(spec.num_classes, cfg.head_dropout)
+            if not spec.is_pair:
+                heads[task] = LinearHead(spec.num_outputs, cfg.head_dropout)
             elif cfg.pair_head(task) == "cosine":
                 heads[task] = CosineHead()
             elif cfg.pair_head(task) == "bi_cosine":
@@ -91,13 +101,13 @@ class MultiTaskModel(nn.Module):
         `perturbation` ([rows, seq, hidden]) is added to the embedding-layer output (SMART).
         Dropout masks depend on each token's example and position only (model/dropout.py).
         """
-        input_ids, types = batch["input_ids" + suffix], batch["token_type_ids" + suffix]
+        input_ids, types = batch[INPUT_IDS + suffix], batch[TOKEN_TYPE_IDS + suffix]
         ids = dropout_token_ids(batch, suffix)
         if is_packed(batch):
-            slot = batch["token_example" + suffix]
-            bias, positions = packed_attention_bias(slot), batch["position_ids" + suffix]
+            slot = batch[TOKEN_EXAMPLE + suffix]
+            bias, positions = packed_attention_bias(slot), batch[POSITION_IDS + suffix]
         else:
-            mask = batch["attention_mask" + suffix]
+            mask = batch[ATTENTION_MASK + suffix]
             bias, positions = attention_bias(mask), None
         x = self.bert.embed(input_ids, types, deterministic, ids, positions)
         if perturbation is not None:
@@ -110,19 +120,20 @@ class MultiTaskModel(nn.Module):
         if adapter is not None:
             sequence = adapter.top(sequence, bias, deterministic, ids)
         if is_packed(batch):
-            return pool_packed(self.config.pooling, sequence, slot, batch["example_start" + suffix], self.bert.pool)
+            return pool_packed(self.config.pooling, sequence, slot, batch[EXAMPLE_START + suffix], self.bert.pool)
         return pool(self.config.pooling, sequence, mask, self.bert.pool)
 
     def __call__(self, task: str, batch: Mapping[str, Array], deterministic: bool = True,
                  perturbations: Optional[Sequence[Array]] = None) -> TaskOutput:
         if task not in self.config.tasks:
             raise KeyError(f"task {task!r}: this model has {self.config.tasks}")
-        segments = [s for s in SEGMENT_SUFFIXES if "input_ids" + s in batch]
-        example_ids = batch.get("example_ids")  # [batch]: dropout per example (model/dropout.py)
+        check_batch(batch)  # while tracing: a misbuilt batch is named by its field, at no cost per step
+        segments = sides(batch)
+        example_ids = batch.get(EXAMPLE_IDS)  # [batch]: dropout per example (model/dropout.py)
         vectors = tuple(self.sentence_vector(task, batch, s, deterministic,
                                              None if perturbations is None else perturbations[k])
                         for k, s in enumerate(segments))
-        if TASKS[task].kind == MULTICLASS:
+        if not TASKS[task].is_pair:
             return TaskOutput(self.heads[task](vectors[0], deterministic, example_ids), vectors)
         mode = self.config.pair_head(task)
         expected = 1 if mode == "cross" else 2
@@ -132,7 +143,7 @@ class MultiTaskModel(nn.Module):
                              f"{self.config.pair_encoding(task)!r}")
         if mode == "bi_cosine":
             c = cosine(*vectors)
-            return TaskOutput(STS_MAX / 2 * (1 + c) if TASKS[task].kind == REGRESSION else COSINE_SCALE * c,
+            return TaskOutput(STS_MAX / 2 * (1 + c) if TASKS[task].kind is REGRESSION else COSINE_SCALE * c,
                               vectors)
         head = self.heads[task]
         if mode == "cosine":
@@ -142,7 +153,7 @@ class MultiTaskModel(nn.Module):
             if self.config.shared_pair_hidden:
                 x = gelu(self.pair_hidden(x))
             score = head(x, deterministic, example_ids)[:, 0]
-        if TASKS[task].kind == REGRESSION and mode == "cosine":
+        if TASKS[task].kind is REGRESSION and mode == "cosine":
             score = STS_MAX * jax.nn.sigmoid(score)
         return TaskOutput(score, vectors)
 
@@ -162,10 +173,10 @@ def example_batch(config: ModelConfig, task: str, batch_size: int = 2, seq_len: 
     """A batch of the right structure for `task` (for initialisation and tests)."""
     segments = 2 if config.pair_encoding(task) == "bi" else 1
     batch = {}
-    for s in SEGMENT_SUFFIXES[:segments]:
-        batch |= {"input_ids" + s: np.ones((batch_size, seq_len), np.int32),
-                  "token_type_ids" + s: np.zeros((batch_size, seq_len), np.int32),
-                  "attention_mask" + s: np.ones((batch_size, seq_len), np.int32)}
+    for s in SIDES[:segments]:
+        batch |= {INPUT_IDS + s: np.ones((batch_size, seq_len), np.int32),
+                  TOKEN_TYPE_IDS + s: np.zeros((batch_size, seq_len), np.int32),
+                  ATTENTION_MASK + s: np.ones((batch_size, seq_len), np.int32)}
     return batch
 
 

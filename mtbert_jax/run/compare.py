@@ -178,9 +178,9 @@ def encoder_free_parameters(config: dict) -> Optional[int]:
     import jax
 
     from mtbert_jax.checkpoints.hf import resolve_checkpoint_dir
-    from mtbert_jax.run.config import RunConfig
     from mtbert_jax.model.bert_config import BertConfig
     from mtbert_jax.model.multitask import MultiTaskModel, example_batch
+    from mtbert_jax.run.config import RunConfig
     from mtbert_jax.training.param_groups import count_parameters
 
     run = RunConfig.from_dict(config)

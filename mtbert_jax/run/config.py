@@ -134,8 +134,12 @@ def upgrade(saved: Mapping) -> dict:
         d["schedule"] = {"swap_pairs": False, **d["schedule"]}
     # Packed runs from before balanced batches rounded rows to a step; the rows now follow the data.
     d.pop("pack_row_step", None)
-    if "schedule" in d and "method3_carry_over" not in d["schedule"]:
-        # Runs saved before Method 3 restarted its passes each epoch carried them over: a
-        # resumed one goes on as it started.
-        d["schedule"] = {**d["schedule"], "method3_carry_over": True}
+    if "schedule" in d:
+        schedule = dict(d["schedule"])
+        if "method3_carry_over" in schedule:  # the field's earlier name
+            schedule["carry_over_passes"] = schedule.pop("method3_carry_over")
+        # Runs saved before all_tasks_until_smallest restarted its passes each epoch carried them
+        # over: a resumed one goes on as it started.
+        schedule.setdefault("carry_over_passes", True)
+        d["schedule"] = schedule
     return d

@@ -16,11 +16,11 @@ from mtbert_jax.data.task_files import iter_task_file
 from mtbert_jax.data.tokenized import TaskData, tokenize_records
 from mtbert_jax.errors import ConfigError, DataError
 from mtbert_jax.evaluation import prediction_file
-from mtbert_jax.evaluation.metrics import classification_report, overall_score, task_metrics
+from mtbert_jax.evaluation.metrics import classification_report, overall_score
 from mtbert_jax.evaluation.plots import plot_confusion_matrix, plot_scatter
-from mtbert_jax.evaluation.predict import labels_from_outputs, predict
+from mtbert_jax.evaluation.predict import predict
 from mtbert_jax.run.trained import TrainedModel, load_trained
-from mtbert_jax.tasks import BINARY, MULTICLASS, TASKS
+from mtbert_jax.tasks import TASKS
 
 
 def predict_file(trained: TrainedModel, task: str, path: Path, batch_size: int,
@@ -38,7 +38,7 @@ def predict_file(trained: TrainedModel, task: str, path: Path, batch_size: int,
             data = TaskData(task, "eval", np.asarray(chunk.record_ids), chunk.labels, segments, truncated, [])
             out = predict(trained.predict_fn, trained.params, data, batch_size, trained.layout,
                           trained.run.model.symmetric_pairs)
-            labels = labels_from_outputs(task, out)
+            labels = TASKS[task].kind.labels(out)
             if handle:
                 prediction_file.write_records(handle, task, chunk.record_ids, labels)
             outputs.append(out)
@@ -111,9 +111,9 @@ def evaluate_run(workdir: str | Path, which: str = "best", splits: Sequence[str]
                     raise DataError(f"{path}: no {TASKS[task].label_column!r} column, which a dev file needs "
                                     "for its metrics (unlabelled files: --split test, predictions only)")
                 continue  # unlabelled (test) files: predictions only
-            predicted = labels_from_outputs(task, outputs)
-            metrics = task_metrics(task, predicted, gold)
             spec = TASKS[task]
+            predicted = spec.kind.labels(outputs)
+            metrics = spec.kind.metrics(predicted, gold)
             if spec.is_classification:
                 metrics |= classification_report(predicted, gold, spec.num_classes)
                 plot_confusion_matrix(metrics["confusion_matrix"], f"{task} {split}",
@@ -163,14 +163,5 @@ def score_texts(trained: TrainedModel, sentences: Sequence[str] = (), pairs: Seq
         outputs = predict(trained.predict_fn, trained.params, data, 32, trained.layout,
                           trained.run.model.symmetric_pairs)
         for item, out in zip(items, outputs):
-            entry = {"task": task, "input": list(item)}
-            if spec.kind == MULTICLASS:
-                probabilities = np.exp(out - out.max())
-                probabilities /= probabilities.sum()
-                entry |= {"class": int(out.argmax()), "probabilities": [round(float(p), 4) for p in probabilities]}
-            elif spec.kind == BINARY:
-                entry["paraphrase_probability"] = round(float(1 / (1 + np.exp(-out))), 4)
-            else:
-                entry["similarity"] = round(float(out), 4)
-            results.append(entry)
+            results.append({"task": task, "input": list(item), **spec.kind.describe(out)})
     return results

@@ -20,9 +20,9 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from mtbert_jax import batch as batch_layout
 from mtbert_jax.checkpoints.hf import load_hf_checkpoint, resolve_checkpoint_dir
 from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
-from mtbert_jax.run.config import RunConfig
 from mtbert_jax.data.loader import MultiTaskLoader
 from mtbert_jax.data.prefetch import Prefetcher
 from mtbert_jax.data.task_files import resolve_data_dir
@@ -33,13 +33,14 @@ from mtbert_jax.evaluation.metrics import overall_score
 from mtbert_jax.evaluation.predict import dataset_metrics, make_predict
 from mtbert_jax.model.mixed_precision import resolve_compute_dtype
 from mtbert_jax.model.multitask import init_model
-from mtbert_jax.training import distributed
 from mtbert_jax.run.checkpointing import Checkpoints
+from mtbert_jax.run.config import RunConfig
 from mtbert_jax.run.metrics_log import LogWindow, MetricsLog
-from mtbert_jax.training.param_groups import parameter_report
 from mtbert_jax.run.stages import Stages
-from mtbert_jax.training.step import TrainState
 from mtbert_jax.run.workdir_lock import WorkdirLock
+from mtbert_jax.training import distributed
+from mtbert_jax.training.param_groups import parameter_report
+from mtbert_jax.training.step import TrainState
 
 
 @dataclasses.dataclass
@@ -276,7 +277,7 @@ class Trainer:
         if self.stages.stage_at(epoch, self.step) != self.stage:  # the encoder is frozen from here on
             self.stage = self.stages.stage_at(epoch, self.step)
             self.optimizer, self.runner = self.stages.build(self.stage)
-            self.state = distributed.replicate(self.stages.entered(
+            self.state = distributed.replicate(self.stages.start_stage(
                 self.optimizer, distributed.fetch_replica(self.state), self.step))
             self.log(f"epoch {epoch + 1}: encoder frozen from here on")
         stage_end = self.stages.ends[self.stage]
@@ -285,7 +286,7 @@ class Trainer:
         self.window, self.pending = LogWindow(), []
         # `index` (record positions) only puts evaluation outputs back in file order: not sent.
         prefetcher = Prefetcher(self.loader, lambda batches: {
-            t: distributed.to_devices(distributed.process_shard({k: v for k, v in b.items() if k != "index"}))
+            t: distributed.to_devices(distributed.process_shard(batch_layout.for_devices(b)))
             for t, b in batches.items()})
         try:
             for item in prefetcher:

@@ -10,10 +10,10 @@ import dataclasses
 
 import jax
 
-from mtbert_jax.run.config import RunConfig
 from mtbert_jax.data.loader import MultiTaskLoader
 from mtbert_jax.data.task_schedules import Schedule
 from mtbert_jax.model.multitask import MultiTaskModel
+from mtbert_jax.run.config import RunConfig
 from mtbert_jax.training.optimizer import Optimizer
 from mtbert_jax.training.step import StepRunner, TrainState
 
@@ -32,8 +32,8 @@ class Stages:
             self.ends = [min(end, run.max_steps) for end in self.ends]
         self.tasks = tuple(t for t in run.model.tasks if t in schedule.tasks)  # PCGrad's task order
         self.tasks_per_step = len(self.tasks) if schedule.all_tasks_per_step else 1
-        # Method 1 weighs each task's loss by the other tasks' share of the step.
-        self.loss_weights = (schedule.loss_weights() if run.schedule.kind == "method1"
+        # all_tasks_scaled_batches weighs each task's loss by the other tasks' share of the step.
+        self.loss_weights = (schedule.loss_weights() if run.schedule.kind == "all_tasks_scaled_batches"
                              else run.task_loss_weights(self.tasks))
 
     @property
@@ -57,7 +57,7 @@ class Stages:
     def initial_state(self, optimizer: Optimizer) -> TrainState:
         return TrainState.create(self.params, optimizer, self.run.objective.needs_teacher)
 
-    def entered(self, optimizer: Optimizer, state: TrainState, step: int) -> TrainState:
+    def start_stage(self, optimizer: Optimizer, state: TrainState, step: int) -> TrainState:
         """The state at the start of a new stage: same parameters, teacher and average, fresh
         optimizer."""
         return state._replace(opt_state=optimizer.init(state.params), step=jax.numpy.asarray(step, jax.numpy.int32))

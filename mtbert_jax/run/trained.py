@@ -15,13 +15,13 @@ import numpy as np
 
 from mtbert_jax.checkpoints.hf import resolve_checkpoint_dir
 from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
-from mtbert_jax.run.config import RunConfig
 from mtbert_jax.errors import CheckpointError, ConfigError
 from mtbert_jax.evaluation.predict import make_predict
 from mtbert_jax.model.bert_config import BertConfig
 from mtbert_jax.model.mixed_precision import resolve_compute_dtype
 from mtbert_jax.model.multitask import MultiTaskModel, init_model
 from mtbert_jax.run.checkpointing import restore_trained
+from mtbert_jax.run.config import RunConfig
 
 
 @dataclasses.dataclass

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from mtbert_jax.batch import TOKEN_EXAMPLE, WEIGHTS
 from mtbert_jax.errors import ConfigError
 
 PyTree = Any
@@ -63,10 +64,10 @@ def split_for_devices(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 def check_packed_shards(batch: Mapping[str, np.ndarray], parts: int) -> None:
     """A packed batch split into `parts` must have been packed in (a multiple of) that many
     shards: each part's token slots index its own examples (data/packing.py)."""
-    if "token_example" not in batch:
+    if TOKEN_EXAMPLE not in batch:
         return
-    per_part = batch["weights"].shape[0] // parts
-    if int(batch["token_example"].max(initial=-1)) >= per_part:
+    per_part = batch[WEIGHTS].shape[0] // parts
+    if int(batch[TOKEN_EXAMPLE].max(initial=-1)) >= per_part:
         raise ConfigError(f"a packed batch split over {parts} devices was packed for fewer shards: "
                           f"pack it with shards={parts} (MultiTaskLoader / BatchLayout.batcher)")
 

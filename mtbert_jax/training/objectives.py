@@ -23,15 +23,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mtbert_jax.batch import EXAMPLE_IDS, INPUT_IDS, LABELS, SECOND, TEXT_KEY_B, TOKEN_EXAMPLE, WEIGHTS
 from mtbert_jax.data.tokenized import TaskData
 from mtbert_jax.errors import ConfigError
 from mtbert_jax.model.config import ModelConfig
 from mtbert_jax.model.heads import COSINE_SCALE, cosine
 from mtbert_jax.model.multitask import MultiTaskModel, dropout_token_ids
 from mtbert_jax.tasks import REGRESSION, TASKS
-from mtbert_jax.training.losses import per_example_loss
 from mtbert_jax.training.rdrop import RDropConfig, rdrop_loss, second_pass_key
-from mtbert_jax.training.smart import SmartConfig, perturbation, symmetric_divergence
+from mtbert_jax.training.smart import SmartConfig, perturbation
 
 Array = jax.Array
 STS_LOSSES = ("mse", "cosine_embedding")
@@ -102,7 +102,7 @@ def uncertainty_name(task: str) -> str:
 
 def positives(task: str, labels: Array, threshold: float) -> Array:
     """[batch] 1.0 where a pair is positive: a duplicate (Quora), similar enough (STS)."""
-    if TASKS[task].kind == REGRESSION:
+    if not TASKS[task].is_classification:
         return (labels >= threshold).astype(jnp.float32)
     return (labels > 0).astype(jnp.float32)
 
@@ -176,17 +176,17 @@ class Objective:
 
     def positive_rows(self, batch) -> Array:
         """[rows] 1.0 for the real rows whose pair is positive: MNRL's rows."""
-        return positives(self.task, batch["labels"], self.config.mnrl.sts_threshold) * batch["weights"]
+        return positives(self.task, batch[LABELS], self.config.mnrl.sts_threshold) * batch[WEIGHTS]
 
     @staticmethod
     def second_texts(batch) -> Array:
         """[rows, k] what identifies each example's second text: its token ids, or in a packed
         batch a hash of them (`text_key_b`)."""
-        if "text_key_b" in batch:
-            return batch["text_key_b"]
-        if "token_example_b" in batch:
+        if TEXT_KEY_B in batch:
+            return batch[TEXT_KEY_B]
+        if TOKEN_EXAMPLE + SECOND in batch:
             raise ValueError("a packed batch for MNRL needs text_key_b: pack it with unique_texts=True")
-        return batch["input_ids_b"]
+        return batch[INPUT_IDS + SECOND]
 
     def ranking(self, u: Array, v: Array, rows: Array, text_b: Array, real_rows: Array) -> Array:
         """[rows] each row's MNRL term in a (global) batch, scaled to add to a loss sum that the
@@ -200,14 +200,14 @@ class Objective:
 
     def __call__(self, params, teacher, batch, key, vector_grads=None):
         config, task = self.config, self.task
-        weights = batch["weights"]
+        weights = batch[WEIGHTS]
         count = weights.sum()
         out = self.forward(params, batch, key)
 
         def task_loss(out):
-            if TASKS[task].kind == REGRESSION and config.sts_loss == "cosine_embedding":
-                return cosine_embedding_loss(*out.embeddings, batch["labels"])
-            return per_example_loss(task, out.prediction, batch["labels"])
+            if TASKS[task].kind is REGRESSION and config.sts_loss == "cosine_embedding":
+                return cosine_embedding_loss(*out.embeddings, batch[LABELS])
+            return TASKS[task].kind.loss(out.prediction, batch[LABELS])
 
         per_example = task_loss(out)
         if self.rdrop_on:  # the same batch again under other dropout masks
@@ -233,19 +233,19 @@ class Objective:
             forward = self.forward
             model = self.model
             frozen = jax.lax.stop_gradient(params)  # the ascent step does not train the weights
-            sides = [s for s in ("", "_b") if "input_ids" + s in batch]
-            shapes = [batch["input_ids" + s].shape + (model.bert_config.hidden_size,) for s in sides]
-            noise_ids = [dropout_token_ids(batch, s) for s in sides] if "example_ids" in batch else None
-            slots = [batch.get("token_example" + s) for s in sides]
+            sides = [s for s in ("", "_b") if INPUT_IDS + s in batch]
+            shapes = [batch[INPUT_IDS + s].shape + (model.bert_config.hidden_size,) for s in sides]
+            noise_ids = [dropout_token_ids(batch, s) for s in sides] if EXAMPLE_IDS in batch else None
+            slots = [batch.get(TOKEN_EXAMPLE + s) for s in sides]
             deltas = perturbation(task, lambda d: forward(frozen, batch, key, d).prediction,
                                   out.prediction, shapes, weights, jax.random.fold_in(key, 1), cfg,
                                   noise_ids, slots)
-            adversarial = symmetric_divergence(task, forward(params, batch, key, deltas).prediction,
+            adversarial = TASKS[task].kind.divergence(forward(params, batch, key, deltas).prediction,
                                                out.prediction)
             total = total + cfg.lambda_s * (adversarial * weights).sum()
             if cfg.mu > 0 and teacher is not None:
                 taught = jax.lax.stop_gradient(forward(teacher, batch, key).prediction)
-                total = total + cfg.mu * (symmetric_divergence(task, out.prediction, taught) * weights).sum()
+                total = total + cfg.mu * (TASKS[task].kind.divergence(out.prediction, taught) * weights).sum()
         if config.uncertainty_weighting:
             s = params[uncertainty_name(task)]
             total = jnp.exp(-s) * total + s * count

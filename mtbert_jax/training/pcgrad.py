@@ -98,7 +98,8 @@ def pcgrad(key: Array, num_tasks: int, shared: Union[PyTree, Callable[[PyTree], 
     if num_tasks < 2:
         raise TaskAxisError(
             f"pcgrad needs the gradients of two or more tasks in every step, got num_tasks={num_tasks}; "
-            "use a schedule with all tasks per step (method1, method2 or method3)")
+            "use a schedule with all tasks per step (all_tasks_scaled_batches, all_tasks_until_largest or "
+            "all_tasks_until_smallest)")
 
     def init_fn(params):
         del params

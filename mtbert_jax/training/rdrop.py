@@ -16,7 +16,7 @@ from typing import Sequence
 
 import jax
 
-from mtbert_jax.training.smart import symmetric_divergence
+from mtbert_jax.tasks import TASKS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,4 +38,4 @@ def second_pass_key(key: jax.Array) -> jax.Array:
 def rdrop_loss(task: str, first: jax.Array, second: jax.Array, loss_first: jax.Array, loss_second: jax.Array,
                alpha: float) -> jax.Array:
     """[batch] R-Drop's per-example loss from the two passes' head outputs and task losses."""
-    return 0.5 * (loss_first + loss_second) + 0.25 * alpha * symmetric_divergence(task, first, second)
+    return 0.5 * (loss_first + loss_second) + 0.25 * alpha * TASKS[task].kind.divergence(first, second)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from mtbert_jax.model.dropout import POSITION_STRIDE, TokenIds
-from mtbert_jax.tasks import BINARY, REGRESSION, TASKS
+from mtbert_jax.tasks import TASKS
 
 Array = jax.Array
 
@@ -38,22 +38,6 @@ class SmartConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "tasks", tuple(self.tasks))
-
-
-def _log_probs(task: str, prediction: Array) -> Array:
-    """[batch, classes] log-probabilities; a binary logit becomes [log(1-p), log p]."""
-    prediction = prediction.astype(jnp.float32)
-    if TASKS[task].kind == BINARY:
-        return jnp.stack([jax.nn.log_sigmoid(-prediction), jax.nn.log_sigmoid(prediction)], -1)
-    return jax.nn.log_softmax(prediction, -1)
-
-
-def symmetric_divergence(task: str, p: Array, q: Array) -> Array:
-    """[batch] l_s between two head outputs: KL(P||Q) + KL(Q||P), or (p - q)^2 for scores."""
-    if TASKS[task].kind == REGRESSION:
-        return jnp.square(p.astype(jnp.float32) - q.astype(jnp.float32))
-    log_p, log_q = _log_probs(task, p), _log_probs(task, q)
-    return jnp.sum((jnp.exp(log_p) - jnp.exp(log_q)) * (log_p - log_q), -1)
 
 
 def perturbation(task: str, forward: Callable[[Sequence[Array]], Array], clean: Array,
@@ -80,7 +64,7 @@ def perturbation(task: str, forward: Callable[[Sequence[Array]], Array], clean: 
     target = jax.lax.stop_gradient(clean)
 
     def divergence(deltas):
-        return (symmetric_divergence(task, forward(deltas), target) * weights).sum()
+        return (TASKS[task].kind.divergence(forward(deltas), target) * weights).sum()
 
     grads = jax.grad(divergence)(noise)
     deltas = []

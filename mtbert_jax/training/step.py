@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mtbert_jax.batch import EXAMPLE_IDS, WEIGHTS
 from mtbert_jax.model.multitask import MultiTaskModel
 from mtbert_jax.training import distributed
 from mtbert_jax.training.objectives import ObjectiveConfig, make_objective
@@ -91,9 +92,9 @@ def task_gradient(params: PyTree, teacher: PyTree, batch: Mapping[str, jax.Array
         return loss_sum({**trainable, **fixed}, teacher, batch, key, **kwargs)
 
     key = jax.random.fold_in(jax.random.fold_in(key, step), task_index)
-    examples = batch["weights"].shape[0]  # this device's example slots (a packed batch's token rows differ)
-    if "example_ids" not in batch:
-        batch = {**batch, "example_ids": jax.lax.axis_index(AXIS) * examples + jnp.arange(examples, dtype=jnp.int32)}
+    examples = batch[WEIGHTS].shape[0]  # this device's example slots (a packed batch's token rows differ)
+    if EXAMPLE_IDS not in batch:
+        batch = {**batch, EXAMPLE_IDS: jax.lax.axis_index(AXIS) * examples + jnp.arange(examples, dtype=jnp.int32)}
     # Packed batches have rows of tokens and example slots: each leaf splits by its own length.
     micro = jax.tree_util.tree_map(lambda x: x.reshape((accumulation, x.shape[0] // accumulation) + x.shape[1:]), batch)
     # MNRL over more than this one batch (devices or micro-batches): its gradient cache.
@@ -137,14 +138,14 @@ def _ranking_vector_grads(objective, params, batch, micro, key):
     """MNRL's gradient cache: the whole global batch's sentence vectors (every device, every
     micro-batch; no gradients kept), its MNRL term, and that term's gradient with respect to
     each of this device's vectors, with each row's share of the value: [accumulation, rows, ...]."""
-    accumulation, rows = micro["weights"].shape[:2]
+    accumulation, rows = micro[WEIGHTS].shape[:2]
     fixed = jax.lax.stop_gradient(params)
     u, v = jax.lax.map(lambda mb: tuple(x.astype(jnp.float32) for x in objective.pair_vectors(fixed, mb, key)),
                        micro)
     u, v = u.reshape(accumulation * rows, -1), v.reshape(accumulation * rows, -1)
     gather = functools.partial(jax.lax.all_gather, axis_name=AXIS, tiled=True)
     positive, ids_b = gather(objective.positive_rows(batch)), gather(objective.second_texts(batch))
-    real_rows = jax.lax.psum(batch["weights"].sum(), AXIS)
+    real_rows = jax.lax.psum(batch[WEIGHTS].sum(), AXIS)
 
     def ranking(u, v):
         values = objective.ranking(u, v, positive, ids_b, real_rows)
@@ -219,7 +220,7 @@ class StepRunner:
     """Runs steps on replicated state: {task: device-split batch} -> (state, device metrics).
 
     A step that trains one task is one compiled program (gradient and update; one per task and
-    batch shape). A step of every task (Methods 1-3) runs one gradient program per task, then
+    batch shape). A step of every task (the all_tasks_* schedules) runs one gradient program per task, then
     the update: compilations then grow with the number of batch shapes per task, not with the
     number of their combinations. Nothing here waits for the device: metrics come back as device
     arrays (each task's loss, norms, learning rates) for the caller to fetch when it

@@ -11,9 +11,9 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from conftest import TINY, save_torch_bert
-from mtbert_jax.run import convert
 from mtbert_jax.checkpoints.hf import CheckpointError, hf_name, load_hf_checkpoint
 from mtbert_jax.model.bert_config import UnsupportedConfigError
+from mtbert_jax.run import convert
 
 torch = pytest.importorskip("torch")
 

@@ -98,7 +98,7 @@ def test_sequential_epoch_covers_every_record_once():
 
 
 def test_all_task_steps_hold_every_task_and_small_tasks_cycle():
-    loader = _loader("method2")
+    loader = _loader("all_tasks_until_largest")
     steps = list(loader)
     assert len(steps) == 25 and all(set(s) == {"a", "b", "c"} for s in steps)
     c_indices = [i for s in steps for i in s["c"]["index"].tolist() if i >= 0]
@@ -122,10 +122,10 @@ def _epoch_indices(loader):
 
 
 @pytest.mark.parametrize("carry_over", [False, True])
-def test_method3_discards_the_rest_of_each_epoch_unless_carried_over(carry_over):
-    """Seed 001's Method 3 uses each example at most once per epoch: every epoch starts each
+def test_all_tasks_until_smallest_discards_the_rest_of_each_epoch_unless_carried_over(carry_over):
+    """all_tasks_until_smallest (seed 001's Method 3) uses each example at most once per epoch: every epoch starts each
     task's next pass (a fresh shuffle) and the larger tasks' remaining records are dropped."""
-    loader = _loader("method3", method3_carry_over=carry_over)
+    loader = _loader("all_tasks_until_smallest", carry_over_passes=carry_over)
     first, second = _epoch_indices(loader), _epoch_indices(loader)
     assert len(first["c"]) == 30  # 4 steps: the smallest task's 30 records in batches of 8
     for task, n in (("a", 200), ("b", 50)):
@@ -139,7 +139,7 @@ def test_method3_discards_the_rest_of_each_epoch_unless_carried_over(carry_over)
             assert second[task] == expected
 
 
-@pytest.mark.parametrize("kind", ["method2", "method3", "annealed", "round_robin"])
+@pytest.mark.parametrize("kind", ["all_tasks_until_largest", "all_tasks_until_smallest", "annealed", "round_robin"])
 def test_save_and_restore_gives_the_same_continuation(kind):
     uninterrupted = _loader(kind)
     reference = _fingerprint(uninterrupted) + _fingerprint(uninterrupted)

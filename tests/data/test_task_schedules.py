@@ -33,18 +33,18 @@ def test_round_robin_cycles_until_the_largest_is_done():
     assert _counts(plan) == {"sst": 100, "quora": 100, "sts": 100}
 
 
-def test_method1_proportional_batches_and_loss_weights():
-    schedule, plan = _plan("method1")
+def test_all_tasks_scaled_batches_and_loss_weights():
+    schedule, plan = _plan("all_tasks_scaled_batches")
     steps = math.ceil(1000 / 10)
     assert len(plan) == steps and all(step == ("sst", "quora", "sts") for step in plan)
     assert schedule.batch_sizes() == {"sst": 1, "quora": 10, "sts": 1}  # ceil(N_t / steps)
     assert schedule.loss_weights() == {"sst": 11.0, "quora": 0.2, "sts": 11.0}
 
 
-def test_method2_and_method3_epoch_lengths():
-    assert len(_plan("method2")[1]) == 100
-    assert len(_plan("method3")[1]) == 6
-    schedule = _plan("method3")[0]
+def test_all_tasks_until_largest_and_until_smallest_epoch_lengths():
+    assert len(_plan("all_tasks_until_largest")[1]) == 100
+    assert len(_plan("all_tasks_until_smallest")[1]) == 6
+    schedule = _plan("all_tasks_until_smallest")[0]
     assert schedule.all_tasks_per_step and not _plan("annealed")[0].all_tasks_per_step
 
 
@@ -80,7 +80,7 @@ def test_oversampling_up_to_k_times_but_not_past_the_largest():
 
 
 def test_iterations_multiplier():
-    assert len(_plan("method3", iterations_multiplier=3)[1]) == 18
+    assert len(_plan("all_tasks_until_smallest", iterations_multiplier=3)[1]) == 18
     assert len(_plan("annealed", iterations_multiplier=2)[1]) == 2 * 116
 
 
@@ -126,3 +126,11 @@ def test_weights_of_untrained_tasks_are_ignored_and_unknown_tasks_refused():
 def test_every_kind_plans():
     for kind in KINDS:
         assert _plan(kind)[1]
+
+
+@pytest.mark.parametrize("alias,kind", [("method1", "all_tasks_scaled_batches"), ("method2", "all_tasks_until_largest"),
+                                        ("method3", "all_tasks_until_smallest")])
+def test_seed_001_method_names_are_aliases(alias, kind):
+    """The report's Method 1-3 name the same kinds, and plan the same steps."""
+    assert ScheduleConfig(kind=alias).kind == kind
+    assert _plan(alias)[1] == _plan(kind)[1]

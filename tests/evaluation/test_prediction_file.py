@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from mtbert_jax.evaluation import prediction_file
-from mtbert_jax.evaluation.predict import labels_from_outputs
+from mtbert_jax.tasks import TASKS
 
 
 def starter_file(header: str, ids, values) -> str:
@@ -23,7 +23,7 @@ def starter_file(header: str, ids, values) -> str:
 def ours(task: str, ids, outputs) -> str:
     f = io.StringIO()
     prediction_file.write_header(f, task)
-    prediction_file.write_records(f, task, ids, labels_from_outputs(task, outputs))
+    prediction_file.write_records(f, task, ids, TASKS[task].kind.labels(outputs))
     return f.getvalue()
 
 

@@ -7,13 +7,13 @@ import jax
 import numpy as np
 import pytest
 
-from mtbert_jax.run.config import RunConfig
 from mtbert_jax.data.packing import BatchLayout
 from mtbert_jax.data.tokenized import Segments, TaskData
 from mtbert_jax.errors import ConfigError
 from mtbert_jax.evaluation.predict import make_predict, predict
 from mtbert_jax.model.config import ModelConfig
 from mtbert_jax.model.multitask import init_model
+from mtbert_jax.run.config import RunConfig
 from mtbert_jax.synthetic import tiny_bert_config
 
 

@@ -16,7 +16,7 @@ from mtbert_jax.model.config import ADAPTERS, PAIR_HEADS, POOLINGS, ModelConfig,
 from mtbert_jax.model.encoder import BertModel
 from mtbert_jax.model.multitask import MultiTaskModel, init_model
 from mtbert_jax.synthetic import tiny_bert_config
-from mtbert_jax.training.losses import per_example_loss
+from mtbert_jax.tasks import TASKS as SPECS
 from mtbert_jax.training.optimizer import Optimizer, OptimizerConfig
 from mtbert_jax.training.param_groups import count_parameters, parameter_report
 
@@ -208,7 +208,7 @@ def _train(config, params, model, tx, steps=25):
     batches = {t: _batch(config, t, rows=8, seed=3) for t in config.tasks}
 
     def loss_fn(p):
-        return sum((per_example_loss(t, model.apply({"params": p}, t, b).prediction, b["labels"]) * b["weights"]).sum()
+        return sum((SPECS[t].kind.loss(model.apply({"params": p}, t, b).prediction, b["labels"]) * b["weights"]).sum()
                    / b["weights"].sum() for t, b in batches.items())
 
     @jax.jit

@@ -13,12 +13,12 @@ import jax
 import pytest
 
 from configs import default
-from mtbert_jax.run.config import RunConfig, upgrade
 from mtbert_jax.data.task_schedules import ScheduleConfig
 from mtbert_jax.errors import ConfigError
 from mtbert_jax.model.bert_config import BertConfig
 from mtbert_jax.model.config import ModelConfig
 from mtbert_jax.model.multitask import init_model
+from mtbert_jax.run.config import RunConfig, upgrade
 from mtbert_jax.training.objectives import MnrlConfig, ObjectiveConfig
 from mtbert_jax.training.optimizer import OptimizerConfig
 from mtbert_jax.training.param_groups import count_parameters
@@ -100,10 +100,17 @@ def test_a_config_saved_before_the_objective_group_still_loads():
     run = RunConfig.from_dict(old)
     assert run.objective.smart.tasks == ("sst",) and run.objective.uncertainty_weighting
     assert "smart" not in upgrade(old) and upgrade(c) == c
-    # Method 3 carried its passes over epochs then: a resumed old run goes on doing so.
-    old["schedule"] = {k: v for k, v in c["schedule"].items() if k != "method3_carry_over"}
-    assert RunConfig.from_dict(old).schedule.method3_carry_over
-    assert not RunConfig.from_dict(c).schedule.method3_carry_over
+    # all_tasks_until_smallest carried its passes over epochs then: a resumed old run goes on doing so.
+    old["schedule"] = {k: v for k, v in c["schedule"].items() if k != "carry_over_passes"}
+    assert RunConfig.from_dict(old).schedule.carry_over_passes
+    assert not RunConfig.from_dict(c).schedule.carry_over_passes
+    # Seed 001's names for the all_tasks_* kinds, and the field's earlier name, still load.
+    named = {**c, "schedule": {**c["schedule"], "kind": "method3", "method3_carry_over": False}}
+    del named["schedule"]["carry_over_passes"]
+    schedule = RunConfig.from_dict(named).schedule
+    assert schedule.kind == "all_tasks_until_smallest" and not schedule.carry_over_passes
+    assert RunConfig.from_dict({**named, "schedule": {**named["schedule"], "method3_carry_over": True}}
+                               ).schedule.carry_over_passes
     # Runs from before packing trained padded; packed runs from before balanced batches had a
     # pack_row_step, which the rows no longer need.
     assert not RunConfig.from_dict({k: v for k, v in c.items() if k != "packing"}).packing

@@ -12,9 +12,10 @@ from scipy import stats
 
 import evaluate
 from conftest import tiny_training_config, write_tsv
-from mtbert_jax.evaluation.metrics import classification_report, overall_score, task_metrics
+from mtbert_jax.evaluation.metrics import classification_report, overall_score
 from mtbert_jax.run.evaluate import load_trained, predict_file
 from mtbert_jax.run.loop import train_and_evaluate
+from mtbert_jax.tasks import TASKS
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -22,9 +23,9 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def test_metrics_against_numpy_and_scipy():
     rng = np.random.default_rng(0)
     predicted, gold = rng.integers(0, 5, 200), rng.integers(0, 5, 200)
-    assert task_metrics("sst", predicted, gold)["accuracy"] == pytest.approx(np.mean(predicted == gold))
+    assert TASKS["sst"].kind.metrics(predicted, gold)["accuracy"] == pytest.approx(np.mean(predicted == gold))
     scores, gold_scores = rng.uniform(0, 5, 100), rng.uniform(0, 5, 100)
-    metrics = task_metrics("sts", scores, gold_scores)
+    metrics = TASKS["sts"].kind.metrics(scores, gold_scores)
     assert metrics["pearson"] == pytest.approx(np.corrcoef(scores, gold_scores)[0, 1])
     assert metrics["spearman"] == pytest.approx(stats.spearmanr(scores, gold_scores).statistic)
     assert overall_score({"sst": {"accuracy": 0.5}, "quora": {"accuracy": 0.8}, "sts": {"pearson": 0.6}}) \
@@ -43,7 +44,7 @@ def test_classification_report_by_hand():
 def trained_run(tiny_checkpoint, tiny_data_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("eval_run")
     config = tiny_training_config(tiny_checkpoint, tiny_data_dir, root / "cache", num_epochs=2,
-                                  schedule__kind="method3")
+                                  schedule__kind="all_tasks_until_smallest")
     train_and_evaluate(config, root / "run")
     # test-student files (no labels, the extra header field) for the single-sentence task
     test = ["0\t\tid\tsentence", "1\t0.0\tt1\tgreat film film", "2\t1.0\tt2\tawful plot"]

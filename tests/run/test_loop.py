@@ -17,8 +17,8 @@ import pytest
 
 from conftest import tiny_training_config
 from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
-from mtbert_jax.run.config import RunConfig
 from mtbert_jax.errors import ConfigError, TrainingError
+from mtbert_jax.run.config import RunConfig
 from mtbert_jax.run.loop import load_run_data, train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +30,7 @@ def _metrics(workdir):
 
 def test_end_to_end_with_pcgrad(tiny_checkpoint, tiny_data_dir, tmp_path):
     config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache",
-                                  schedule__kind="method2", optimizer__combiner="pcgrad", num_epochs=10)
+                                  schedule__kind="all_tasks_until_largest", optimizer__combiner="pcgrad", num_epochs=10)
     result = train_and_evaluate(config, tmp_path / "run")
     records = _metrics(tmp_path / "run")
     train = [r for r in records if "loss" in r]
@@ -49,9 +49,9 @@ def test_end_to_end_with_pcgrad(tiny_checkpoint, tiny_data_dir, tmp_path):
     assert len([p for p in (run / "best").iterdir() if p.name.isdigit()]) == 1
 
     # The fine-tuned encoder exports to a Hugging Face directory that transformers loads.
-    from mtbert_jax.run import convert
     from mtbert_jax.checkpoints.hf import load_hf_checkpoint
     from mtbert_jax.model.encoder import BertModel
+    from mtbert_jax.run import convert
     from mtbert_jax.run.checkpointing import restore_trained
     assert convert.main(["--checkpoint", str(run), "--out", str(tmp_path / "hf")]) == 0
     _, trained, _ = restore_trained(run, "best")
@@ -180,7 +180,7 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_the_run_resumes_before_it(
 
 def test_nan_loss_stops_and_saves_nothing(tiny_checkpoint, tiny_data_dir, tmp_path):
     config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache",
-                                  schedule__kind="method3")
+                                  schedule__kind="all_tasks_until_smallest")
     data = load_run_data(RunConfig.from_dict(config), BertTextTokenizer(tiny_checkpoint))
     data.train["sts"].labels = np.full_like(data.train["sts"].labels, np.nan)  # poisoned
     with pytest.raises(TrainingError, match=r"the sts loss is nan at step 1 \(epoch 1\)"):
@@ -212,7 +212,7 @@ def _train_command(config: Path, workdir: Path):
 @pytest.mark.parametrize("packing, ema", [(False, 0.0), (True, 0.9)], ids=["padded", "packed-weight-average"])
 def test_killed_run_resumes_to_the_same_parameters(tiny_checkpoint, tiny_data_dir, tmp_path, packing, ema):
     config = _write_config(tmp_path / "tiny.py", tiny_checkpoint, tiny_data_dir, tmp_path / "cache",
-                           schedule__kind="method2", optimizer__combiner="pcgrad", num_epochs=2,
+                           schedule__kind="all_tasks_until_largest", optimizer__combiner="pcgrad", num_epochs=2,
                            checkpoint_every_steps=3, packing=packing, optimizer__ema_decay=ema)
     env = dict(os.environ)
     subprocess.run(_train_command(config, tmp_path / "whole"), check=True, env=env, cwd=ROOT,
@@ -273,7 +273,7 @@ def test_a_run_killed_during_its_final_evaluation_finishes_on_restart(tiny_check
     """Its last step (12) is a multiple of checkpoint_every_steps: killed while evaluating after
     it, the restart must still write the final dev record, best/ and the plots."""
     config = _write_config(tmp_path / "tiny.py", tiny_checkpoint, tiny_data_dir, tmp_path / "cache",
-                           schedule__kind="method2", num_epochs=2, checkpoint_every_steps=3)
+                           schedule__kind="all_tasks_until_largest", num_epochs=2, checkpoint_every_steps=3)
     workdir = tmp_path / "run"
     wrapper = tmp_path / "killed_at_evaluation.py"
     wrapper.write_text(KILLED_AT_EVALUATION)

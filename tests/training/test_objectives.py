@@ -16,11 +16,12 @@ from mtbert_jax.data.tokenized import Segments, TaskData
 from mtbert_jax.errors import ConfigError
 from mtbert_jax.model.config import ModelConfig
 from mtbert_jax.model.multitask import init_model
-from mtbert_jax.synthetic import synthetic_batch, tiny_bert_config
 from mtbert_jax.run.loop import train_and_evaluate
+from mtbert_jax.synthetic import synthetic_batch, tiny_bert_config
+from mtbert_jax.tasks import TASKS
 from mtbert_jax.training.objectives import ObjectiveConfig, cosine_embedding_loss, make_objective, mnrl
 from mtbert_jax.training.rdrop import RDropConfig, second_pass_key
-from mtbert_jax.training.smart import SmartConfig, perturbation, symmetric_divergence, update_teacher
+from mtbert_jax.training.smart import SmartConfig, perturbation, update_teacher
 
 TINY = tiny_bert_config()
 
@@ -32,12 +33,12 @@ def _sym_kl(p, q):
 
 def test_symmetric_kl_by_hand():
     logits_p, logits_q = jnp.array([[0.0, np.log(2.0)]]), jnp.array([[0.0, 0.0]])
-    assert float(symmetric_divergence("sst", logits_p, logits_q)[0]) == pytest.approx(
+    assert float(TASKS["sst"].kind.divergence(logits_p, logits_q)[0]) == pytest.approx(
         _sym_kl([1 / 3, 2 / 3], [0.5, 0.5]), rel=1e-5)
     # The binary paraphrase logit as a two-class distribution [1 - p, p].
-    value = symmetric_divergence("quora", jnp.array([0.0]), jnp.array([np.log(3.0)]))
+    value = TASKS["quora"].kind.divergence(jnp.array([0.0]), jnp.array([np.log(3.0)]))
     assert float(value[0]) == pytest.approx(_sym_kl([0.5, 0.5], [0.25, 0.75]), rel=1e-5)
-    assert float(symmetric_divergence("sts", jnp.array([2.0]), jnp.array([3.5]))[0]) == pytest.approx(2.25)
+    assert float(TASKS["sts"].kind.divergence(jnp.array([2.0]), jnp.array([3.5]))[0]) == pytest.approx(2.25)
 
 
 def _batch(rows=4, seq=8, seed=0):
@@ -75,7 +76,7 @@ def test_rdrop_by_hand(task):
     weights = np.asarray(batch["weights"])
     first, second = (plain.forward(params, batch, k).prediction for k in (key, second_pass_key(key)))
     assert np.abs(np.asarray(first) - np.asarray(second)).max() > 1e-3  # the masks differ
-    divergence = float((np.asarray(symmetric_divergence(task, first, second)) * weights).sum())
+    divergence = float((np.asarray(TASKS[task].kind.divergence(first, second)) * weights).sum())
     expected = 0.5 * (float(plain(params, None, batch, key)[0]) + float(plain(params, None, batch, second_pass_key(key))[0])) \
         + 0.25 * 0.7 * divergence
     total, count = rdrop(params, None, batch, key)
@@ -126,7 +127,7 @@ def test_perturbation_steps_up_the_divergence(sst_model):
     np.testing.assert_allclose(jnp.max(jnp.abs(step), axis=(1, 2)), config.eta, rtol=1e-4)  # eta g / ||g||_inf
 
     def divergence(d):
-        return float((symmetric_divergence("sst", forward([d]), clean) * batch["weights"]).sum())
+        return float((TASKS["sst"].kind.divergence(forward([d]), clean) * batch["weights"]).sum())
 
     assert divergence(noise + step) > divergence(noise - step) > 0
 
@@ -205,7 +206,6 @@ def test_unique_text_batches_never_repeat_a_text():
 
 def test_mnrl_term_is_a_mean_over_positive_pairs():
     """loss / rows = task loss mean + weight x MNRL mean over the positive pairs only."""
-    from mtbert_jax.training.losses import per_example_loss
     from mtbert_jax.training.objectives import MnrlConfig, positives
     config = ModelConfig(tasks=("quora",), pair_heads={"quora": "bi_concat"})
     model, params = init_model(TINY, config, jax.random.PRNGKey(0))
@@ -219,7 +219,7 @@ def test_mnrl_term_is_a_mean_over_positive_pairs():
     rows = np.asarray(positives("quora", batch["labels"], 4.0)) * w
     assert 0 < rows.sum() < w.sum()
     ranking = np.asarray(mnrl(*out.embeddings, jnp.asarray(rows), batch["input_ids_b"]))
-    task = np.asarray(per_example_loss("quora", out.prediction, batch["labels"]))
+    task = np.asarray(TASKS["quora"].kind.loss(out.prediction, batch["labels"]))
     expected = (task * w).sum() / w.sum() + 0.5 * ranking.sum() / rows.sum()
     assert float(count) == w.sum()
     assert float(total) / float(count) == pytest.approx(expected, rel=1e-5)
@@ -274,7 +274,7 @@ def test_uncertainty_weighting():
 
 def test_smart_mnrl_and_pcgrad_train_together(tiny_checkpoint, tiny_data_dir, tmp_path):
     config = tiny_training_config(
-        tiny_checkpoint, tiny_data_dir, tmp_path / "cache", schedule__kind="method2",
+        tiny_checkpoint, tiny_data_dir, tmp_path / "cache", schedule__kind="all_tasks_until_largest",
         optimizer__combiner="pcgrad", num_epochs=8, objective__smart__tasks=("sst", "quora", "sts"),
         objective__mnrl__tasks=("quora",), model__pair_heads={"quora": "bi_concat_diff_prod", "sts": "cross"},
         objective__uncertainty_weighting=True)

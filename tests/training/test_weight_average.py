@@ -16,9 +16,9 @@ from flax import traverse_util
 
 import evaluate
 from conftest import quadratic_task_gradients, tiny_training_config
-from mtbert_jax.training import distributed
 from mtbert_jax.run.checkpointing import Checkpoints, restore_trained
 from mtbert_jax.run.loop import train_and_evaluate
+from mtbert_jax.training import distributed
 from mtbert_jax.training.optimizer import Optimizer, OptimizerConfig
 from mtbert_jax.training.step import AXIS, TrainState, ema_decay, train_step
 
@@ -87,7 +87,7 @@ def test_evaluation_and_the_best_checkpoint_use_the_average(tiny_checkpoint, tin
     the score the run logged, and that checkpoint's parameters are the average, not the
     parameters trained."""
     config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache", num_epochs=2,
-                                  schedule__kind="method3", optimizer__ema_decay=0.9)
+                                  schedule__kind="all_tasks_until_smallest", optimizer__ema_decay=0.9)
     train_and_evaluate(config, tmp_path / "run")
     _, evaluated, step = restore_trained(tmp_path / "run", "best")
     checkpoints = Checkpoints(tmp_path / "run")
@@ -109,7 +109,7 @@ def test_evaluation_and_the_best_checkpoint_use_the_average(tiny_checkpoint, tin
 def test_each_dev_record_also_scores_the_parameters_trained(tiny_checkpoint, tiny_data_dir, tmp_path):
     """The average does not change training, so a run with it on logs, as its unaveraged score,
     what the same run with it off logs as its score, epoch by epoch."""
-    common = dict(num_epochs=2, schedule__kind="method3")
+    common = dict(num_epochs=2, schedule__kind="all_tasks_until_smallest")
     runs = {}
     for name, decay in (("averaged", 0.9), ("plain", 0.0)):
         config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache",
