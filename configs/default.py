@@ -172,8 +172,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.optimizer.max_grad_norm = 1.0
     # Train only the task parts (heads, adapters) for the whole run.
     c.optimizer.freeze_encoder = False
-    # How per-task gradients combine: sum | mean | pcgrad | gse (seed 002: a PCGrad update, then
-    # an update with the summed loss's gradient recomputed at the updated parameters).
+    # How per-task gradients combine: sum | mean | pcgrad | gse (seed 002's "gradient surgery
+    # experiment": a PCGrad update, then an update with the summed loss's gradient recomputed at
+    # the updated parameters).
     c.optimizer.combiner = "sum"
     # PCGrad's reduction of the projected shared gradients: sum | mean (task-specific parameters
     # keep their task's gradient either way). Unset: sum (the paper) for pcgrad, mean for gse.

@@ -125,12 +125,6 @@ def recipe(config: dict) -> str:
     return json.dumps({k: v for k, v in config.items() if k not in _NOT_THE_RECIPE}, sort_keys=True, default=str)
 
 
-def _leaves(d, prefix=""):
-    if isinstance(d, dict):
-        return {k: v for key, sub in d.items() for k, v in _leaves(sub, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: d}
-
-
 def default_config() -> Optional[dict]:
     """configs/default.py as a RunConfig dict, when this checkout has it."""
     from mtbert_jax.run.config import RunConfig
@@ -148,7 +142,10 @@ def describe(config: dict, reference: Optional[dict]) -> str:
     """What sets a configuration apart from configs/default.py ("default" when nothing does)."""
     if reference is None:
         return "-"
-    mine, base = _leaves({k: v for k, v in config.items() if k not in _NOT_THE_RECIPE}), _leaves(reference)
+    from mtbert_jax.run.config import dotted_leaves
+
+    mine = dotted_leaves({k: v for k, v in config.items() if k not in _NOT_THE_RECIPE})
+    base = dotted_leaves(reference)
     changed = [f"{k}={_short(mine.get(k))}" for k in sorted(set(mine) | set(base))
                if k.split(".")[0] not in _NOT_THE_RECIPE and json.dumps(mine.get(k), default=str) != json.dumps(base.get(k), default=str)]
     return ", ".join(changed) if changed else "default"
@@ -175,23 +172,19 @@ def _short(value) -> str:
 def encoder_free_parameters(config: dict) -> Optional[int]:
     """Parameters beyond the encoder (heads, adapters, the objective's own), counted from the
     model's shapes (nothing is initialised); None when the checkpoint's directory is not here."""
-    import jax
 
     from mtbert_jax.checkpoints.hf import resolve_checkpoint_dir
     from mtbert_jax.model.bert_config import BertConfig
-    from mtbert_jax.model.multitask import MultiTaskModel, example_batch
+    from mtbert_jax.run.build import concrete_dtype, encoder_config, parameter_shapes
     from mtbert_jax.run.config import RunConfig
     from mtbert_jax.training.param_groups import count_parameters
 
-    run = RunConfig.from_dict(config)
+    run, _ = concrete_dtype(RunConfig.from_dict(config))
     try:
         bert_config = BertConfig.from_json_file(resolve_checkpoint_dir(run.checkpoint) / "config.json")
     except Exception:  # a user's checkpoint directory that is not on this machine
         return None
-    model = MultiTaskModel(bert_config, run.model)
-    batches = {t: example_batch(run.model, t) for t in run.model.tasks}
-    shapes = jax.eval_shape(lambda key: model.init(key, batches, method=MultiTaskModel.all_tasks),
-                            jax.random.PRNGKey(0))["params"]
+    shapes = parameter_shapes(run, encoder_config(run, bert_config))
     counts = count_parameters({**shapes, **run.objective.extra_params(run.model.tasks)})
     return sum(n for name, n in counts.items() if name != "bert")
 

@@ -114,6 +114,15 @@ class RunConfig:
         return {t: float(self.loss_weights.get(t, 1.0)) for t in tasks}
 
 
+def dotted_leaves(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict's leaves by dotted path: {"model": {"pooling": "mean"}} -> {"model.pooling": "mean"}
+    (a leaf at the top, not a dict, is keyed by `prefix` itself)."""
+    if isinstance(d, Mapping):
+        return {k: v for key, sub in d.items()
+                for k, v in dotted_leaves(sub, f"{prefix}.{key}" if prefix else str(key)).items()}
+    return {prefix: d}
+
+
 def _check_fields(name: str, section: type, values: Mapping) -> None:
     unknown = sorted(set(values) - {f.name for f in dataclasses.fields(section)})
     if unknown:

@@ -31,10 +31,10 @@ from mtbert_jax.data.tokenized import TaskData, load_task_data
 from mtbert_jax.errors import CheckpointError, ConfigError, TrainingError, first_line
 from mtbert_jax.evaluation.metrics import overall_score
 from mtbert_jax.evaluation.predict import dataset_metrics, make_predict
-from mtbert_jax.model.mixed_precision import resolve_compute_dtype
 from mtbert_jax.model.multitask import init_model
+from mtbert_jax.run.build import concrete_dtype, encoder_config
 from mtbert_jax.run.checkpointing import Checkpoints
-from mtbert_jax.run.config import RunConfig
+from mtbert_jax.run.config import RunConfig, dotted_leaves
 from mtbert_jax.run.metrics_log import LogWindow, MetricsLog
 from mtbert_jax.run.stages import Stages
 from mtbert_jax.run.workdir_lock import WorkdirLock
@@ -78,7 +78,7 @@ def train_and_evaluate(config, workdir: str | Path, data: Optional[RunData] = No
     run = resolve_auto_dtype(run, workdir, log)
     checkpoint_dir = resolve_checkpoint_dir(run.checkpoint)
     bert_config, bert_params, report = load_hf_checkpoint(checkpoint_dir, run.compute_dtype)
-    bert_config = run.model.encoder_config(bert_config)
+    bert_config = encoder_config(run, bert_config)
     if run.max_length > bert_config.max_position_embeddings:
         raise ConfigError(f"max_length={run.max_length} is more than the checkpoint's "
                           f"max_position_embeddings={bert_config.max_position_embeddings}")
@@ -162,12 +162,9 @@ def resolve_auto_dtype(run: RunConfig, workdir: Path, log) -> RunConfig:
             saved = json.loads((workdir / "config.json").read_text()).get("compute_dtype")
         except ValueError:
             pass  # check_resumable names the unreadable file
-    if saved in ("float32", "bfloat16"):
-        dtype, why = saved, "auto: as the run started"
-    else:
-        dtype, why = resolve_compute_dtype("auto")
-    log(f"compute dtype: {dtype} ({why})")
-    return dataclasses.replace(run, compute_dtype=dtype)
+    run, why = concrete_dtype(run, saved)
+    log(f"compute dtype: {run.compute_dtype} ({why})")
+    return run
 
 
 def check_resumable(run: RunConfig, workdir: Path) -> None:
@@ -187,14 +184,9 @@ def check_resumable(run: RunConfig, workdir: Path) -> None:
             d = d[part]
         return d
 
-    def leaves(d, prefix):
-        if isinstance(d, dict):
-            return {k: v for key, sub in d.items() for k, v in leaves(sub, f"{prefix}.{key}").items()}
-        return {prefix: d}
-
     changed, flags = [], []
     for field in RESUME_FIELDS:
-        before, after = leaves(at(saved, field), field), leaves(at(now, field), field)
+        before, after = dotted_leaves(at(saved, field), field), dotted_leaves(at(now, field), field)
         for k in sorted(set(before) | set(after)):
             was, wanted = before.get(k), after.get(k)
             if json.dumps(was, sort_keys=True, default=str) != json.dumps(wanted, sort_keys=True, default=str):

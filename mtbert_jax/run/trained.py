@@ -18,8 +18,8 @@ from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
 from mtbert_jax.errors import CheckpointError, ConfigError
 from mtbert_jax.evaluation.predict import make_predict
 from mtbert_jax.model.bert_config import BertConfig
-from mtbert_jax.model.mixed_precision import resolve_compute_dtype
-from mtbert_jax.model.multitask import MultiTaskModel, init_model
+from mtbert_jax.model.multitask import MultiTaskModel
+from mtbert_jax.run.build import build_model, concrete_dtype, encoder_config, parameter_shapes
 from mtbert_jax.run.checkpointing import restore_trained
 from mtbert_jax.run.config import RunConfig
 
@@ -50,9 +50,9 @@ def load_trained(workdir: str | Path, which: str = "best", symmetric_pairs: bool
     if symmetric_pairs is not None:  # how to predict, not what was trained: the parameters fit either way
         run = dataclasses.replace(run, model=dataclasses.replace(run.model, symmetric_pairs=symmetric_pairs))
     source = resolve_checkpoint_dir(run.checkpoint)
-    dtype, _ = resolve_compute_dtype(run.compute_dtype)  # saved configs hold the run's own dtype
-    bert_config = BertConfig.from_json_file(source / "config.json").replace(compute_dtype=dtype)
-    expected = jax.eval_shape(lambda: init_model(bert_config, run.model, jax.random.PRNGKey(0))[1])
+    run, _ = concrete_dtype(run)  # saved configs hold the run's own dtype
+    bert_config = encoder_config(run, BertConfig.from_json_file(source / "config.json"))
+    expected = parameter_shapes(run, bert_config)
     shapes = lambda tree: jax.tree_util.tree_map(np.shape, tree)  # noqa: E731
     if shapes(expected) != shapes(params):
         missing = sorted(set(expected) - set(params))
@@ -61,4 +61,4 @@ def load_trained(workdir: str | Path, which: str = "best", symmetric_pairs: bool
             f"{workdir}: the checkpoint's parameters do not match the model its config describes "
             f"(in the model only: {missing or 'none'}; in the checkpoint only: {extra or 'none'}; "
             "otherwise shapes differ)")
-    return TrainedModel(run, MultiTaskModel(bert_config, run.model), params, BertTextTokenizer(source), step)
+    return TrainedModel(run, build_model(run, bert_config), params, BertTextTokenizer(source), step)

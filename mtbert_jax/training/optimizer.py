@@ -7,6 +7,11 @@ updates and no optimizer state. No weight decay on LayerNorm and biases. Layer-w
 decay (Howard & Ruder 2018; Clark et al. 2020, ELECTRA) scales the encoder's rate by
 decay^(layers above): the top layer and the pooler 1, the embeddings decay^num_layers.
 
+Task combiners: sum, mean, pcgrad (Yu et al. 2020, "Gradient Surgery for Multi-Task Learning")
+and gse, seed 002's "gradient surgery experiment": a PCGrad update with the mean of the
+projected gradients, then a second update with the summed loss's gradient taken afresh at the
+updated parameters.
+
 `Optimizer.update` is the whole update of a step, GSE's second update included, and reports
 what it did (per-task gradient norms, each group's learning rate, parameter and update norms,
 PCGrad's conflicts), so the train step never looks inside the optimizer's state.

@@ -189,31 +189,45 @@ def gse_key(key: jax.Array) -> jax.Array:
     return jax.random.fold_in(key, 1 << 30)
 
 
-def train_step(state: TrainState, batches: Mapping[str, Mapping[str, jax.Array]], key: jax.Array,
-               loss_weights: jax.Array, *, gradients: Mapping[str, Callable], optimizer: Optimizer,
-               total_steps: int = 1) -> tuple[TrainState, dict]:
-    """Per device, one whole step: every task's gradient, the combiner and the update (GSE:
-    then every task's gradient again at the updated parameters, and the second update).
-
-    `gradients[task]` is `task_gradient` bound to the task's objective. Metrics stay on the
-    device: each task's loss and the optimizer's metrics.
-    """
+def gradients_then_update(state: TrainState, tasks: Sequence[str], gradient: Callable, update: Callable,
+                          gse: bool, key: jax.Array, second_key: jax.Array) -> tuple[TrainState, dict]:
+    """The order of a step, whether its parts run on one device or each under its own pmap:
+    every task's gradient (`gradient(task, state, key) -> (grad, loss)`), in `tasks`' order
+    (PCGrad's task indices), then the update (`update(state, grads, second) -> (state,
+    metrics)`). GSE (seed 002's "gradient surgery experiment") then takes every task's gradient
+    again at the updated parameters, under fresh dropout masks (`second_key`), for its second
+    update."""
     def all_gradients(state, key):
         grads, losses = [], {}
-        for task in batches:  # the caller's order: PCGrad's task indices
-            grad, losses[task], _ = gradients[task](state.params, state.teacher, batches[task], state.step, key)
+        for task in tasks:
+            grad, losses[task] = gradient(task, state, key)
             grads.append(grad)
         return tuple(grads), losses
 
     grads, losses = all_gradients(state, key)
-    update = functools.partial(apply_update, loss_weights=loss_weights, optimizer=optimizer, total_steps=total_steps)
-    state, metrics = update(state, grads)
+    state, metrics = update(state, grads, False)
     metrics["loss"] = losses
-    if optimizer.gse:
-        grads, losses = all_gradients(state, gse_key(key))
-        state, second = update(state, grads, second=True)
+    if gse:
+        grads, losses = all_gradients(state, second_key)
+        state, second = update(state, grads, True)
         metrics |= {**second, "gse/loss": losses}
     return state, metrics
+
+
+def train_step(state: TrainState, batches: Mapping[str, Mapping[str, jax.Array]], key: jax.Array,
+               loss_weights: jax.Array, *, gradients: Mapping[str, Callable], optimizer: Optimizer,
+               total_steps: int = 1) -> tuple[TrainState, dict]:
+    """Per device, one whole step (`gradients_then_update` in one program). `gradients[task]` is
+    `task_gradient` bound to the task's objective. Metrics stay on the device: each task's loss
+    and the optimizer's metrics."""
+    def gradient(task, state, key):
+        grad, loss, _ = gradients[task](state.params, state.teacher, batches[task], state.step, key)
+        return grad, loss
+
+    def update(state, grads, second):
+        return apply_update(state, grads, loss_weights, optimizer=optimizer, total_steps=total_steps, second=second)
+
+    return gradients_then_update(state, tuple(batches), gradient, update, optimizer.gse, key, gse_key(key))
 
 
 class StepRunner:
@@ -272,18 +286,11 @@ class StepRunner:
         if len(tasks) == 1:
             return self.whole_step(state, {tasks[0]: batches[tasks[0]]}, key, weights)
 
-        def all_gradients(state, key):
-            grads, losses = [], {}
-            for task in tasks:
-                grad, losses[task], _ = self.grad_fns[task](state.params, state.teacher, batches[task], state.step, key)
-                grads.append(grad)
-            return tuple(grads), losses
+        def gradient(task, state, key):
+            grad, loss, _ = self.grad_fns[task](state.params, state.teacher, batches[task], state.step, key)
+            return grad, loss
 
-        grads, losses = all_gradients(state, key)
-        state, metrics = self.update(state, grads, weights)
-        metrics["loss"] = losses
-        if self.gse:  # the second update's gradients, afresh at the first update's parameters
-            grads, losses = all_gradients(state, second_key)
-            state, second = self.second_update(state, grads, weights)
-            metrics |= {**second, "gse/loss": losses}
-        return state, metrics
+        def update(state, grads, second):
+            return (self.second_update if second else self.update)(state, grads, weights)
+
+        return gradients_then_update(state, tasks, gradient, update, self.gse, key, second_key)
