@@ -1,4 +1,4 @@
-"""The model's matrix products, forward and backward, in bfloat16 and float32 (issue 19, item 1).
+"""The model's matrix products, forward and backward, in bfloat16 and float32.
 
 For a dense layer and for the two attention products: autodiff with a bf16 result (what
 nn.Dense(dtype=bfloat16) computes), autodiff with float32 accumulation, mtbert_jax's custom VJPs

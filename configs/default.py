@@ -196,7 +196,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 
 def pooler_recipe_config(preset: str = "") -> ml_collections.ConfigDict:
     """The base of the recipe configs: the default with the reports' sentence vector (BERT's
-    pooler), so that their Results rows keep meaning what they say now that MiniLM mean-pools."""
+    pooler), as the reports trained; the default mean-pools, as MiniLM was trained."""
     c = get_config(preset)
     c.model.pooling = "pooler"
     return c

@@ -5,7 +5,8 @@ CPU with AVX-512 BF16, only when its left operand is row-major with the contract
 ([..., M, K]); a right operand of [..., K, N] or [..., N, K] is fine either way. Anything else
 (a bf16 result, or a left operand read transposed) it converts to float32 first and multiplies
 there. Autodiff's weight gradient x^T g reads x transposed, so a plain bf16 backward pass ran at
-float32 speed (issue 19: 186 against 418 GFLOP/s for a 2048 x 768 x 3072 product).
+float32 speed (benchmarks/bf16_products.py, 2 cores of a CPU with AVX-512 BF16: 186 against 418
+GFLOP/s for a 2048 x 768 x 3072 product).
 
 So each product here has a custom VJP that writes every gradient as a product of that fast form,
 first copying the one operand that needs it into transposed order (`transposed`), which costs
