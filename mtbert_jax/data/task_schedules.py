@@ -48,20 +48,33 @@ Step = tuple[str, ...]  # the tasks that train in one step
 
 @dataclasses.dataclass(frozen=True)
 class ScheduleConfig:
-    """Defaults are configs/default.py's (tests/test_configs.py keeps them equal)."""
+    """The multi-task schedule. These defaults are the run's (configs/default.py builds its
+    `schedule` section from them)."""
 
+    # sequential | round_robin | all_tasks_scaled_batches | all_tasks_until_largest |
+    # all_tasks_until_smallest | proportional | sqrt | annealed (see above; method1..method3,
+    # seed 001's names for the all_tasks_* kinds, are read as aliases).
     kind: str = "sqrt"
+    # Records per task batch (every device of every process gets an equal share).
     batch_size: int = 32
-    # N_t -> w_t N_t (0 removes a task); tasks the model does not train are ignored.
+    # N_t -> w_t N_t when planning (0 removes a task); weights of untrained tasks are ignored.
     task_weights: Mapping[str, float] = dataclasses.field(
         default_factory=lambda: {"sst": 1.0, "quora": 1.0, "sts": 1.0})
+    # A smaller task is oversampled up to this factor (never past the largest task).
     oversample_max: float = 1.0
+    # Steps per epoch times this factor (seed 002: 3x the smallest task's epoch).
     iterations_multiplier: float = 1.0
+    # Curriculum: epochs per stage, 0 for none (seed 004: Quora first).
     curriculum_epochs: int = 0
-    curriculum: str = "largest_first"  # or "one_by_one"
+    # largest_first: those epochs train the largest task alone, then all; one_by_one: tasks join
+    # largest first, one more every curriculum_epochs epochs (seed 004's gradual introduction).
+    curriculum: str = "largest_first"
+    # all_tasks_until_smallest starts every task's pass afresh each epoch, discarding the rest
+    # (seed 001); True continues each task where the last epoch stopped, so that over epochs all
+    # data is seen.
     carry_over_passes: bool = False
-    # Each pass of a cross-encoded pair task takes a random half of its pairs in the other
-    # sentence order (Quora and STS are symmetric; a cross-encoder is not).
+    # Each pass of a cross-encoded pair task (Quora, STS) takes a random half of its pairs with
+    # the two sentences swapped: the relations are symmetric, a cross-encoder is not.
     swap_pairs: bool = False
 
     def __post_init__(self):

@@ -30,21 +30,37 @@ class ModelConfigError(ConfigError):
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
+    """The model: tasks, sentence vectors, pair heads, adapters, dropout. These defaults are the
+    run's (configs/default.py builds its `model` section from them)."""
+
+    # Tasks to train, each with its own head: sst, quora, sts, cfimdb.
     tasks: tuple[str, ...] = ("sst", "quora", "sts")
+    # Sentence vector: pooler (BERT's tanh dense on [CLS]) | cls | mean | max. Mean: MiniLM was
+    # trained mean-pooled, and it leads the pooler by 0.006 dev overall over 3 seeds
+    # (docs/results.md).
     pooling: str = "mean"
+    # Per pair task: cross | bi_sum | bi_concat | bi_concat_diff_prod | cosine | bi_cosine_concat
+    # | bi_cosine (no parameters: STS 2.5 (1 + cos(u, v))); see the table above.
     pair_heads: Mapping[str, str] = dataclasses.field(
         default_factory=lambda: {"quora": "cross", "sts": "cross"})
-    # One hidden layer (dense + GELU) shared by the Quora and STS heads (seed 003).
+    # One dense + GELU layer shared by the pair heads (seed 003); needs equal bi-encoder heads.
     shared_pair_hidden: bool = False
+    # Task adapters: none | pals | low_rank | top_layer | low_rank_top_layer.
     adapter: str = "none"
-    adapter_size: int = 204  # d_s of PALs and low-rank adapters
-    adapter_heads: int = 6  # heads of the PAL attention (6 x 34 for d_s = 204)
+    # d_s, the adapters' inner size (PALs: 204; seed 004's low-rank: 256).
+    adapter_size: int = 204
+    # Attention heads of the PAL layers (adapter_size must divide by it; 6 x 34 for d_s = 204).
+    adapter_heads: int = 6
+    # Which encoder layers get adapters: all | top | bottom (half each).
     adapter_layers: str = "all"
+    # Dropout before each head's linear layer.
     head_dropout: float = 0.1
-    # The encoder's hidden and attention dropout (PAL attention takes the latter); None: the
-    # checkpoint's config.json.
+    # The encoder's hidden and attention dropout (PAL attention takes the latter); unset: the
+    # checkpoint's config.json (MiniLM: 0.1).
     encoder_dropout: Optional[float] = None
-    # A pair task's prediction is the mean of the head's outputs for both sentence orders.
+    # Pair tasks predict the mean of the head's outputs for both sentence orders (Quora's
+    # logit, STS's score), so that a pair's prediction never depends on its order; evaluation
+    # of pair tasks costs twice as much.
     symmetric_pairs: bool = False
 
     def __post_init__(self):

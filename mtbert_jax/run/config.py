@@ -10,7 +10,10 @@ before the objective's settings moved under `objective`.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any, Mapping
+
+import ml_collections
 
 from mtbert_jax.data.batching import bucket_lengths
 from mtbert_jax.data.packing import BatchLayout
@@ -112,6 +115,27 @@ class RunConfig:
 
     def task_loss_weights(self, tasks) -> dict[str, float]:
         return {t: float(self.loss_weights.get(t, 1.0)) for t in tasks}
+
+
+def section_config(section: type) -> ml_collections.ConfigDict:
+    """A section dataclass's defaults as a ConfigDict: nested sections and mappings become
+    ConfigDicts, an unset (None) field a placeholder of its annotated type, so that
+    --config.SECTION.FIELD=VALUE can set it."""
+    hints = typing.get_type_hints(section)
+    c = ml_collections.ConfigDict()
+    defaults = section()
+    for field in dataclasses.fields(section):
+        value = getattr(defaults, field.name)
+        if dataclasses.is_dataclass(value):
+            c[field.name] = section_config(type(value))
+        elif isinstance(value, Mapping):
+            c[field.name] = ml_collections.ConfigDict(dict(value))
+        elif value is None:
+            kinds = [t for t in typing.get_args(hints[field.name]) if t is not type(None)]
+            c[field.name] = ml_collections.config_dict.placeholder(kinds[0])
+        else:
+            c[field.name] = value
+    return c
 
 
 def dotted_leaves(d: Any, prefix: str = "") -> dict[str, Any]:

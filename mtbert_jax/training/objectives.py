@@ -39,12 +39,17 @@ STS_LOSSES = ("mse", "cosine_embedding")
 
 @dataclasses.dataclass(frozen=True)
 class MnrlConfig:
-    """Multiple negatives ranking loss (pair tasks with a bi-encoder head), on positive pairs:
-    Quora duplicates, STS pairs with similarity >= sts_threshold. Defaults: configs/default.py's."""
+    """Multiple negatives ranking loss (in-batch negatives, scale 20) for pair tasks with a
+    bi-encoder head, on positive pairs: Quora duplicates, STS pairs with similarity >=
+    sts_threshold. These defaults are the run's (configs/default.py's objective.mnrl)."""
 
+    # The pair tasks it is on for (they need bi-encoder heads), e.g. ("quora", "sts").
     tasks: Sequence[str] = ()
-    weight: float = 1.0  # added to the task's own loss with this weight ...
-    only: bool = False  # ... or instead of it (the task then trains on its positive pairs only)
+    # Added to the task's own loss with this weight ...
+    weight: float = 1.0
+    # ... or instead of it (the task then trains on its positive pairs only).
+    only: bool = False
+    # STS pairs with similarity >= this are positives.
     sts_threshold: float = 4.0
 
     def __post_init__(self):
@@ -53,15 +58,22 @@ class MnrlConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
-    """What each task's loss is made of. Defaults: configs/default.py's."""
+    """What each task's loss is made of. These defaults are the run's (configs/default.py builds
+    its `objective` section from them)."""
 
+    # SMART's settings (smart.py).
     smart: SmartConfig = SmartConfig()
+    # Multiple negatives ranking loss's settings.
     mnrl: MnrlConfig = MnrlConfig()
+    # R-Drop's settings (rdrop.py).
     rdrop: RDropConfig = RDropConfig()
-    # or "cosine_embedding" on the two sentence vectors (label thresholded at 2.5); it trains no
-    # head parameters, so it needs STS's parameter-free `bi_cosine` pair head (scored 2.5 (1 + cos)).
+    # STS: "mse" on the head's score, or "cosine_embedding" on the two sentence vectors (seed
+    # 002; label thresholded at 2.5); it trains no head parameters, so it needs STS's
+    # parameter-free `bi_cosine` pair head (scored 2.5 (1 + cos)).
     sts_loss: str = "mse"
-    uncertainty_weighting: bool = False  # Kendall et al. 2018: exp(-s_t) L_t + s_t, s_t learned
+    # Learned uncertainty weighting of the task losses (Kendall et al. 2018: exp(-s_t) L_t + s_t,
+    # s_t learned).
+    uncertainty_weighting: bool = False
 
     def __post_init__(self):
         if self.sts_loss not in STS_LOSSES:

@@ -38,26 +38,37 @@ PyTree = Any
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-    """Defaults are configs/default.py's (tests/test_configs.py keeps them equal)."""
+    """AdamW with linear warm-up and decay, per parameter group. These defaults are the run's
+    (configs/default.py builds its `optimizer` section from them)."""
 
+    # Peak learning rate of the encoder (bert/...).
     encoder_lr: float = 5e-5
-    task_lr: float = 5e-4  # heads and adapters
-    # Task-specific top transformer layers (adapter "top_layer", "low_rank_top_layer"); None: task_lr.
+    # Peak learning rate of the heads and adapters.
+    task_lr: float = 5e-4
+    # Task-specific top transformer layers (adapters top_layer, low_rank_top_layer); unset:
+    # task_lr. At task_lr seed 004's STS head collapsed; 5e-5 fixed it (docs/results.md).
     top_layer_lr: Optional[float] = None
-    # The encoder's rate times this per layer down from the top (1: the same rate everywhere).
+    # Layer-wise learning-rate decay: the encoder's rate times this per layer down from the top
+    # (the embeddings get decay^num_layers; 1: one rate for the whole encoder).
     layer_lr_decay: float = 1.0
+    # Fraction of the steps spent warming up from 0 to the peak rates.
     warmup_fraction: float = 0.1
+    # AdamW's decoupled weight decay (not on LayerNorm and biases).
     weight_decay: float = 0.01
-    max_grad_norm: float = 1.0  # 0 turns clipping off
+    # Clip the combined gradient to this global norm (0: no clipping).
+    max_grad_norm: float = 1.0
+    # Train only the task parts (heads, adapters) for the whole run.
     freeze_encoder: bool = False
-    # sum / mean: add or average per-task gradients; pcgrad: project conflicts first (sum of
-    # projected gradients, or their mean with pcgrad_reduction="mean"); gse: seed 002's PCGrad
-    # update followed in the same step by an update with the summed loss's gradient taken
-    # afresh at the parameters the first gave (see `second_update`).
+    # How per-task gradients combine: sum | mean | pcgrad (project conflicts first) | gse (seed
+    # 002's "gradient surgery experiment": a PCGrad update, then in the same step an update with
+    # the summed loss's gradient taken afresh at the parameters the first gave; `second_update`).
     combiner: str = "sum"
-    pcgrad_reduction: Optional[str] = None  # None: "sum" (the paper) for pcgrad, "mean" for gse
-    # An exponential moving average of the parameters, this decay per step (0: none), is what
-    # dev evaluation, the best checkpoint and predictions use (step.TrainState.average).
+    # PCGrad's reduction of the projected shared gradients: sum | mean (task-specific parameters
+    # keep their task's gradient either way). Unset: sum (the paper) for pcgrad, mean for gse.
+    pcgrad_reduction: Optional[str] = None
+    # Weight averaging: dev evaluation, the best checkpoint and predictions use an exponential
+    # moving average of the parameters with this decay per step (0: the parameters themselves;
+    # step.TrainState.average).
     ema_decay: float = 0.0
 
     def __post_init__(self):

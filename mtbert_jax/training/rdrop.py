@@ -21,10 +21,14 @@ from mtbert_jax.tasks import TASKS
 
 @dataclasses.dataclass(frozen=True)
 class RDropConfig:
-    """Defaults: configs/default.py's objective.rdrop."""
+    """R-Drop (Liang et al. 2021): each batch twice under other dropout masks, the mean of the
+    two losses plus alpha/4 times their predictions' symmetric divergence. These defaults are
+    the run's (configs/default.py's objective.rdrop)."""
 
-    tasks: Sequence[str] = ()  # the tasks R-Drop is on for
-    alpha: float = 1.0  # weight of the divergence between the two passes
+    # The tasks it is on for, e.g. ("sst",); each costs that task a second forward and backward.
+    tasks: Sequence[str] = ()
+    # Weight of the divergence (the paper tries 0.1, 0.5, 1 on GLUE).
+    alpha: float = 1.0
 
     def __post_init__(self):
         object.__setattr__(self, "tasks", tuple(self.tasks))

@@ -27,14 +27,21 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class SmartConfig:
-    """Defaults: configs/default.py's objective.smart."""
+    """SMART (Jiang et al. 2020). These defaults are the run's (configs/default.py's
+    objective.smart)."""
 
-    tasks: Sequence[str] = ()  # the tasks SMART is on for
-    lambda_s: float = 1.0  # weight of the adversarial term (the paper tries 1, 3, 5)
-    mu: float = 1.0  # weight of the Bregman proximal point term (0: no teacher)
-    sigma: float = 1e-5  # std of the initial noise
-    eta: float = 1e-3  # ascent step size
-    eps: float = 1e-5  # infinity-norm radius of the perturbation
+    # The tasks SMART is on for, e.g. ("sst", "sts").
+    tasks: Sequence[str] = ()
+    # Weight of the adversarial smoothness term (the paper tries 1, 3, 5).
+    lambda_s: float = 1.0
+    # Weight of the Bregman proximal term against the moving-average teacher (0: no teacher).
+    mu: float = 1.0
+    # Standard deviation of the initial perturbation of the embedding outputs.
+    sigma: float = 1e-5
+    # Step size of the one ascent step.
+    eta: float = 1e-3
+    # Infinity-norm radius the perturbation is projected to.
+    eps: float = 1e-5
 
     def __post_init__(self):
         object.__setattr__(self, "tasks", tuple(self.tasks))

@@ -1,11 +1,12 @@
-"""Every file in configs/ loads, passes validation and builds its model; configs/default.py is
-the one source of the defaults, every field of it has a comment, and saved configs of older
-runs still load."""
+"""Every file in configs/ loads, passes validation and builds its model; the defaults are written
+once (configs/default.py's sections are the dataclasses'), every field has a comment, and saved
+configs of older runs still load."""
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import re
 from pathlib import Path
 
@@ -22,9 +23,10 @@ from mtbert_jax.run.config import RunConfig, upgrade
 from mtbert_jax.training.objectives import MnrlConfig, ObjectiveConfig
 from mtbert_jax.training.optimizer import OptimizerConfig
 from mtbert_jax.training.param_groups import count_parameters
+from mtbert_jax.training.rdrop import RDropConfig
 from mtbert_jax.training.smart import SmartConfig
 
-CONFIG_DIR = Path(__file__).parents[1] / "configs"
+CONFIG_DIR = Path(__file__).parents[2] / "configs"
 CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem != "__init__")
 
 
@@ -46,8 +48,9 @@ def test_config_loads_and_builds_its_model(name, minilm_dir):
     assert counts["bert"] > 0 and all(f"heads_{t}" in counts for t in with_head)
 
 
-def test_the_dataclasses_defaults_are_configs_default():
-    """Code that builds a section directly (tests, benchmarks) gets what a run gets."""
+def test_the_default_config_sections_are_the_dataclasses_defaults():
+    """Written once: configs/default.py's sections come from the dataclasses, so code that
+    builds a section directly (tests, benchmarks) gets what a run gets."""
     run = RunConfig.from_dict(default.get_config())
     assert run.model == ModelConfig()
     assert run.schedule == ScheduleConfig()
@@ -56,16 +59,39 @@ def test_the_dataclasses_defaults_are_configs_default():
     assert run.objective.smart == SmartConfig() and run.objective.mnrl == MnrlConfig()
 
 
+def test_unset_section_fields_take_a_value_of_their_type_from_the_command_line():
+    c = default.get_config()
+    assert c.optimizer.top_layer_lr is None and c.model.encoder_dropout is None
+    c.optimizer.top_layer_lr, c.model.encoder_dropout, c.optimizer.pcgrad_reduction = 5e-5, 0.0, "mean"
+    run = RunConfig.from_dict(c)
+    assert (run.optimizer.top_layer_lr, run.model.encoder_dropout, run.optimizer.pcgrad_reduction) == (5e-5, 0.0, "mean")
+    with pytest.raises(TypeError):
+        default.get_config().optimizer.top_layer_lr = "fast"
+
+
+def _uncommented(lines: list[str], field: str) -> list[str]:
+    """Names of the lines matching `field` (a regex with one group) with no comment on them or
+    on the line above."""
+    found = []
+    for i, line in enumerate(lines):
+        match = re.match(field, line)
+        if match and "#" not in line and not lines[i - 1].strip().startswith("#"):
+            found.append(match.group(1))
+    return found
+
+
 def test_every_field_of_the_default_config_has_a_comment():
     lines = (CONFIG_DIR / "default.py").read_text().splitlines()
     body = lines[next(i for i, line in enumerate(lines) if line.startswith("def get_config")):]
     body = body[:next(i for i, line in enumerate(body) if line.strip().startswith("if preset"))]
-    uncommented = []
-    for i, line in enumerate(body):
-        match = re.match(r"\s+c\.([\w.]+) = (?!ml_collections\.ConfigDict\(\)$)", line)
-        if match and "#" not in line and not body[i - 1].strip().startswith("#"):
-            uncommented.append(match.group(1))
-    assert not uncommented, uncommented
+    assert not _uncommented(body, r"\s+c\.([\w.]+) = (?!ml_collections\.ConfigDict\(\)$)")
+    for section in (ModelConfig, ScheduleConfig, ObjectiveConfig, SmartConfig, MnrlConfig, RDropConfig,
+                    OptimizerConfig):
+        source = inspect.getsource(section).splitlines()
+        declared = {m.group(1) for line in source if (m := re.match(r"    (\w+): ", line))}
+        assert {f.name for f in dataclasses.fields(section)} <= declared
+        uncommented = _uncommented(source, r"    (\w+): ")
+        assert not uncommented, f"{section.__name__}: {uncommented}"
 
 
 def test_budget_presets_train_the_results_tables_budget():

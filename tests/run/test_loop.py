@@ -357,3 +357,50 @@ def test_two_processes_on_localhost_agree(tmp_path, packing):
     for name in first:
         np.testing.assert_array_equal(first[name], second[name], err_msg=name)
         np.testing.assert_allclose(first[name], one[name], atol=1e-5, err_msg=name)
+
+
+def _to_earlier_names(config: dict) -> dict:
+    """A saved config as runs wrote it before the all_tasks_* names: seed 001's "method3" and
+    schedule.method3_carry_over."""
+    schedule = dict(config["schedule"])
+    schedule["kind"] = {"all_tasks_until_smallest": "method3"}.get(schedule["kind"], schedule["kind"])
+    schedule["method3_carry_over"] = schedule.pop("carry_over_passes")
+    return {**config, "schedule": schedule}
+
+
+def test_a_run_saved_under_the_earlier_names_resumes_exactly_and_evaluates(tiny_checkpoint, tiny_data_dir, tmp_path):
+    """A workdir whose config.json and checkpoints hold the earlier schedule names resumes, from
+    a command line that still says "method3", to the dev records of a run that never stopped,
+    and evaluate.py reads it."""
+    import shutil
+
+    from mtbert_jax.run.evaluate import evaluate_run
+
+    config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache", num_epochs=2,
+                                  schedule__kind="all_tasks_until_smallest")
+    train_and_evaluate(config, tmp_path / "full")
+    old = tmp_path / "old"
+    shutil.copytree(tmp_path / "full", old)
+    steps = sorted(int(p.name) for p in (old / "checkpoints").iterdir() if p.name.isdigit())
+    for step in steps[1:]:  # back to the oldest checkpoint kept: the rest must be trained again
+        shutil.rmtree(old / "checkpoints" / str(step))
+    metas = [old / "config.json", *(old / "checkpoints").glob("*/meta/metadata"), *(old / "best").glob("*/meta/metadata")]
+    for path in metas:
+        saved = json.loads(path.read_text())
+        if "config" in saved:
+            saved["config"] = _to_earlier_names(saved["config"])
+        else:
+            saved = _to_earlier_names(saved)
+        path.write_text(json.dumps(saved))
+    assert '"method3_carry_over"' in (old / "config.json").read_text()
+
+    config.schedule.kind = "method3"
+    train_and_evaluate(config, old)
+    def dev(workdir):  # wall time aside
+        return [{k: v for k, v in r.items() if k != "run_seconds"} for r in _metrics(workdir) if "dev" in r]
+
+    assert dev(old) == dev(tmp_path / "full") and len(dev(old)) == 2
+    assert [r["loss"] for r in _metrics(old) if "loss" in r] == [r["loss"] for r in _metrics(tmp_path / "full")
+                                                                  if "loss" in r]
+    results = evaluate_run(old, "best", ("dev",), {}, tmp_path / "eval", 16)
+    assert results["dev"]["overall"] == pytest.approx(max(r["dev_overall"] for r in dev(old)))
