@@ -129,7 +129,7 @@ def default_config() -> Optional[dict]:
     """configs/default.py as a RunConfig dict, when this checkout has it."""
     from mtbert_jax.run.config import RunConfig
 
-    path = Path(__file__).resolve().parents[1] / "configs" / "default.py"
+    path = Path(__file__).resolve().parents[2] / "configs" / "default.py"
     if not path.exists():
         return None
     spec = importlib.util.spec_from_file_location("_default_config", path)
