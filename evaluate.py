@@ -42,7 +42,7 @@ def main(argv=None) -> int:
                              "(given), or as the run's model.symmetric_pairs says (run, the default)")
     args = parser.parse_args(argv)
 
-    from mtbert_jax.errors import MtbertError, exit_on_error, mark_command_line
+    from mtbert_jax.errors import MtbertError, exit_on_error, mark_command_line, user_message
     from mtbert_jax.run import compilation_cache
     from mtbert_jax.run.evaluate import evaluate_run, format_table, load_trained, score_texts
 
@@ -78,10 +78,10 @@ def main(argv=None) -> int:
         results = evaluate_run(args.workdir, args.checkpoint, splits, task_files,
                                Path(args.out) if args.out else None, args.batch_size,
                                symmetric_pairs=symmetric)
-    except (MtbertError, FileNotFoundError) as e:
+    except (MtbertError, OSError) as e:
         if __name__ == "__main__":  # a command line: one line and exit 2, no shutdown noise
-            exit_on_error(str(e))
-        print(f"error: {e}", file=sys.stderr)
+            exit_on_error(user_message(e))
+        print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
     print(format_table(results))
     print(f"written to {Path(args.out) if args.out else Path(args.workdir) / 'eval'}")

@@ -5,6 +5,7 @@ same command resumes from the latest checkpoint in the workdir.
 """
 
 import sys
+from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -14,22 +15,41 @@ flags.DEFINE_string("workdir", "runs/default", "Directory for checkpoints, metri
 
 
 def parse_flags(argv):
-    """absl's parsing, with a bad --config override answered in one line (exit 2)."""
+    """absl's parsing, with a bad --config file, preset or override answered in one line (exit 2)."""
+    config_file = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
+    if config_file is None and "--config" in argv[1:-1]:
+        config_file = argv[argv.index("--config") + 1]
+    if config_file is not None and not Path(config_file.split(":", 1)[0]).is_file():
+        # ml_collections would defer the failure to the first use of the config, as a traceback.
+        print(f"error: --config {config_file}: no such file", file=sys.stderr)
+        sys.exit(2)
     try:
         return flags.FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-        overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
-        problem = str(e).strip("\"'") if isinstance(e, (AttributeError, KeyError)) else str(e)
-        if isinstance(e, (AttributeError, KeyError)):
-            problem = f"no config field {problem!r} (see configs/default.py)"
-        print(f"error: {' '.join(overrides) or 'flags'}: {problem}", file=sys.stderr)
-        sys.exit(2)
+    except flags.Error as e:
+        text = [line.strip() for line in str(e).splitlines() if line.strip()]
+        if config_file and "config file" in str(e):  # the file's own error is its traceback's last line
+            problem = "no such file" if "No such file" in text[-1] else text[-1]
+            print(f"error: --config {config_file}: {problem}", file=sys.stderr)
+            sys.exit(2)
+        _refuse_override(argv, e)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        _refuse_override(argv, e)
+
+
+def _refuse_override(argv, e):
+    """A bad --config.FIELD=VALUE: one line naming it, exit 2."""
+    overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+    problem = str(e).strip("\"'") if isinstance(e, (AttributeError, KeyError)) else str(e)
+    if isinstance(e, (AttributeError, KeyError)):
+        problem = f"no config field {problem!r} (see configs/default.py)"
+    print(f"error: {' '.join(overrides) or 'flags'}: {problem}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax reports every save at INFO
-    from mtbert_jax.errors import MtbertError, exit_on_error, mark_command_line
+    from mtbert_jax.errors import MtbertError, exit_on_error, mark_command_line, user_message
     from mtbert_jax.run import compilation_cache
     from mtbert_jax.run.loop import train_and_evaluate
     from mtbert_jax.training import distributed
@@ -39,10 +59,10 @@ def main(argv):
     distributed.initialize_from_env()
     try:
         train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-    except (MtbertError, FileNotFoundError) as e:
+    except (MtbertError, OSError) as e:
         if __name__ == "__main__":  # a command line: one line and exit 2, no shutdown noise
-            exit_on_error(str(e))
-        print(f"error: {e}", file=sys.stderr)
+            exit_on_error(user_message(e))
+        print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
     return 0
 

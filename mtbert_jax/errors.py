@@ -30,6 +30,16 @@ _command_line = False  # set by the command lines (mark_command_line)
 _error_fd: int | None = None  # stderr, kept aside once everything else is silenced
 
 
+def user_message(error: BaseException) -> str:
+    """The one line a command prints for an error it refuses with: the project's own message, or
+    for an operating-system error the file and what went wrong (a read-only folder, a full disk,
+    no permission)."""
+    if isinstance(error, OSError) and not isinstance(error, MtbertError):
+        where = error.filename if error.filename is not None else "a file"
+        return f"{where}: {error.strerror or first_line(error)}"
+    return str(error)
+
+
 def first_line(error: BaseException, limit: int = 200) -> str:
     """`Kind: the first line of its message`, for one-line reports of library errors."""
     return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:limit]}"

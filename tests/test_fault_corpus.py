@@ -157,7 +157,7 @@ def test_evaluate_py_on_a_damaged_checkpoint(corpus, tmp_path):
     victim = max((p for p in latest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     victim.write_bytes(victim.read_bytes()[:1000])
     _check([str(ROOT / "evaluate.py"), "--workdir", str(run), "--checkpoint", "latest", "--out", str(tmp_path / "e")],
-           run, "cannot restore")
+           run, "the checkpoint at step 2 is damaged")
 
 
 def test_train_py_never_saves_non_finite_parameters(corpus, tmp_path):
@@ -173,3 +173,178 @@ def test_train_py_never_saves_non_finite_parameters(corpus, tmp_path):
     assert "holds NaN or inf; not saved" in lines[-1] or "loss is nan" in lines[-1], lines[-1]
     saved = [p.name for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()]
     assert "3" not in saved  # the step whose parameters were not finite was not saved
+
+
+# --- input that used to end in a traceback
+
+LONG = "a" * 140_000
+DATA_CASES |= {
+    "a field past csv's limit": ("ids-sst-dev.csv", ["\tid\tsentence\tsentiment", f"0\ta\t{LONG}\t3"],
+                                 "ids-sst-dev.csv: line 2: field larger than field limit"),
+    "an unclosed quote with more than csv's limit after it": (
+        "ids-sst-dev.csv", ["\tid\tsentence\tsentiment", '0\ta\t"open\t3', *[f"{i}\tb\t{'x' * 1000}\t1" for i in range(1, 200)]],
+        "ids-sst-dev.csv: line"),
+}
+
+
+def test_train_py_on_a_bad_config_file_or_preset(corpus, tmp_path):
+    _check([str(ROOT / "train.py"), "--config", "configs/default.py:fast", "--workdir", str(tmp_path / "w")],
+           tmp_path, "--config configs/default.py:fast: ValueError: unknown preset 'fast'")
+    _check([str(ROOT / "train.py"), "--config", str(tmp_path / "nope.py"), "--workdir", str(tmp_path / "w")],
+           tmp_path, "nope.py: no such file")
+
+
+def test_evaluate_py_on_a_checkpoint_that_is_not_one(corpus):
+    _check(_evaluate(corpus, "--checkpoint", "foo"), corpus["run"], "checkpoint 'foo': expected best, latest or a step")
+    _check(_evaluate(corpus, "--checkpoint", "99"), corpus["run"], "no checkpoint at step 99")
+
+
+def _without_dac(command: list[str]) -> list[str]:
+    """The command as a user without root's power over file permissions (root ignores chmod)."""
+    if os.geteuid() != 0:
+        return [sys.executable, *command]
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv to drop root's file-permission capabilities")
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", "--bounding-set", caps, "--inh-caps", caps, sys.executable, *command]
+
+
+def _check_without_dac(command: list[str], untouched: Path, expected: str) -> None:
+    before = _hashes(untouched)
+    result = subprocess.run(_without_dac(command), cwd=ROOT, env=ENV, capture_output=True, text=True)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in output, output[-3000:]
+    _one_error_line(result.stderr, expected)
+    assert _hashes(untouched) == before
+
+
+def test_read_only_and_unreadable_places_are_one_line(corpus, tmp_path):
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    unreadable_data = tmp_path / "data"
+    shutil.copytree(corpus["data"], unreadable_data)
+    (unreadable_data / "ids-sst-dev.csv").chmod(0o000)
+    try:
+        _check_without_dac(_train(corpus, read_only / "run"), read_only, "Permission denied")
+        _check_without_dac(_train(corpus, tmp_path / "fresh", f"--config.data_dir={unreadable_data}"), tmp_path / "data",
+                           "ids-sst-dev.csv: Permission denied")
+        _check_without_dac([str(ROOT / "evaluate.py"), "--workdir", str(corpus["run"]), "--out", str(read_only / "e")],
+                           corpus["run"], "Permission denied")
+    finally:
+        read_only.chmod(0o755)
+        (unreadable_data / "ids-sst-dev.csv").chmod(0o644)
+
+
+# --- nothing the user had is lost
+
+def test_a_refused_evaluation_keeps_the_earlier_outputs(corpus, tmp_path):
+    out = tmp_path / "eval"
+    done = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--workdir", str(corpus["run"]), "--out", str(out)],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len((out / "predictions" / "sst-dev-output.csv").read_text().splitlines()) > 1
+    bad = write_tsv(tmp_path / "bad.csv", ["\tid\tsentence1\tsentence2\tsimilarity", "0\ta\tb\tc\t9.0"])
+    _check([str(ROOT / "evaluate.py"), "--workdir", str(corpus["run"]), "--out", str(out), "--task-file",
+            f"dev:sts={bad}"], out, "bad.csv: line 2:")  # the earlier predictions and metrics.json, hashed
+
+
+def test_a_missing_dev_file_is_an_error_not_a_dropped_task(corpus, tmp_path):
+    sts = corpus["data"] / "sts-dev.csv"
+    aside = sts.with_name("sts-dev.csv.aside")
+    sts.rename(aside)  # the run's own data directory, as its saved config names it
+    try:
+        _check([str(ROOT / "evaluate.py"), "--workdir", str(corpus["run"]), "--out", str(tmp_path / "e")],
+               corpus["run"], "sts-dev.csv: no such file, needed for the sts dev metrics")
+    finally:
+        aside.rename(sts)
+
+
+def test_exports_never_overwrite(corpus, tmp_path):
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "mine.txt").write_text("keep me")
+    _check(_evaluate(corpus, "--export-hf", str(full)), full, f"--out {full}: exists and is not empty")
+    _check(_evaluate(corpus, "--export-hf", str(corpus["run"])), corpus["run"], "exists and is not empty")
+
+
+def test_the_resume_check_survives_a_deleted_config_json(corpus, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(corpus["run"], run)
+    (run / "config.json").unlink()
+    _check(_train(corpus, run, "--config.model.pooling=cls"), run, "model.pooling 'mean' -> 'cls'")
+
+
+def _hf_copy(tmp_path: Path) -> Path:
+    from mtbert_jax.checkpoints.hf import resolve_checkpoint_dir
+    copy = tmp_path / "hf"
+    shutil.copytree(resolve_checkpoint_dir("default"), copy)
+    return copy
+
+
+def test_a_checkpoint_tensor_with_nan_is_named(corpus, tmp_path):
+    from safetensors.numpy import load_file, save_file
+    hf = _hf_copy(tmp_path)
+    tensors = load_file(str(hf / "model.safetensors"))
+    name = "encoder.layer.3.attention.self.query.weight"
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, str(hf / "model.safetensors"))
+    _check([str(ROOT / "convert.py"), "--checkpoint", str(hf), "--out", str(tmp_path / "out")], hf, name)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+    _check(_train(corpus, tmp_path / "w", f"--config.checkpoint={hf}"), hf, name)
+
+
+def test_a_pickled_bin_is_refused_in_one_line(corpus, tmp_path):
+    torch = pytest.importorskip("torch")
+    import datetime
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shutil.copy(_hf_copy(tmp_path) / "config.json", bad / "config.json")
+    torch.save({"when": datetime.datetime(2026, 1, 1)}, bad / "pytorch_model.bin")  # unpickling would run code
+    result = subprocess.run([sys.executable, str(ROOT / "convert.py"), "--checkpoint", str(bad), "--out",
+                             str(tmp_path / "out")], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "pytorch_model.bin: torch.load(weights_only=True) refused" in result.stderr
+
+
+# --- checkpoints: damage that decompresses, and a check that imports only the project
+
+def _flip_a_byte(folder: Path) -> Path:
+    victim = max((p for p in folder.rglob("*") if p.is_file() and p.name != "digest.json"), key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    victim.write_bytes(bytes(data))
+    return victim
+
+
+def test_a_flipped_byte_in_a_checkpoint_is_damage(corpus, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(corpus["run"], run)
+    best = next(p for p in (run / "best").iterdir() if p.name.isdigit())
+    victim = _flip_a_byte(best)
+    _check([str(ROOT / "evaluate.py"), "--workdir", str(run), "--out", str(tmp_path / "e")], run,
+           f"{victim.relative_to(best)} changed since it was saved")
+
+
+def test_a_damaged_latest_checkpoint_is_set_aside_by_its_digest(corpus, tmp_path):
+    """A flipped byte in the newest checkpoint: set aside, and the run resumes before it."""
+    run = tmp_path / "run"
+    shutil.copytree(corpus["run"], run)
+    steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    shutil.copytree(run / "checkpoints" / str(steps[-1]), run / "checkpoints" / str(steps[-1] + 1))  # a newer copy
+    _flip_a_byte(run / "checkpoints" / str(steps[-1] + 1))
+    result = subprocess.run([sys.executable, *_train(corpus, run)], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"checkpoint at step {steps[-1] + 1} is unreadable" in result.stdout and "changed since" in result.stdout
+    assert f"resumed from {run / 'checkpoints'} at step {steps[-1]}" in result.stdout
+
+
+def test_the_integrity_check_never_imports_from_the_current_directory(corpus, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(corpus["run"], run)
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "numpy.py").write_text("raise SystemExit('a numpy.py where the user stands ran')\n")
+    result = subprocess.run([sys.executable, *_train(corpus, run)], cwd=here, env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "resumed from" in result.stdout and not (run / "checkpoints-unreadable").exists()

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from mtbert_jax.errors import CheckpointError
+from mtbert_jax.errors import CheckpointError, first_line
 from mtbert_jax.model.bert_config import BertConfig
 from mtbert_jax.model.encoder import init_params
 
@@ -139,11 +139,15 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
         raise CheckpointError(
             f"{path}: a PyTorch .bin checkpoint can only be read with torch installed "
             "(pip install torch==2.13.0); or save the model as model.safetensors") from None
+    import warnings
+
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol before it refuses
+            warnings.simplefilter("ignore")
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: torch.load(weights_only=True) refused or failed "
-                              f"({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: torch.load(weights_only=True) refused or failed, nothing of it was "
+                              f"run ({type(e).__name__}: {first_line(e)})") from None
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
     for name, value in state.items():
@@ -175,7 +179,7 @@ def load_hf_checkpoint(checkpoint: str | Path | None = None, compute_dtype: str 
     template = traverse_util.flatten_dict(
         jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0))))
 
-    params, used, missing, mismatched, initialised = {}, set(), [], [], []
+    params, used, missing, mismatched, initialised, non_finite = {}, set(), [], [], [], []
     for path, init_value in template.items():
         name = hf_name(path)
         found = next((n for n in _alternative_names(name) if n in tensors), None)
@@ -192,6 +196,9 @@ def load_hf_checkpoint(checkpoint: str | Path | None = None, compute_dtype: str 
             mismatched.append(f"{found}: checkpoint has shape {tuple(tensors[found].shape)}, "
                               f"config.json implies {tuple(expected)}")
             continue
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            non_finite.append(found)
+            continue
         params[path] = value.astype(np.float32)
     if missing:
         raise CheckpointError(f"{source}: {len(missing)} encoder tensor(s) missing: " + ", ".join(missing))
@@ -200,6 +207,8 @@ def load_hf_checkpoint(checkpoint: str | Path | None = None, compute_dtype: str 
         params.update({path: np.asarray(fresh[path]) for path in fresh if path[0] == "pooler"})
     if mismatched:
         raise CheckpointError(f"{source}: shape mismatch: " + "; ".join(mismatched))
+    if non_finite:
+        raise CheckpointError(f"{source}: tensor(s) holding NaN or infinite values: " + ", ".join(non_finite))
     unused = sorted(k for k in tensors if k not in used)
     report = LoadReport(source=source, initialised=initialised, unused=unused)
     return config, traverse_util.unflatten_dict(params), report

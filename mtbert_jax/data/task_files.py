@@ -71,13 +71,31 @@ def task_file_paths(data_dir: str | Path, tasks: Sequence[str], split: str) -> d
 
 def _lines(path: Path) -> Iterator[str]:
     """The file's lines, decoded one at a time (bounded memory); non-UTF-8 names its line."""
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror})") from None
+    with f:
         for number, raw in enumerate(f, 1):
             try:
                 yield raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise DataError(f"{path}: line {number}: bytes that are not UTF-8 "
                                 f"({raw[e.start:e.end]!r}); expected UTF-8 text") from None
+
+
+def _fields(reader, path: Path) -> Iterator[list[str]]:
+    """csv's records, with its errors (a field over its 131,072-character limit, which an
+    opening quote never closed also runs into) as one DataError naming the line."""
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            hint = ": an opening quote never closed?" if "field limit" in str(e) else ""
+            raise DataError(f"{path}: line {reader.line_num}: {e}{hint}") from None
+        yield fields
 
 
 def iter_task_file(path: str | Path, task: str, lenient: bool = False,
@@ -90,7 +108,8 @@ def iter_task_file(path: str | Path, task: str, lenient: bool = False,
     path, spec = Path(path), TASKS[task]
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    reader = csv.reader(_lines(path), delimiter="\t")
+    csv_reader = csv.reader(_lines(path), delimiter="\t")
+    reader = _fields(csv_reader, path)
     header = next(reader, None)
     if header is None:
         raise DataError(f"{path}: empty file; expected a header line")
@@ -109,7 +128,7 @@ def iter_task_file(path: str | Path, task: str, lenient: bool = False,
     yielded = False
     end_line = 1  # csv's line_num: lines consumed so far (a quoted field may span lines)
     for fields in reader:
-        line, end_line = end_line + 1, reader.line_num
+        line, end_line = end_line + 1, csv_reader.line_num
         if not fields:
             continue  # a blank line holds no record
         if end_line > line:  # none of the course's files has a field spanning lines

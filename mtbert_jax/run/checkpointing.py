@@ -4,10 +4,18 @@ A checkpoint holds the train state (parameters, optimizer state with PCGrad's ke
 when kept SMART's teacher and the weight average), the loader's position and, as JSON, the
 config and the run's progress. Saves are synchronous and orbax commits them atomically, so a
 run killed at any moment resumes from the last complete one.
+
+A step is saved to best/ before checkpoints/: a run killed between the two resumes from the
+checkpoint before, trains that step again to the same state, and finds best/ already holding
+it, so best/ never misses a step that checkpoints/ has. Each committed checkpoint gets
+DIGEST_FILE, the SHA-256 of every file in it, verified before it is restored: damage that still
+decompresses (a flipped byte) is caught like a truncated file.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import shutil
@@ -24,6 +32,9 @@ import orbax.checkpoint as ocp
 from mtbert_jax.errors import CheckpointError, first_line, silenced_after_failure
 
 PyTree = Any
+DIGEST_FILE = "digest.json"
+DAMAGED = 3  # the readability check's exit status for a checkpoint that does not read
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the folder holding mtbert_jax/
 
 
 def _manager(directory: Path, keep: int, best: bool) -> ocp.CheckpointManager:
@@ -47,13 +58,28 @@ class Checkpoints:
         self.best = _manager(workdir / "best", 1, best=True)
 
     def save(self, step: int, state: PyTree, meta: dict, score: Optional[float] = None) -> None:
-        """Saves to `latest`; with a dev score also to `best` (kept only when it is the best)."""
+        """With a dev score (a new best: the caller knows) to `best`, then to `latest`; each with
+        its digest."""
         assert_finite(state, f"checkpoint at step {step}")
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        if step not in self.latest.all_steps():
-            self.latest.save(step, args=args)
         if score is not None and math.isfinite(score) and step not in self.best.all_steps():
             self.best.save(step, args=args, metrics={"score": float(score)})
+            write_digest(Path(self.best.directory) / str(step))
+        if step not in self.latest.all_steps():
+            self.latest.save(step, args=args)
+            write_digest(Path(self.latest.directory) / str(step))
+
+    def best_step(self) -> Optional[int]:
+        return self.best.best_step()
+
+    def copy_to_best(self, step: int, score: float) -> None:
+        """best/ from the latest-checkpoint at `step`, as saved (repairing a best/ that a run
+        killed between its two saves never got)."""
+        restored = self.latest.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+        args = ocp.args.Composite(state=ocp.args.StandardSave(restored.state), meta=ocp.args.JsonSave(restored.meta))
+        self.best.save(step, args=args, metrics={"score": float(score)}, force=True)
+        write_digest(Path(self.best.directory) / str(step))
 
     def latest_step(self) -> Optional[int]:
         return self.latest.latest_step()
@@ -63,12 +89,23 @@ class Checkpoints:
         not, in one line. Reads it as stored, so that a checkpoint of another model's shape is
         not mistaken for a damaged one, and in a child process: a failed read leaves
         tensorstore's threads printing "Event loop is closed" tracebacks for seconds after."""
-        child = subprocess.run([sys.executable, "-m", "mtbert_jax.run.checkpointing",
-                                str(self.latest.directory), str(step)], capture_output=True, text=True)
+        changed = digest_mismatch(Path(self.latest.directory) / str(step))
+        if changed:
+            return changed
+        # -I: no current directory, PYTHONPATH or user site on the path, so that a file such as
+        # numpy.py where the user stands is never run; then this project's own folder.
+        code = (f"import sys; sys.path.insert(0, {str(PROJECT_ROOT)!r}); "
+                "from mtbert_jax.run.checkpointing import check_readable; "
+                f"check_readable({str(self.latest.directory)!r}, {step})")
+        child = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True)
         if child.returncode == 0:
             return None
         lines = [line for line in child.stdout.splitlines() if line.strip()]
-        return lines[-1] if lines else f"the check exited with status {child.returncode}"
+        if child.returncode == DAMAGED:
+            return lines[-1] if lines else "it does not read"
+        problem = [line for line in child.stderr.splitlines() if line.strip()]
+        raise CheckpointError(f"could not check the checkpoint at step {step} for damage: the check itself failed "
+                              f"(exit status {child.returncode}: {problem[-1] if problem else 'no message'})")
 
     def set_aside(self, step: int) -> Path:
         """Moves the checkpoint at `step` out of orbax's sight, for inspection; returns where."""
@@ -92,16 +129,53 @@ class Checkpoints:
         self.best.close()
 
 
-def _check_readable(directory: str, step: int) -> int:
+def check_readable(directory: str, step: int) -> int:
     """The child process of `Checkpoints.unreadable`: exit 0 when the checkpoint reads whole,
-    else 1 with the reason as the last line of stdout."""
+    else DAMAGED with the reason as the last line of stdout."""
     manager = _manager(Path(directory), keep=1000, best=False)
     try:
         manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
     except Exception as e:  # noqa: BLE001  whatever orbax or tensorstore raise on a damaged file
         print(first_line(e), flush=True)
-        os._exit(1)
+        os._exit(DAMAGED)
     os._exit(0)
+
+
+def _file_digests(folder: Path) -> dict[str, str]:
+    """{path relative to `folder`: SHA-256} of every file in it but the digest itself."""
+    digests = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != DIGEST_FILE):
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digests[str(path.relative_to(folder))] = h.hexdigest()
+    return digests
+
+
+def write_digest(folder: Path) -> None:
+    """Records the committed checkpoint's file digests (written whole, then renamed into place)."""
+    temporary = folder / (DIGEST_FILE + ".tmp")
+    temporary.write_text(json.dumps(_file_digests(folder), indent=0))
+    os.replace(temporary, folder / DIGEST_FILE)
+
+
+def digest_mismatch(folder: Path) -> Optional[str]:
+    """None when the checkpoint's files are those its digest recorded (or it has no digest,
+    as checkpoints saved before digests existed), else which file differs, in one line."""
+    try:
+        recorded = json.loads((folder / DIGEST_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return f"{folder / DIGEST_FILE} is not readable JSON"
+    found = _file_digests(folder)
+    for name, digest in recorded.items():
+        if name not in found:
+            return f"{folder / name} is missing"
+        if found[name] != digest:
+            return f"{folder / name} changed since it was saved (SHA-256 differs)"
+    return None
 
 
 def restore_trained(workdir: str | Path, which: str = "best") -> tuple[dict, PyTree, int]:
@@ -110,20 +184,25 @@ def restore_trained(workdir: str | Path, which: str = "best") -> tuple[dict, PyT
 
     which: "best" (by dev overall score), "latest", or a step number.
     """
-    workdir = Path(workdir)
+    workdir, which = Path(workdir), str(which)
     folder = workdir / ("best" if which == "best" else "checkpoints")
     steps = sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit()) if folder.is_dir() else []
     if not steps:
         raise CheckpointError(f"{folder}: no checkpoint (expected a training workdir with "
                               "checkpoints/ and best/ written by train.py)")
+    if which not in ("best", "latest") and not which.isdigit():
+        raise CheckpointError(f"checkpoint {which!r}: expected best, latest or a step number ({steps})")
+    if which.isdigit() and int(which) not in steps:
+        raise CheckpointError(f"{folder}: no checkpoint at step {which}; have {steps}")
     manager = _manager(folder, keep=len(steps), best=(which == "best"))
+    if which in ("best", "latest"):
+        step = (manager.best_step() if which == "best" else None) or manager.latest_step()
+    else:
+        step = int(which)
+    changed = digest_mismatch(folder / str(step))
+    if changed:
+        raise CheckpointError(f"{folder}: the checkpoint at step {step} is damaged: {changed}")
     try:
-        if which in ("best", "latest"):
-            step = (manager.best_step() if which == "best" else None) or manager.latest_step()
-        else:
-            step = int(which)
-            if step not in steps:
-                raise CheckpointError(f"{folder}: no checkpoint at step {step}; have {steps}")
         with silenced_after_failure():
             restored = manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
@@ -138,4 +217,4 @@ def restore_trained(workdir: str | Path, which: str = "best") -> tuple[dict, PyT
 
 
 if __name__ == "__main__":
-    _check_readable(sys.argv[1], int(sys.argv[2]))
+    check_readable(sys.argv[1], int(sys.argv[2]))

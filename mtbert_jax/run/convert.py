@@ -11,6 +11,8 @@ before the command reports success.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,16 +21,39 @@ import numpy as np
 from flax import traverse_util
 
 from mtbert_jax.checkpoints.hf import export_hf_checkpoint, load_hf_checkpoint, resolve_checkpoint_dir
-from mtbert_jax.errors import MtbertError, exit_on_error, is_command_line, mark_command_line
+from mtbert_jax.errors import (
+    CheckpointError,
+    ConfigError,
+    MtbertError,
+    exit_on_error,
+    is_command_line,
+    mark_command_line,
+)
 from mtbert_jax.model.bert_config import BertConfig
 from mtbert_jax.run.checkpointing import restore_trained
 
 
 def _max_difference(a, b) -> float:
+    """The largest absolute difference over all tensors; inf when the trees differ or any
+    difference is NaN (Python's max would pass over a NaN)."""
     fa, fb = traverse_util.flatten_dict(a), traverse_util.flatten_dict(b)
     if fa.keys() != fb.keys():
         return float("inf")
-    return max(float(np.max(np.abs(np.asarray(fa[k]) - np.asarray(fb[k])))) for k in fa)
+    differences = [float(np.max(np.abs(np.asarray(fa[k]) - np.asarray(fb[k])), initial=0.0)) for k in fa]
+    return float("inf") if any(np.isnan(differences)) else max(differences, default=0.0)
+
+
+def _check_finite(params, where: str) -> None:
+    for path, value in traverse_util.flatten_dict(params).items():
+        if not np.isfinite(np.asarray(value)).all():
+            raise CheckpointError(f"{where}: tensor {'/'.join(path)} holds NaN or infinite values; nothing exported")
+
+
+def _check_out(out: Path) -> None:
+    """An output directory that exists must be empty: an export never overwrites files (a run's
+    own config.json among them)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--out {out}: exists and is not empty; nothing was written (give a new directory)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--which", default="best",
                         help="for a training workdir: best, latest or a step number")
     args = parser.parse_args(argv)
+    out = Path(args.out)
+    partial = out.with_name(f".{out.name}.partial")
     try:
+        _check_out(out)
         if (Path(args.checkpoint) / "checkpoints").is_dir():  # a training workdir
             run_config, trained, step = restore_trained(args.checkpoint, args.which)
             source = resolve_checkpoint_dir(run_config["checkpoint"])
@@ -50,18 +78,31 @@ def main(argv: list[str] | None = None) -> int:
             source = resolve_checkpoint_dir(args.checkpoint)
             config, params, report = load_hf_checkpoint(source)
             print(report.summary())
-        export_hf_checkpoint(params, config, args.out, tokenizer_dir=source)
-        _, reread, _ = load_hf_checkpoint(args.out)
-    except (MtbertError, FileNotFoundError) as e:
+        params = jax.device_get(params)
+        _check_finite(params, args.checkpoint)
+        # Written whole under another name, read back and compared, then renamed into place.
+        shutil.rmtree(partial, ignore_errors=True)
+        export_hf_checkpoint(params, config, partial, tokenizer_dir=source)
+        _, reread, _ = load_hf_checkpoint(partial)
+        difference = _max_difference(params, reread)
+        if difference != 0:
+            raise CheckpointError(f"{out}: the exported tensors read back differently (max abs difference "
+                                  f"{difference:g}); nothing was written")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        os.replace(partial, out)
+    except (MtbertError, FileNotFoundError, OSError) as e:
+        shutil.rmtree(partial, ignore_errors=True)
+        message = str(e) if isinstance(e, MtbertError) else f"{getattr(e, 'filename', None) or out}: {e.strerror or e}"
         if is_command_line():  # one line and exit 2, no shutdown noise
-            exit_on_error(str(e))
-        print(f"error: {e}", file=sys.stderr)
+            exit_on_error(message)
+        print(f"error: {message}", file=sys.stderr)
         return 2
-    difference = _max_difference(jax.device_get(params), reread)
     n = sum(np.size(x) for x in jax.tree_util.tree_leaves(params))
-    print(f"wrote {args.out}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+    print(f"wrote {out}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
           f"{n:,} parameters; read back, max abs difference {difference:g}")
-    return 0 if difference == 0 else 1
+    return 0
 
 
 def command() -> int:

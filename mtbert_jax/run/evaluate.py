@@ -7,6 +7,7 @@ beyond the predictions themselves.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -19,6 +20,7 @@ from mtbert_jax.evaluation import prediction_file
 from mtbert_jax.evaluation.metrics import classification_report, overall_score
 from mtbert_jax.evaluation.plots import plot_confusion_matrix, plot_scatter
 from mtbert_jax.evaluation.predict import predict
+from mtbert_jax.run import atomic
 from mtbert_jax.run.trained import TrainedModel, load_trained
 from mtbert_jax.tasks import TASKS
 
@@ -26,7 +28,8 @@ from mtbert_jax.tasks import TASKS
 def predict_file(trained: TrainedModel, task: str, path: Path, batch_size: int,
                  chunk_size: int = 10_000, out_file: Optional[Path] = None):
     """Streams a task file: (head outputs, gold labels or None), writing the CS224N
-    prediction file (ids with predictions, in input order) as it goes."""
+    prediction file (ids with predictions, in input order) as it goes, to `out_file` (the
+    caller renames it into place once every output is complete)."""
     encoding = trained.run.model.pair_encoding(task)
     outputs, gold = [], []
     handle = open(out_file, "w") if out_file else None
@@ -81,7 +84,6 @@ def evaluate_run(workdir: str | Path, which: str = "best", splits: Sequence[str]
     """Evaluates every task of a run on the given splits; writes metrics.json, predictions,
     reports and plots under `out_dir` (default WORKDIR/eval). Returns the metrics.
     `symmetric_pairs`: score pairs in both orders (True), as given (False), or as the run did (None)."""
-    from mtbert_jax.data.task_files import resolve_data_dir
     from mtbert_jax.evaluation.plots import plot_training_curves
 
     workdir, task_files = Path(workdir), task_files or {}
@@ -91,6 +93,28 @@ def evaluate_run(workdir: str | Path, which: str = "best", splits: Sequence[str]
     out_dir = Path(out_dir) if out_dir else workdir / "eval"
     (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
+    staged: list[tuple[Path, Path]] = []  # (written, its final name): renamed when all are done
+    try:
+        results = _evaluate_splits(trained, workdir, which, splits, task_files, out_dir, batch_size, chunk_size,
+                                   staged)
+        for written, final in staged:
+            os.replace(written, final)
+        atomic.write_text(out_dir / "metrics.json", json.dumps(results, indent=2) + "\n")
+    finally:
+        for written, _ in staged:
+            written.unlink(missing_ok=True)
+    if (workdir / "metrics.jsonl").exists():
+        plot_training_curves(workdir / "metrics.jsonl", out_dir / "plots")
+    return results
+
+
+def _evaluate_splits(trained: TrainedModel, workdir: Path, which: str, splits: Sequence[str],
+                     task_files: dict, out_dir: Path, batch_size: int, chunk_size: int,
+                     staged: list[tuple[Path, Path]]) -> dict:
+    """Every task on every split: the results, with each prediction file written under a
+    temporary name (added to `staged`)."""
+    from mtbert_jax.data.task_files import resolve_data_dir
+
     data_dir = None
     results: dict = {"workdir": str(workdir), "checkpoint": which, "step": trained.step,
                      "symmetric_pairs": trained.run.model.symmetric_pairs}
@@ -101,11 +125,16 @@ def evaluate_run(workdir: str | Path, which: str = "best", splits: Sequence[str]
             if path is None:
                 data_dir = data_dir or resolve_data_dir(trained.run.data_dir or None)
                 path = data_dir / TASKS[task].file_name(split)
+                if not path.exists() and split == "dev":  # the run's score needs every task's
+                    raise DataError(f"{path}: no such file, needed for the {task} dev metrics (give one with "
+                                    f"--task-file dev:{task}=PATH)")
                 if not path.exists():
-                    print(f"{task} {split}: no file {path}; skipped")
+                    print(f"{task} {split}: no file {path}; no {task} {split} predictions")
                     continue
             out_file = out_dir / "predictions" / f"{prediction_file.FILE_PREFIXES[task]}-{split}-output.csv"
-            outputs, gold = predict_file(trained, task, Path(path), batch_size, chunk_size, out_file)
+            written = out_file.with_name(f".{out_file.name}.partial")
+            staged.append((written, out_file))
+            outputs, gold = predict_file(trained, task, Path(path), batch_size, chunk_size, written)
             if gold is None:
                 if split == "dev":  # a dev file is there to be scored: never drop it silently
                     raise DataError(f"{path}: no {TASKS[task].label_column!r} column, which a dev file needs "
@@ -126,9 +155,6 @@ def evaluate_run(workdir: str | Path, which: str = "best", splits: Sequence[str]
             split_results["overall"] = overall_score(
                 {t: {k: v for k, v in m.items() if k in ("accuracy", "pearson")} for t, m in split_results.items()})
         results[split] = split_results
-    (out_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
-    if (workdir / "metrics.jsonl").exists():
-        plot_training_curves(workdir / "metrics.jsonl", out_dir / "plots")
     return results
 
 

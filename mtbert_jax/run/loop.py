@@ -32,6 +32,7 @@ from mtbert_jax.errors import CheckpointError, ConfigError, TrainingError, first
 from mtbert_jax.evaluation.metrics import overall_score
 from mtbert_jax.evaluation.predict import dataset_metrics, make_predict
 from mtbert_jax.model.multitask import init_model
+from mtbert_jax.run import atomic
 from mtbert_jax.run.build import concrete_dtype, encoder_config
 from mtbert_jax.run.checkpointing import Checkpoints
 from mtbert_jax.run.config import RunConfig, dotted_leaves
@@ -95,7 +96,7 @@ def _train(run: RunConfig, workdir: Path, data: Optional[RunData], checkpoint_di
     log(report.summary())
     data = data or load_run_data(run, BertTextTokenizer(checkpoint_dir))
     if is_main:  # once the data is known to be good: a refused run leaves the workdir's files as they were
-        (workdir / "config.json").write_text(json.dumps(dataclasses.asdict(run), indent=2) + "\n")
+        atomic.write_text(workdir / "config.json", json.dumps(dataclasses.asdict(run), indent=2) + "\n")
     train_data = {t: run.objective.training_subset(d) for t, d in data.train.items()}
     for d in [*train_data.values(), *data.dev.values()]:
         log(d.summary())
@@ -147,8 +148,30 @@ RESUME_FIELDS = ("checkpoint", "compute_dtype", "seed", "model", "objective", "o
                  "packing")
 
 
-def _has_checkpoints(workdir: Path) -> bool:
-    return (workdir / "config.json").exists() and any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*"))
+def _checkpoint_steps(workdir: Path) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())
+
+
+def saved_config(workdir: Path) -> tuple[Optional[dict], Path]:
+    """(the saved configuration of the run whose checkpoints the workdir holds, where it was
+    read): config.json, or, when that is gone, the newest checkpoint's own copy. (None, path)
+    when the workdir has no checkpoint; a ConfigError when neither copy reads."""
+    steps = _checkpoint_steps(workdir)
+    if not steps:
+        return None, workdir / "config.json"
+    candidates = [workdir / "config.json"] + [workdir / "checkpoints" / str(s) / "meta" / "metadata"
+                                              for s in reversed(steps)]
+    for path in candidates:
+        try:
+            saved = json.loads(path.read_text())
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{path}: cannot read the saved configuration of the run to resume "
+                              f"({first_line(e)})") from None
+        return (saved["config"] if path.name == "metadata" else saved), path
+    raise ConfigError(f"{workdir}: holds checkpoints but no saved configuration (config.json nor a "
+                      "checkpoint's meta/metadata); use a new --workdir")
 
 
 def resolve_auto_dtype(run: RunConfig, workdir: Path, log) -> RunConfig:
@@ -156,12 +179,10 @@ def resolve_auto_dtype(run: RunConfig, workdir: Path, log) -> RunConfig:
     multiplies it fast, float32 elsewhere; a resumed run keeps the dtype it started with."""
     if run.compute_dtype != "auto":
         return run
-    saved = None
-    if _has_checkpoints(workdir):
-        try:
-            saved = json.loads((workdir / "config.json").read_text()).get("compute_dtype")
-        except ValueError:
-            pass  # check_resumable names the unreadable file
+    try:
+        saved = (saved_config(workdir)[0] or {}).get("compute_dtype")
+    except ConfigError:
+        saved = None  # check_resumable names the unreadable file
     run, why = concrete_dtype(run, saved)
     log(f"compute dtype: {run.compute_dtype} ({why})")
     return run
@@ -170,11 +191,11 @@ def resolve_auto_dtype(run: RunConfig, workdir: Path, log) -> RunConfig:
 def check_resumable(run: RunConfig, workdir: Path) -> None:
     """Refuses, before anything is written, to resume a workdir's checkpoints under a config that
     changes what they hold; names the differing fields in one line."""
-    saved_path = workdir / "config.json"
-    if not _has_checkpoints(workdir):
+    saved, saved_path = saved_config(workdir)
+    if saved is None:
         return
     try:
-        saved = dataclasses.asdict(RunConfig.from_dict(json.loads(saved_path.read_text())))
+        saved = dataclasses.asdict(RunConfig.from_dict(saved))
     except (ValueError, ConfigError) as e:
         raise ConfigError(f"{saved_path}: cannot read the saved configuration of the run to resume ({e})") from None
     now = dataclasses.asdict(run)
@@ -196,7 +217,7 @@ def check_resumable(run: RunConfig, workdir: Path) -> None:
                 if isinstance(was, (str, int, float, bool)):
                     flags.append(f"--config.{k}={was}")
     if changed:
-        hint = " ".join(flags) if len(flags) == len(changed) else "the saved config.json"
+        hint = " ".join(flags) if len(flags) == len(changed) else f"the configuration saved in {saved_path}"
         raise ConfigError(f"{workdir} holds checkpoints of a run configured otherwise: " + "; ".join(changed)
                           + f" (use a new --workdir, or {hint})")
 
@@ -254,10 +275,31 @@ class Trainer:
             self.log(f"resumed from {self.workdir / 'checkpoints'} at step {self.step} (epoch {self.loader.epoch + 1})")
         self.state = distributed.replicate(state)
         self.metrics_log = MetricsLog(self.workdir / "metrics.jsonl", self.step, self.is_main, self.started)
+        if latest is not None and self.is_main:
+            self.repair_best()
         planned = f"{self.stages.planned_steps} steps in {self.run.num_epochs + self.run.frozen_epochs} epochs"
         if self.stages.last_step < self.stages.planned_steps:
             planned = f"{self.stages.last_step} steps (max_steps; {planned})"
         self.log(f"{len(self.stages.tasks)} tasks, {planned}, {jax.device_count()} device(s)")
+
+    def repair_best(self) -> None:
+        """best/ as the dev records say it should be: a run that an earlier version of this
+        code saved in the other order (latest first) and that was killed between its two saves
+        left best/ without its best epoch; it is copied from checkpoints/ when still there."""
+        records = [r for r in self.metrics_log.records() if "dev_overall" in r]
+        if not records:
+            return
+        best = max(records, key=lambda r: r["dev_overall"])  # the first of equals, as best/ keeps
+        kept = self.checkpoints.best_step()
+        kept_score = next((r["dev_overall"] for r in records if r["step"] == kept), -math.inf)
+        if kept is not None and kept_score >= best["dev_overall"]:
+            return
+        if best["step"] not in self.checkpoints.latest.all_steps():
+            self.log(f"best/ lacks step {best['step']} (dev overall {best['dev_overall']:.4f}), and "
+                     f"checkpoints/ no longer has it: best/ keeps step {kept}")
+            return
+        self.checkpoints.copy_to_best(best["step"], best["dev_overall"])
+        self.log(f"best/ repaired: step {best['step']} (dev overall {best['dev_overall']:.4f}) copied from checkpoints/")
 
     def train_epoch(self) -> int:
         """The rest of the current epoch, or of the stage when it ends first; returns the epoch.
@@ -332,6 +374,7 @@ class Trainer:
         """The dev record of the epoch just trained (with the weight average on, `unaveraged` is
         the trained parameters' own), and a checkpoint that may become the best."""
         score = overall_score(results)
+        improved = score > self.best_score  # ties keep the earlier epoch
         self.best_score = max(self.best_score, score)
         record = {"step": self.step, "epoch": epoch + 1, "dev": results, "dev_overall": score}
         if unaveraged is not None:
@@ -342,7 +385,7 @@ class Trainer:
         if unaveraged is not None:
             self.log(f"epoch {epoch + 1}: dev without the weight average {describe(unaveraged)}; "
                      f"overall {record['dev_unaveraged_overall']:.4f}")
-        self.save(score)
+        self.save(score if improved else None)  # best/ is written only for a new best
 
     def save(self, score: Optional[float] = None) -> None:
         """A checkpoint of the state and the loader's position after the last step trained; the

@@ -10,6 +10,8 @@ from typing import Mapping
 
 import numpy as np
 
+from mtbert_jax.run import atomic
+
 
 class MetricsLog:
     """JSON lines, one record per logging step and per dev evaluation; on resume, records past
@@ -23,9 +25,9 @@ class MetricsLog:
         self.path, self.enabled, self.tensorboard = path, enabled, None
         self.started, self.earlier_seconds = time.perf_counter() if started is None else started, 0.0
         if enabled and path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            kept = [line for line in atomic.json_lines(path.read_text())
+                    if json.loads(line).get("step", 0) <= resume_step]
+            atomic.write_text(path, "".join(line + "\n" for line in kept))
             self.earlier_seconds = max([json.loads(line).get("run_seconds", 0.0) for line in kept] + [0.0])
         if enabled:
             try:
@@ -33,6 +35,12 @@ class MetricsLog:
                 self.tensorboard = SummaryWriter(str(path.parent / "tensorboard"))
             except ImportError:
                 pass
+
+    def records(self) -> list[dict]:
+        """The records kept so far (those up to the step resumed from, and those since)."""
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in atomic.json_lines(self.path.read_text())]
 
     def write(self, record: dict) -> None:
         if not self.enabled:

@@ -46,9 +46,19 @@ class WorkdirLock:
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        # The lock is written whole under another name, then linked into place (atomic, and
+        # refused when a lock exists): a kill never leaves an empty or half-written lock.
+        draft = self.path.with_name(f".{self.path.name}.{me['pid']}")
+        draft.write_text(json.dumps(me))
+        try:
+            return self._take(draft, me)
+        finally:
+            draft.unlink(missing_ok=True)
+
+    def _take(self, draft: Path, me: dict) -> "WorkdirLock":
         for _ in range(2):  # the second try follows the removal of a stale lock
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                os.link(draft, self.path)
             except FileExistsError:
                 holder = self._holder()
                 if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
@@ -59,8 +69,6 @@ class WorkdirLock:
                     f"{self.path.parent} is in use by another run (host {holder.get('host', '?')}, pid "
                     f"{holder.get('pid', '?')}, since {holder.get('since', '?')}); wait for it, use another "
                     f"--workdir, or delete {self.path} if that run is gone") from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
             self.held = True
             return self
         raise WorkdirBusy(f"{self.path}: could not take the lock")

@@ -404,3 +404,79 @@ def test_a_run_saved_under_the_earlier_names_resumes_exactly_and_evaluates(tiny_
                                                                   if "loss" in r]
     results = evaluate_run(old, "best", ("dev",), {}, tmp_path / "eval", 16)
     assert results["dev"]["overall"] == pytest.approx(max(r["dev_overall"] for r in dev(old)))
+
+
+KILLED_AFTER_SAVE = """
+import os, runpy, signal, sys
+import orbax.checkpoint as ocp
+
+real, calls = ocp.CheckpointManager.save, []
+
+def dies(self, *args, **kwargs):  # kill -9 once save number $KILL_AFTER_SAVE of this process is committed
+    saved = real(self, *args, **kwargs)
+    calls.append(1)
+    if len(calls) == int(os.environ["KILL_AFTER_SAVE"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return saved
+
+ocp.CheckpointManager.save = dies
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_run_killed_after_every_save_ends_as_one_never_killed(tiny_checkpoint, tiny_data_dir, tmp_path):
+    """Each start is killed right after its first committed save (best/ or checkpoints/, at an
+    epoch's end or mid-epoch), until one finishes: its parameters, metrics log and best/ are
+    those of the run that was never killed."""
+    config = _write_config(tmp_path / "tiny.py", tiny_checkpoint, tiny_data_dir, tmp_path / "cache",
+                           schedule__kind="all_tasks_until_largest", num_epochs=2, checkpoint_every_steps=4)
+    env = {**os.environ, "MTBERT_MALLOC_TUNABLES": "0"}  # no re-exec: keep the patch
+    subprocess.run(_train_command(config, tmp_path / "whole"), check=True, env=env, cwd=ROOT, capture_output=True)
+    wrapper = tmp_path / "killed_after_save.py"
+    wrapper.write_text(KILLED_AFTER_SAVE)
+    workdir, kills = tmp_path / "killed", 0
+    for _ in range(12):
+        result = subprocess.run([sys.executable, str(wrapper), *_train_command(config, workdir)[1:]],
+                                env={**env, "KILL_AFTER_SAVE": "1"}, cwd=ROOT, capture_output=True, text=True)
+        if result.returncode == 0:
+            break
+        assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+        kills += 1
+    assert result.returncode == 0 and kills >= 4, (kills, result.stderr[-3000:])
+
+    def logged(workdir):
+        return [{k: v for k, v in r.items() if k not in ("examples_per_second", "run_seconds")}
+                for r in _metrics(workdir)]
+
+    assert logged(workdir) == logged(tmp_path / "whole")
+    whole, killed = _final_params(tmp_path / "whole"), _final_params(workdir)
+    for name in whole:
+        np.testing.assert_array_equal(whole[name], killed[name], err_msg=name)
+    best = lambda w: sorted(int(p.name) for p in (w / "best").glob("*") if p.name.isdigit())  # noqa: E731
+    assert best(workdir) == best(tmp_path / "whole") == [max((r for r in _metrics(workdir) if "dev" in r),
+                                                             key=lambda r: r["dev_overall"])["step"]]
+
+
+def test_a_restart_repairs_a_best_checkpoint_that_was_never_saved(tiny_checkpoint, tiny_data_dir, tmp_path):
+    """A workdir whose best/ lacks its best epoch (saved in the other order and killed between
+    the two saves): the restart copies that epoch from checkpoints/, says so, and evaluate.py
+    scores it."""
+    import shutil
+
+    config = _write_config(tmp_path / "tiny.py", tiny_checkpoint, tiny_data_dir, tmp_path / "cache",
+                           schedule__kind="all_tasks_until_largest", num_epochs=2, checkpoint_every_steps=4)
+    workdir = tmp_path / "run"
+    subprocess.run(_train_command(config, workdir), check=True, env=dict(os.environ), cwd=ROOT, capture_output=True)
+    dev = [r for r in _metrics(workdir) if "dev" in r]
+    best_step = max(dev, key=lambda r: r["dev_overall"])["step"]
+    shutil.rmtree(workdir / "best")
+    restarted = subprocess.run(_train_command(config, workdir), env=dict(os.environ), cwd=ROOT,
+                               capture_output=True, text=True)
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert f"best/ repaired: step {best_step}" in restarted.stdout
+    assert sorted(int(p.name) for p in (workdir / "best").glob("*") if p.name.isdigit()) == [best_step]
+    from mtbert_jax.run.evaluate import evaluate_run
+    results = evaluate_run(workdir, "best", ("dev",), {}, tmp_path / "eval", 16)
+    assert results["step"] == best_step
+    assert results["dev"]["overall"] == pytest.approx(max(r["dev_overall"] for r in dev), abs=1e-6)
