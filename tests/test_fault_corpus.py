@@ -348,3 +348,42 @@ def test_the_integrity_check_never_imports_from_the_current_directory(corpus, tm
     result = subprocess.run([sys.executable, *_train(corpus, run)], cwd=here, env=ENV, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "resumed from" in result.stdout and not (run / "checkpoints-unreadable").exists()
+
+
+def test_a_full_disk_is_one_line_and_again_on_rerun(corpus, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("needs to mount a small tmpfs (root in a sandbox that allows it)")
+    try:
+        for _ in range(2):  # the rerun finds the failed save's leftovers
+            result = subprocess.run([sys.executable, *_train(corpus, small / "run")], cwd=ROOT, env=ENV,
+                                    capture_output=True, text=True)
+            assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr, result.stderr[-3000:]
+            _one_error_line(result.stderr, "could not save the checkpoint at step 2 (no space left on the device)")
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)
+
+
+# --- ambiguous intent: done as a careful user expects, and said in one line
+
+def test_duplicate_ids_and_overlong_records_are_said(corpus, tmp_path):
+    long = " ".join(["word"] * 10_000)
+    dev = write_tsv(tmp_path / "sts.csv", ["\tid\tsentence1\tsentence2\tsimilarity", f"0\ta\t{long}\tb\t1.0",
+                                           "1\ta\tc\td\t2.0", "2\tb\te\tf\t3.0"])
+    result = subprocess.run([sys.executable, *_evaluate(corpus, "--task-file", f"dev:sts={dev}")], cwd=ROOT, env=ENV,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sts.csv: 1 duplicate id(s) (first 'a')" in result.stdout
+    assert "sts.csv: 1 record(s) longer than max_length=32 tokens" in result.stdout
+    predictions = (corpus["root"] / "eval" / "predictions" / "sts-dev-output.csv").read_text().splitlines()
+    assert [line.split(" , ")[0] for line in predictions[1:]] == ["a", "a", "b"]
+
+
+def test_a_changed_length_on_resume_is_said(corpus, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(corpus["run"], run)
+    result = subprocess.run([sys.executable, *_train(corpus, run, "--config.max_steps=3")], cwd=ROOT, env=ENV,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming with max_steps 2 -> 3: the learning-rate schedules are fitted to the new length" in result.stdout

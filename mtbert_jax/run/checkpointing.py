@@ -53,7 +53,7 @@ def assert_finite(tree: PyTree, what: str) -> None:
 
 class Checkpoints:
     def __init__(self, workdir: str | Path, keep: int = 3):
-        workdir = Path(workdir)
+        self.workdir = workdir = Path(workdir)
         self.latest = _manager(workdir / "checkpoints", keep, best=False)
         self.best = _manager(workdir / "best", 1, best=True)
 
@@ -62,12 +62,22 @@ class Checkpoints:
         its digest."""
         assert_finite(state, f"checkpoint at step {step}")
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        if score is not None and math.isfinite(score) and step not in self.best.all_steps():
-            self.best.save(step, args=args, metrics={"score": float(score)})
-            write_digest(Path(self.best.directory) / str(step))
-        if step not in self.latest.all_steps():
-            self.latest.save(step, args=args)
-            write_digest(Path(self.latest.directory) / str(step))
+        try:
+            # A failed write (a full disk, a folder made read-only) leaves tensorstore's threads
+            # printing tracebacks: silenced, and the failure said in one line.
+            with silenced_after_failure():
+                if score is not None and math.isfinite(score) and step not in self.best.all_steps():
+                    self.best.save(step, args=args, metrics={"score": float(score)})
+                    write_digest(Path(self.best.directory) / str(step))
+                if step not in self.latest.all_steps():
+                    self.latest.save(step, args=args)
+                    write_digest(Path(self.latest.directory) / str(step))
+        except (ValueError, OSError, RuntimeError) as e:
+            reason = "no space left on the device" if "RESOURCE_EXHAUSTED" in str(e) or getattr(
+                e, "errno", None) == 28 else first_line(e, 300)
+            raise CheckpointError(f"{self.workdir}: could not save the checkpoint at step {step} ({reason}); "
+                                  "the checkpoints already there are intact, and a restart resumes from the "
+                                  "newest") from None
 
     def best_step(self) -> Optional[int]:
         return self.best.best_step()

@@ -85,7 +85,7 @@ def train_and_evaluate(config, workdir: str | Path, data: Optional[RunData] = No
                           f"max_position_embeddings={bert_config.max_position_embeddings}")
     # Only now that the run is known to be valid: a refused run leaves the workdir as it was.
     with WorkdirLock(workdir, log, enabled=is_main):
-        check_resumable(run, workdir)
+        check_resumable(run, workdir, log)
         return _train(run, workdir, data, checkpoint_dir, bert_config, bert_params, report, log, started)
 
 
@@ -188,7 +188,11 @@ def resolve_auto_dtype(run: RunConfig, workdir: Path, log) -> RunConfig:
     return run
 
 
-def check_resumable(run: RunConfig, workdir: Path) -> None:
+# Fields a resumed run may change, each said in one line: the run's length.
+LENGTH_FIELDS = ("max_steps", "num_epochs", "frozen_epochs")
+
+
+def check_resumable(run: RunConfig, workdir: Path, log=print) -> None:
     """Refuses, before anything is written, to resume a workdir's checkpoints under a config that
     changes what they hold; names the differing fields in one line."""
     saved, saved_path = saved_config(workdir)
@@ -220,6 +224,10 @@ def check_resumable(run: RunConfig, workdir: Path) -> None:
         hint = " ".join(flags) if len(flags) == len(changed) else f"the configuration saved in {saved_path}"
         raise ConfigError(f"{workdir} holds checkpoints of a run configured otherwise: " + "; ".join(changed)
                           + f" (use a new --workdir, or {hint})")
+    lengthened = [f"{k} {saved[k]} -> {now[k]}" for k in LENGTH_FIELDS if saved[k] != now[k]]
+    if lengthened:  # allowed (a run cut short, continued), but it changes the rest of the run: said
+        log(f"resuming with {', '.join(lengthened)}: the learning-rate schedules are fitted to the new "
+            "length from here on, so the run will not match one started with these values")
 
 
 class Trainer:
