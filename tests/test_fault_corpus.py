@@ -374,7 +374,7 @@ def test_duplicate_ids_and_overlong_records_are_said(corpus, tmp_path):
     result = subprocess.run([sys.executable, *_evaluate(corpus, "--task-file", f"dev:sts={dev}")], cwd=ROOT, env=ENV,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "sts.csv: 1 duplicate id(s) (first 'a')" in result.stdout
+    assert "sts.csv: 1 record(s) repeat an earlier id" in result.stdout
     assert "sts.csv: 1 record(s) longer than max_length=32 tokens" in result.stdout
     predictions = (corpus["root"] / "eval" / "predictions" / "sts-dev-output.csv").read_text().splitlines()
     assert [line.split(" , ")[0] for line in predictions[1:]] == ["a", "a", "b"]

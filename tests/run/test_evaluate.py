@@ -13,6 +13,7 @@ from scipy import stats
 import evaluate
 from conftest import tiny_training_config, write_tsv
 from mtbert_jax.evaluation.metrics import classification_report, overall_score
+from mtbert_jax.run.checkpointing import write_digest
 from mtbert_jax.run.evaluate import load_trained, predict_file
 from mtbert_jax.run.loop import train_and_evaluate
 from mtbert_jax.tasks import TASKS
@@ -167,6 +168,7 @@ def test_bad_checkpoints(trained_run, tmp_path, capsys):
         data = json.loads(meta.read_text())
         data["config"]["model"]["adapter"] = "pals"
         meta.write_text(json.dumps(data))
+        write_digest(meta.parents[1])  # saved so: not damage, a config that does not fit
     assert evaluate.main(["--workdir", str(changed)]) == 2
     assert "do not match the model its config describes" in capsys.readouterr().err
     # A damaged checkpoint.
