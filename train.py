@@ -2,6 +2,9 @@
 
 --config.FIELD=VALUE overrides a field; configs/FILE.py:PRESET picks a preset. Re-running the
 same command resumes from the latest checkpoint in the workdir.
+
+Exit status: 0 done; 2 refused (one line says why; nothing in the workdir changed); 75 stopped
+by SIGTERM or SIGUSR1 after saving a checkpoint (a preempted cluster job): run it again.
 """
 
 import sys
@@ -52,6 +55,7 @@ def main(argv):
     from mtbert_jax.errors import MtbertError, exit_on_error, mark_command_line, user_message
     from mtbert_jax.run import compilation_cache
     from mtbert_jax.run.loop import train_and_evaluate
+    from mtbert_jax.run.preemption import PREEMPTED_EXIT_STATUS, Preempted
     from mtbert_jax.training import distributed
 
     mark_command_line()
@@ -59,6 +63,9 @@ def main(argv):
     distributed.initialize_from_env()
     try:
         train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    except Preempted as e:  # SIGTERM / SIGUSR1: saved, and the same command resumes
+        print(e, flush=True)
+        return PREEMPTED_EXIT_STATUS
     except (MtbertError, OSError) as e:
         if __name__ == "__main__":  # a command line: one line and exit 2, no shutdown noise
             exit_on_error(user_message(e))

@@ -37,6 +37,7 @@ from mtbert_jax.run.build import concrete_dtype, encoder_config
 from mtbert_jax.run.checkpointing import Checkpoints
 from mtbert_jax.run.config import RunConfig, dotted_leaves
 from mtbert_jax.run.metrics_log import LogWindow, MetricsLog
+from mtbert_jax.run.preemption import Preempted, StopSignals
 from mtbert_jax.run.stages import Stages
 from mtbert_jax.run.workdir_lock import WorkdirLock
 from mtbert_jax.training import distributed
@@ -124,13 +125,23 @@ def _train(run: RunConfig, workdir: Path, data: Optional[RunData], checkpoint_di
         return dataset_metrics(dev_predict, distributed.unreplicate(params), data.dev, run.eval_batch_size, layout,
                                run.model.symmetric_pairs)
 
-    while loader.epoch < run.num_epochs + run.frozen_epochs and trainer.step < trainer.stages.last_step:
-        epoch = trainer.train_epoch()
-        results = evaluate(trainer.state.evaluated)  # not the optimizer's moments
-        # With a weight average, the trained parameters' own score too: the average's gain, measured
-        # in the same run (the average does not change training).
-        unaveraged = None if trainer.state.average is None else evaluate(trainer.state.params)
-        trainer.end_epoch(epoch, results, unaveraged)
+    def more_to_train() -> bool:
+        return loader.epoch < run.num_epochs + run.frozen_epochs and trainer.step < trainer.stages.last_step
+
+    with StopSignals() as trainer.stop:
+        try:
+            while more_to_train():
+                epoch = trainer.train_epoch()
+                results = evaluate(trainer.state.evaluated)  # not the optimizer's moments
+                # With a weight average, the trained parameters' own score too: the average's gain,
+                # measured in the same run (the average does not change training).
+                unaveraged = None if trainer.state.average is None else evaluate(trainer.state.params)
+                trainer.end_epoch(epoch, results, unaveraged)  # its checkpoint: nothing more to save
+                if more_to_train() and (name := trainer.stop.agreed(trainer.step, now=True)):
+                    raise Preempted(trainer.step, name)
+        except Preempted:
+            trainer.checkpoints.close()
+            raise
     # Closed on success only: closing orbax under reads still in flight after a failure makes its
     # threads print "Event loop is closed" tracebacks.
     trainer.checkpoints.close()
@@ -243,6 +254,7 @@ class Trainer:
         self.step, self.best_score, self.stage = 0, -math.inf, 0
         self.pending: list = []  # (step, device metrics) not yet fetched
         self.position: Optional[dict] = None  # the loader's position after the last step, mid-epoch
+        self.stop: Optional[StopSignals] = None  # set while training: SIGTERM / SIGUSR1 stop the run
 
     def newest_intact_step(self) -> Optional[int]:
         """The newest checkpoint that reads completely; unreadable ones (a truncated or missing
@@ -332,6 +344,9 @@ class Trainer:
             for t, b in batches.items()})
         try:
             for item in prefetcher:
+                if self.stop is not None and (name := self.stop.agreed(self.step)):
+                    self.save()  # the steps trained so far, the loader at the last of them
+                    raise Preempted(self.step, name)
                 self.state, metrics = self.runner(self.state, item.batches, self.dropout_key)
                 self.step += 1
                 self.position = item.position

@@ -482,3 +482,71 @@ def test_a_restart_repairs_a_best_checkpoint_that_was_never_saved(tiny_checkpoin
     results = evaluate_run(workdir, "best", ("dev",), {}, tmp_path / "eval", 16)
     assert results["step"] == best_step
     assert results["dev"]["overall"] == pytest.approx(max(r["dev_overall"] for r in dev), abs=1e-6)
+
+
+SIGNALLED = """
+import os, runpy, signal, sys
+import mtbert_jax.run.checkpointing as checkpointing
+import mtbert_jax.run.loop as loop
+import mtbert_jax.training.step as step
+
+when, at = os.environ["SIGNAL_WHEN"], int(os.environ["SIGNAL_AT"])
+sig = getattr(signal, os.environ["SIGNAL_NAME"])
+calls = {"step": 0, "evaluation": 0}
+
+def counted(name, real):
+    def wrapper(*args, **kwargs):
+        calls[name] += 1
+        if when == name and calls[name] == at:
+            os.kill(os.getpid(), sig)  # arrives while this step / evaluation is in flight
+        return real(*args, **kwargs)
+    return wrapper
+
+step.StepRunner.__call__ = counted("step", step.StepRunner.__call__)
+loop.dataset_metrics = counted("evaluation", loop.dataset_metrics)
+real_save = checkpointing.Checkpoints.save
+
+def save_signalled_again(self, *args, **kwargs):  # a second signal in the middle of the save
+    os.kill(os.getpid(), sig)
+    return real_save(self, *args, **kwargs)
+
+checkpointing.Checkpoints.save = save_signalled_again
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("when, at, name", [("step", 5, "SIGTERM"), ("evaluation", 1, "SIGUSR1")],
+                         ids=["sigterm-mid-epoch", "sigusr1-while-evaluating"])
+def test_a_signalled_run_saves_stops_and_resumes_as_one_never_stopped(tiny_checkpoint, tiny_data_dir, tmp_path,
+                                                                       when, at, name):
+    """SIGTERM mid-epoch, or SIGUSR1 during a dev evaluation: the step or evaluation in flight
+    finishes, a checkpoint is saved (a second signal during the save changes nothing), one line
+    says so, the exit status is 75; the same command then ends as a run never stopped."""
+    config = _write_config(tmp_path / "tiny.py", tiny_checkpoint, tiny_data_dir, tmp_path / "cache",
+                           schedule__kind="all_tasks_until_largest", num_epochs=2, checkpoint_every_steps=100)
+    env = {**os.environ, "MTBERT_MALLOC_TUNABLES": "0"}  # no re-exec: keep the patches
+    subprocess.run(_train_command(config, tmp_path / "whole"), check=True, env=env, cwd=ROOT, capture_output=True)
+    wrapper = tmp_path / "signalled.py"
+    wrapper.write_text(SIGNALLED)
+    workdir = tmp_path / "stopped"
+    stopped = subprocess.run([sys.executable, str(wrapper), *_train_command(config, workdir)[1:]], cwd=ROOT,
+                             env={**env, "SIGNAL_WHEN": when, "SIGNAL_AT": str(at), "SIGNAL_NAME": name},
+                             capture_output=True, text=True)
+    assert stopped.returncode == 75, stopped.stdout[-2000:] + stopped.stderr[-2000:]
+    expected_step = at if when == "step" else 6  # the step in flight; or the epoch evaluated (6 steps)
+    assert f"stopped by {name} after step {expected_step}: checkpoint saved" in stopped.stdout
+    assert "Traceback" not in stopped.stderr
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()) == [expected_step]
+
+    resumed = subprocess.run(_train_command(config, workdir), env=env, cwd=ROOT, capture_output=True, text=True)
+    assert resumed.returncode == 0 and f"at step {expected_step}" in resumed.stdout, resumed.stderr[-3000:]
+
+    def logged(workdir):
+        return [{k: v for k, v in r.items() if k not in ("examples_per_second", "run_seconds")}
+                for r in _metrics(workdir)]
+
+    assert logged(workdir) == logged(tmp_path / "whole")
+    whole, stopped_params = _final_params(tmp_path / "whole"), _final_params(workdir)
+    for key in whole:
+        np.testing.assert_array_equal(whole[key], stopped_params[key], err_msg=key)
