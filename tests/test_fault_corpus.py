@@ -50,9 +50,12 @@ def _bad_data(corpus, tmp_path, file: str, lines: list[str]) -> Path:
     return data
 
 
-def _check(command: list[str], workdir: Path, expected: str):
+def _check(command: list[str], workdir: Path, expected: str, without_dac: bool = False):
+    """Exit status 2, one error line holding `expected`, no traceback, `workdir` unchanged.
+    `without_dac`: run as a user whom file permissions bind (see _without_dac)."""
     before = _hashes(workdir)
-    result = subprocess.run([sys.executable, *command], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    argv = _without_dac(command) if without_dac else [sys.executable, *command]
+    result = subprocess.run(argv, cwd=ROOT, env=ENV, capture_output=True, text=True)
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
@@ -209,15 +212,6 @@ def _without_dac(command: list[str]) -> list[str]:
     return ["setpriv", "--bounding-set", caps, "--inh-caps", caps, sys.executable, *command]
 
 
-def _check_without_dac(command: list[str], untouched: Path, expected: str) -> None:
-    before = _hashes(untouched)
-    result = subprocess.run(_without_dac(command), cwd=ROOT, env=ENV, capture_output=True, text=True)
-    output = result.stdout + result.stderr
-    assert result.returncode == 2 and "Traceback" not in output, output[-3000:]
-    _one_error_line(result.stderr, expected)
-    assert _hashes(untouched) == before
-
-
 def test_read_only_and_unreadable_places_are_one_line(corpus, tmp_path):
     read_only = tmp_path / "read-only"
     read_only.mkdir()
@@ -226,11 +220,11 @@ def test_read_only_and_unreadable_places_are_one_line(corpus, tmp_path):
     shutil.copytree(corpus["data"], unreadable_data)
     (unreadable_data / "ids-sst-dev.csv").chmod(0o000)
     try:
-        _check_without_dac(_train(corpus, read_only / "run"), read_only, "Permission denied")
-        _check_without_dac(_train(corpus, tmp_path / "fresh", f"--config.data_dir={unreadable_data}"), tmp_path / "data",
-                           "ids-sst-dev.csv: Permission denied")
-        _check_without_dac([str(ROOT / "evaluate.py"), "--workdir", str(corpus["run"]), "--out", str(read_only / "e")],
-                           corpus["run"], "Permission denied")
+        _check(_train(corpus, read_only / "run"), read_only, "Permission denied", without_dac=True)
+        _check(_train(corpus, tmp_path / "fresh", f"--config.data_dir={unreadable_data}"), tmp_path / "data",
+               "ids-sst-dev.csv: Permission denied", without_dac=True)
+        _check([str(ROOT / "evaluate.py"), "--workdir", str(corpus["run"]), "--out", str(read_only / "e")],
+               corpus["run"], "Permission denied", without_dac=True)
     finally:
         read_only.chmod(0o755)
         (unreadable_data / "ids-sst-dev.csv").chmod(0o644)

@@ -3,6 +3,7 @@ half-written file where the user had a complete one."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -31,8 +32,6 @@ def json_lines(text: str) -> list[str]:
 
 
 def _parses(line: str) -> bool:
-    import json
-
     try:
         json.loads(line)
         return True

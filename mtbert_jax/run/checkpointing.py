@@ -30,11 +30,23 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from mtbert_jax.errors import CheckpointError, first_line, silenced_after_failure
+from mtbert_jax.run import atomic
 
 PyTree = Any
 DIGEST_FILE = "digest.json"
 DAMAGED = 3  # the readability check's exit status for a checkpoint that does not read
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the folder holding mtbert_jax/
+
+
+def saved_steps(folder: Path) -> list[int]:
+    """The steps of the checkpoints in a checkpoints/ or best/ folder, oldest first."""
+    return sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit()) if folder.is_dir() else []
+
+
+def _save_with_digest(manager: ocp.CheckpointManager, step: int, args, **kwargs) -> None:
+    """An orbax save, committed, then its digest."""
+    manager.save(step, args=args, **kwargs)
+    write_digest(Path(manager.directory) / str(step))
 
 
 def _manager(directory: Path, keep: int, best: bool) -> ocp.CheckpointManager:
@@ -67,11 +79,9 @@ class Checkpoints:
             # printing tracebacks: silenced, and the failure said in one line.
             with silenced_after_failure():
                 if score is not None and math.isfinite(score) and step not in self.best.all_steps():
-                    self.best.save(step, args=args, metrics={"score": float(score)})
-                    write_digest(Path(self.best.directory) / str(step))
+                    _save_with_digest(self.best, step, args, metrics={"score": float(score)})
                 if step not in self.latest.all_steps():
-                    self.latest.save(step, args=args)
-                    write_digest(Path(self.latest.directory) / str(step))
+                    _save_with_digest(self.latest, step, args)
         except (ValueError, OSError, RuntimeError) as e:
             reason = "no space left on the device" if "RESOURCE_EXHAUSTED" in str(e) or getattr(
                 e, "errno", None) == 28 else first_line(e, 300)
@@ -88,8 +98,7 @@ class Checkpoints:
         restored = self.latest.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
         args = ocp.args.Composite(state=ocp.args.StandardSave(restored.state), meta=ocp.args.JsonSave(restored.meta))
-        self.best.save(step, args=args, metrics={"score": float(score)}, force=True)
-        write_digest(Path(self.best.directory) / str(step))
+        _save_with_digest(self.best, step, args, metrics={"score": float(score)}, force=True)
 
     def latest_step(self) -> Optional[int]:
         return self.latest.latest_step()
@@ -165,9 +174,7 @@ def _file_digests(folder: Path) -> dict[str, str]:
 
 def write_digest(folder: Path) -> None:
     """Records the committed checkpoint's file digests (written whole, then renamed into place)."""
-    temporary = folder / (DIGEST_FILE + ".tmp")
-    temporary.write_text(json.dumps(_file_digests(folder), indent=0))
-    os.replace(temporary, folder / DIGEST_FILE)
+    atomic.write_text(folder / DIGEST_FILE, json.dumps(_file_digests(folder), indent=0))
 
 
 def digest_mismatch(folder: Path) -> Optional[str]:
@@ -196,7 +203,7 @@ def restore_trained(workdir: str | Path, which: str = "best") -> tuple[dict, PyT
     """
     workdir, which = Path(workdir), str(which)
     folder = workdir / ("best" if which == "best" else "checkpoints")
-    steps = sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit()) if folder.is_dir() else []
+    steps = saved_steps(folder)
     if not steps:
         raise CheckpointError(f"{folder}: no checkpoint (expected a training workdir with "
                               "checkpoints/ and best/ written by train.py)")
@@ -225,6 +232,3 @@ def restore_trained(workdir: str | Path, which: str = "best") -> tuple[dict, PyT
     from mtbert_jax.training.step import TrainState
     return restored.meta["config"], TrainState.from_saved(restored.state["train"]).evaluated, step
 
-
-if __name__ == "__main__":
-    check_readable(sys.argv[1], int(sys.argv[2]))

@@ -34,7 +34,7 @@ from mtbert_jax.evaluation.predict import dataset_metrics, make_predict
 from mtbert_jax.model.multitask import init_model
 from mtbert_jax.run import atomic
 from mtbert_jax.run.build import concrete_dtype, encoder_config
-from mtbert_jax.run.checkpointing import Checkpoints
+from mtbert_jax.run.checkpointing import Checkpoints, saved_steps
 from mtbert_jax.run.config import RunConfig, dotted_leaves
 from mtbert_jax.run.metrics_log import LogWindow, MetricsLog
 from mtbert_jax.run.preemption import Preempted, StopSignals
@@ -159,15 +159,11 @@ RESUME_FIELDS = ("checkpoint", "compute_dtype", "seed", "model", "objective", "o
                  "packing")
 
 
-def _checkpoint_steps(workdir: Path) -> list[int]:
-    return sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())
-
-
 def saved_config(workdir: Path) -> tuple[Optional[dict], Path]:
     """(the saved configuration of the run whose checkpoints the workdir holds, where it was
     read): config.json, or, when that is gone, the newest checkpoint's own copy. (None, path)
     when the workdir has no checkpoint; a ConfigError when neither copy reads."""
-    steps = _checkpoint_steps(workdir)
+    steps = saved_steps(workdir / "checkpoints")
     if not steps:
         return None, workdir / "config.json"
     candidates = [workdir / "config.json"] + [workdir / "checkpoints" / str(s) / "meta" / "metadata"

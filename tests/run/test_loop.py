@@ -205,6 +205,20 @@ def _final_params(workdir: Path) -> dict:
     return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(kept, sep="/").items()}
 
 
+def _logged(workdir: Path) -> list[dict]:
+    """The metrics log without its wall-clock measurements (examples/s, run_seconds)."""
+    return [{k: v for k, v in r.items() if k not in ("examples_per_second", "run_seconds")} for r in _metrics(workdir)]
+
+
+def _assert_same_run(workdir: Path, reference: Path) -> None:
+    """Same metrics log (but wall-clock figures) and bit-identical final parameters."""
+    assert _logged(workdir) == _logged(reference)
+    ours, theirs = _final_params(workdir), _final_params(reference)
+    assert ours.keys() == theirs.keys()
+    for name in theirs:
+        np.testing.assert_array_equal(theirs[name], ours[name], err_msg=name)
+
+
 def _train_command(config: Path, workdir: Path):
     return [sys.executable, str(ROOT / "train.py"), "--config", str(config), "--workdir", str(workdir)]
 
@@ -233,19 +247,12 @@ def test_killed_run_resumes_to_the_same_parameters(tiny_checkpoint, tiny_data_di
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout
 
-    whole, killed = _final_params(tmp_path / "whole"), _final_params(tmp_path / "killed")
-    assert whole.keys() == killed.keys()
-    assert any(k.startswith("average/") for k in whole) == (ema > 0)  # the average resumes exactly too
-    for name in whole:
-        np.testing.assert_array_equal(whole[name], killed[name], err_msg=name)
+    # The same parameters (the average too, when kept) and the metrics log the uninterrupted
+    # run's, padding efficiency included (only wall-clock figures may differ).
+    _assert_same_run(tmp_path / "killed", tmp_path / "whole")
+    assert any(k.startswith("average/") for k in _final_params(tmp_path / "whole")) == (ema > 0)
     steps = [r["step"] for r in _metrics(tmp_path / "killed") if "loss" in r]
     assert steps == sorted(set(steps))  # the metrics log has no duplicated steps after resuming
-    # ... and says what the uninterrupted run's says, padding efficiency included (only the
-    # speed, a wall-clock measurement, may differ).
-    def logged(workdir):
-        return [{k: v for k, v in r.items() if k not in ("examples_per_second", "run_seconds")}
-                for r in _metrics(workdir)]
-    assert logged(tmp_path / "killed") == logged(tmp_path / "whole")
     efficiency = [r["padding_efficiency"] for r in _metrics(tmp_path / "whole") if "padding_efficiency" in r][-1]
     # short texts: rows of 32 hold several (measured: packed 0.80, padded 0.67)
     assert (efficiency > 0.75) if packing else (efficiency < 0.7)
@@ -447,14 +454,7 @@ def test_a_run_killed_after_every_save_ends_as_one_never_killed(tiny_checkpoint,
         kills += 1
     assert result.returncode == 0 and kills >= 4, (kills, result.stderr[-3000:])
 
-    def logged(workdir):
-        return [{k: v for k, v in r.items() if k not in ("examples_per_second", "run_seconds")}
-                for r in _metrics(workdir)]
-
-    assert logged(workdir) == logged(tmp_path / "whole")
-    whole, killed = _final_params(tmp_path / "whole"), _final_params(workdir)
-    for name in whole:
-        np.testing.assert_array_equal(whole[name], killed[name], err_msg=name)
+    _assert_same_run(workdir, tmp_path / "whole")
     best = lambda w: sorted(int(p.name) for p in (w / "best").glob("*") if p.name.isdigit())  # noqa: E731
     assert best(workdir) == best(tmp_path / "whole") == [max((r for r in _metrics(workdir) if "dev" in r),
                                                              key=lambda r: r["dev_overall"])["step"]]
@@ -542,11 +542,4 @@ def test_a_signalled_run_saves_stops_and_resumes_as_one_never_stopped(tiny_check
     resumed = subprocess.run(_train_command(config, workdir), env=env, cwd=ROOT, capture_output=True, text=True)
     assert resumed.returncode == 0 and f"at step {expected_step}" in resumed.stdout, resumed.stderr[-3000:]
 
-    def logged(workdir):
-        return [{k: v for k, v in r.items() if k not in ("examples_per_second", "run_seconds")}
-                for r in _metrics(workdir)]
-
-    assert logged(workdir) == logged(tmp_path / "whole")
-    whole, stopped_params = _final_params(tmp_path / "whole"), _final_params(workdir)
-    for key in whole:
-        np.testing.assert_array_equal(whole[key], stopped_params[key], err_msg=key)
+    _assert_same_run(workdir, tmp_path / "whole")
