@@ -6,8 +6,13 @@ python evaluate.py --workdir runs/NAME --sentence "A gripping film." --pair "How
 python evaluate.py --workdir runs/NAME --input-file texts.tsv              # a sentence or a tab-separated pair a line
 python evaluate.py --workdir runs/NAME --export-hf runs/NAME/hf            # the fine-tuned encoder as a HF directory
 python evaluate.py --workdir runs/NAME --pair-orders both                   # pairs scored in both orders, averaged
+python evaluate.py --workdir runs/a_s0 --workdir runs/a_s1 --workdir runs/a_s2 --out runs/a_ensemble
+                                                                            # an ensemble: outputs averaged
 
-Writes WORKDIR/eval/: metrics.json, predictions/{sst,para,sts,cfimdb}-{split}-output.csv in the
+An ensemble averages each task's class probabilities, paraphrase probability or similarity score
+over the runs (`--weights` to weigh them), then scores and writes them exactly as for one run.
+
+Writes WORKDIR/eval/ (an ensemble: --out): metrics.json, predictions/{sst,para,sts,cfimdb}-{split}-output.csv in the
 course's format, plots/ (training curves, confusion matrices, STS scatter).
 """
 
@@ -25,7 +30,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--workdir", required=True, help="the training run's directory")
+    parser.add_argument("--workdir", required=True, action="append",
+                        help="the training run's directory; repeated: an ensemble of runs of the same tasks")
+    parser.add_argument("--weights", metavar="W1,W2,...",
+                        help="an ensemble's weight per --workdir, in order (default: equal)")
     parser.add_argument("--checkpoint", default="best", help="best, latest or a step number")
     parser.add_argument("--split", default="dev", choices=["dev", "test", "both"])
     parser.add_argument("--task-file", action="append", default=[], metavar="SPLIT:TASK=PATH",
@@ -44,14 +52,22 @@ def main(argv=None) -> int:
 
     from mtbert_jax.errors import MtbertError, exit_on_error, mark_command_line, user_message
     from mtbert_jax.run import compilation_cache
-    from mtbert_jax.run.evaluate import evaluate_run, format_table, load_trained, score_texts
+    from mtbert_jax.run.evaluate import evaluate_run, format_table, load_members, score_texts
 
     mark_command_line()
     compilation_cache.enable()
     try:
+        weights = None
+        if args.weights:
+            try:
+                weights = [float(w) for w in args.weights.split(",")]
+            except ValueError:
+                parser.error(f"--weights {args.weights!r}: expected numbers separated by commas, e.g. 0.5,0.3,0.2")
         if args.export_hf:
+            if len(args.workdir) > 1:
+                parser.error("--export-hf: one --workdir (a soup averages runs into one model: see soup.py)")
             from mtbert_jax.run import convert
-            return convert.main(["--checkpoint", args.workdir, "--which", args.checkpoint, "--out", args.export_hf])
+            return convert.main(["--checkpoint", args.workdir[0], "--which", args.checkpoint, "--out", args.export_hf])
         symmetric = {"run": None, "both": True, "given": False}[args.pair_orders]
         sentences, pairs = list(args.sentence), [tuple(p) for p in args.pair]
         if args.input_file:
@@ -62,8 +78,8 @@ def main(argv=None) -> int:
                 elif line.strip():
                     sentences.append(line)
         if sentences or pairs:
-            trained = load_trained(args.workdir, args.checkpoint, symmetric)
-            for entry in score_texts(trained, sentences, pairs):
+            members = load_members(args.workdir, args.checkpoint, symmetric, weights)
+            for entry in score_texts(members, sentences, pairs, weights):
                 print(json.dumps(entry))
             return 0
         task_files: dict = {}
@@ -77,14 +93,14 @@ def main(argv=None) -> int:
         splits = ("dev", "test") if args.split == "both" else (args.split,)
         results = evaluate_run(args.workdir, args.checkpoint, splits, task_files,
                                Path(args.out) if args.out else None, args.batch_size,
-                               symmetric_pairs=symmetric)
+                               symmetric_pairs=symmetric, weights=weights)
     except (MtbertError, OSError) as e:
         if __name__ == "__main__":  # a command line: one line and exit 2, no shutdown noise
             exit_on_error(user_message(e))
         print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
     print(format_table(results))
-    print(f"written to {Path(args.out) if args.out else Path(args.workdir) / 'eval'}")
+    print(f"written to {Path(args.out) if args.out else Path(args.workdir[0]) / 'eval'}")
     return 0
 
 

@@ -6,13 +6,17 @@ and the value written to the course's prediction files.
 - multiclass: one sentence, softmax over classes (SST: 5, CFIMDB: 2), accuracy
 - binary:     a sentence pair, one logit (Quora paraphrase), accuracy
 - regression: a sentence pair, a score in a range (STS similarity 0-5), Pearson r
+
+Several models' outputs combine as the mean of what they stand for (`average`): class
+probabilities, the paraphrase probability, the score; not of logits, whose scales differ
+between runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +62,24 @@ class TaskKind:
         """One example's output for people (evaluate.py --sentence / --pair)."""
         raise NotImplementedError
 
+    def probabilities(self, outputs: np.ndarray) -> np.ndarray:
+        """What host-side outputs stand for, as numbers that average: float64."""
+        raise NotImplementedError
+
+    def from_probabilities(self, values: np.ndarray) -> np.ndarray:
+        """Head outputs standing for `values`: labels(from_probabilities(p)) are p's labels."""
+        raise NotImplementedError
+
+    def average(self, outputs: Sequence[np.ndarray], weights: Optional[Sequence[float]] = None) -> np.ndarray:
+        """Several models' outputs for the same records as one output: the weighted mean of
+        their probabilities (scores), written back as a head output (float32). One model's
+        outputs come back as they are."""
+        if len(outputs) == 1:
+            return outputs[0]
+        weights = np.full(len(outputs), 1 / len(outputs)) if weights is None else np.asarray(weights, np.float64)
+        mean = sum(w * self.probabilities(o) for w, o in zip(weights / weights.sum(), outputs))
+        return self.from_probabilities(mean).astype(np.float32)
+
     def __repr__(self) -> str:
         return self.name
 
@@ -83,6 +105,14 @@ class Multiclass(TaskKind):
         probabilities /= probabilities.sum()
         return {"class": int(output.argmax()), "probabilities": [round(float(p), 4) for p in probabilities]}
 
+    def probabilities(self, outputs):
+        logits = np.asarray(outputs, np.float64)
+        exp = np.exp(logits - logits.max(-1, keepdims=True))
+        return exp / exp.sum(-1, keepdims=True)
+
+    def from_probabilities(self, values):
+        return np.log(np.maximum(values, np.finfo(np.float64).tiny))  # log-probabilities: softmax gives them back
+
 
 class Binary(TaskKind):
     """One logit: the probability of the positive class is its sigmoid."""
@@ -105,6 +135,13 @@ class Binary(TaskKind):
 
     def describe(self, output):
         return {"paraphrase_probability": round(float(1 / (1 + np.exp(-output))), 4)}
+
+    def probabilities(self, outputs):
+        return 1 / (1 + np.exp(-np.asarray(outputs, np.float64)))
+
+    def from_probabilities(self, values):
+        p = np.clip(values, 1e-12, 1 - 1e-12)
+        return np.log(p) - np.log1p(-p)  # the logit: > 0 exactly where p > 0.5
 
 
 class Regression(TaskKind):
@@ -134,6 +171,12 @@ class Regression(TaskKind):
 
     def describe(self, output):
         return {"similarity": round(float(output), 4)}
+
+    def probabilities(self, outputs):
+        return np.asarray(outputs, np.float64)  # a score averages as it is
+
+    def from_probabilities(self, values):
+        return values
 
 
 MULTICLASS, BINARY, REGRESSION = Multiclass(), Binary(), Regression()

@@ -46,7 +46,11 @@ def saved_steps(folder: Path) -> list[int]:
 def _save_with_digest(manager: ocp.CheckpointManager, step: int, args, **kwargs) -> None:
     """An orbax save, committed, then its digest."""
     manager.save(step, args=args, **kwargs)
-    write_digest(Path(manager.directory) / str(step))
+    # By process 0 alone, as orbax commits a checkpoint: the save returns, on every process, only
+    # once that commit of all processes' files is done, and a second writer of the digest could
+    # hash the first one's temporary file into it.
+    if jax.process_index() == 0:
+        write_digest(Path(manager.directory) / str(step))
 
 
 def _manager(directory: Path, keep: int, best: bool) -> ocp.CheckpointManager:
@@ -195,12 +199,9 @@ def digest_mismatch(folder: Path) -> Optional[str]:
     return None
 
 
-def restore_trained(workdir: str | Path, which: str = "best") -> tuple[dict, PyTree, int]:
-    """(the run's config as a dict, its parameters, the step) from a training workdir: the
-    weight average when the run kept one (optimizer.ema_decay), as its dev evaluation used.
-
-    which: "best" (by dev overall score), "latest", or a step number.
-    """
+def restore_saved(workdir: str | Path, which: str = "best") -> tuple[dict, dict, int]:
+    """(the checkpoint's meta, its whole saved state as written, the step) from a training
+    workdir; which: "best" (by dev overall score), "latest", or a step number."""
     workdir, which = Path(workdir), str(which)
     folder = workdir / ("best" if which == "best" else "checkpoints")
     steps = saved_steps(folder)
@@ -228,7 +229,16 @@ def restore_trained(workdir: str | Path, which: str = "best") -> tuple[dict, PyT
         # failure, whose threads then print "Event loop is closed" tracebacks.
         raise CheckpointError(f"{folder}: cannot restore step {step} ({first_line(e, 300)})") from None
     manager.close()
+    return restored.meta, restored.state, step
+
+
+def restore_trained(workdir: str | Path, which: str = "best") -> tuple[dict, PyTree, int]:
+    """(the run's config as a dict, its parameters, the step) from a training workdir: the
+    weight average when the run kept one (optimizer.ema_decay), as its dev evaluation used.
+
+    which: "best" (by dev overall score), "latest", or a step number.
+    """
+    meta, state, step = restore_saved(workdir, which)
     # Imported here: the readability check runs this module in a child process, which needs no model.
     from mtbert_jax.training.step import TrainState
-    return restored.meta["config"], TrainState.from_saved(restored.state["train"]).evaluated, step
-
+    return meta["config"], TrainState.from_saved(state["train"]).evaluated, step

@@ -4,6 +4,12 @@ group's dev metrics and overall score as mean +- standard deviation over its see
 python compare.py runs/default_s0 runs/default_s1 runs/pals_s0 ...
 python compare.py runs                 # every run directory inside runs/
 python compare.py runs --markdown      # the table as markdown (README's Results)
+python compare.py runs --ensembles     # and each group's ensemble beside its members' mean
+
+A group's ensemble averages its members' dev outputs (class probabilities, the paraphrase
+probability, the STS score) from the checkpoints of their last dev evaluations: the models the
+members' own numbers come from. Their outputs are computed once (minutes on a CPU) and kept in
+each run's eval/dev-outputs-stepN.npz. A soup (soup.py) is a configuration of its own.
 
 A run's numbers are those of its last dev evaluation (the end of its last epoch, the model a
 finished run ends with). A run with weight averaging on (optimizer.ema_decay) also counts as a
@@ -21,13 +27,16 @@ import copy
 import dataclasses
 import importlib.util
 import json
+import os
 import re
 import statistics
 import sys
 from pathlib import Path
 from typing import Optional
 
-from mtbert_jax.errors import ConfigError
+import numpy as np
+
+from mtbert_jax.errors import ConfigError, MtbertError
 
 # Fields that change neither what a run learns nor its dev numbers: runs differing only in these
 # are one configuration.
@@ -47,6 +56,7 @@ class Run:
     finished: bool
     seconds: Optional[float]  # run_seconds at the last dev evaluation (runs from before it was logged: None)
     unaveraged: Optional[tuple[dict, float]] = None  # with weight averaging: the trained parameters' (dev, overall)
+    is_copy: bool = False  # "NAME (unaveraged)": another view of a run, with no checkpoint of its own
 
     @property
     def seed(self) -> int:
@@ -72,6 +82,10 @@ def read_run(workdir: Path) -> Run:
         raise ValueError(f"{config_path}: not a readable run configuration ({e})") from None
     if not metrics_path.exists():
         raise ValueError("no metrics.jsonl yet (the run has not logged a step)")
+    from mtbert_jax.run.soup import soup_kind
+
+    if soup_kind(workdir):  # the members' configuration, but not one of its seeds
+        config["soup"] = soup_kind(workdir)
     last_dev, last_step = None, 0
     for number, line in enumerate(metrics_path.read_text().splitlines(), 1):
         if not line.strip():
@@ -107,7 +121,7 @@ def with_unaveraged(runs: list[Run]) -> list[Run]:
             config["optimizer"]["ema_decay"] = 0.0
             out.append(dataclasses.replace(run, workdir=run.workdir.with_name(run.workdir.name + _UNAVERAGED),
                                            config=config, dev=run.unaveraged[0], overall=run.unaveraged[1],
-                                           unaveraged=None))
+                                           unaveraged=None, is_copy=True))
     return out
 
 
@@ -214,8 +228,50 @@ def _metric(scores: dict) -> tuple[str, float]:
     return name, float(value)
 
 
-def compare(runs: list[Run], reference: Optional[dict], count_parameters: bool = True) -> list[dict]:
-    """One row per configuration (finished runs only), most runs first, then best overall."""
+def dev_outputs(run: Run, batch_size: int = 128) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{task: (head outputs, gold labels)} on the dev files, from the checkpoint of the run's last
+    dev evaluation; computed once, then read from eval/dev-outputs-stepN.npz."""
+    cache = run.workdir / "eval" / f"dev-outputs-step{run.step}.npz"
+    if cache.exists():
+        with np.load(cache) as saved:
+            return {task: (saved[f"{task}/outputs"], saved[f"{task}/gold"]) for task in run.dev}
+    from mtbert_jax.data.task_files import resolve_data_dir
+    from mtbert_jax.run.evaluate import predict_file
+    from mtbert_jax.run.trained import load_trained
+    from mtbert_jax.tasks import TASKS
+
+    print(f"{run.workdir}: computing its dev outputs at step {run.step} (once)", file=sys.stderr)
+    trained = load_trained(run.workdir, str(run.step))
+    data_dir = resolve_data_dir(trained.run.data_dir or None)
+    outputs = {task: predict_file(trained, task, data_dir / TASKS[task].file_name("dev"), batch_size)
+               for task in trained.run.model.tasks}
+    cache.parent.mkdir(exist_ok=True)
+    partial = cache.with_name(f".{cache.stem}.{os.getpid()}.npz")  # written whole, then renamed
+    np.savez(partial, **{f"{t}/{part}": a for t, pair in outputs.items() for part, a in zip(("outputs", "gold"), pair)})
+    os.replace(partial, cache)
+    return outputs
+
+
+def ensemble_dev(members: list[Run]) -> tuple[dict, float]:
+    """The dev metrics and overall score of the members' averaged outputs."""
+    from mtbert_jax.evaluation.metrics import overall_score
+    from mtbert_jax.tasks import TASKS
+
+    each = [dev_outputs(run) for run in members]
+    results = {}
+    for task in members[0].dev:
+        gold = each[0][task][1]
+        if any(not np.array_equal(e[task][1], gold) for e in each[1:]):
+            raise ValueError(f"{task}: the members were evaluated on different dev files")
+        kind = TASKS[task].kind
+        results[task] = kind.metrics(kind.labels(kind.average([e[task][0] for e in each])), gold)
+    return results, overall_score(results)
+
+
+def compare(runs: list[Run], reference: Optional[dict], count_parameters: bool = True,
+            ensembles: bool = False) -> list[dict]:
+    """One row per configuration (finished runs only), most runs first, then best overall; with
+    `ensembles`, a group of several runs also gets its ensemble's dev overall."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
         if run.finished:
@@ -238,6 +294,12 @@ def compare(runs: list[Run], reference: Optional[dict], count_parameters: bool =
             row[f"{task} {name}"] = _spread([_metric(r.dev[task])[1] for r in members if task in r.dev])
         if count_parameters:
             row["extra_parameters"] = encoder_free_parameters(members[0].config)
+        if ensembles and len(members) > 1 and not any(r.is_copy for r in members):
+            try:
+                row["ensemble"] = f"{ensemble_dev(members)[1]:.3f}"
+            except (ValueError, MtbertError, OSError) as e:
+                row["ensemble"] = "-"
+                print(f"{row['name']}: no ensemble ({e})", file=sys.stderr)
         rows.append(row)
     return sorted(rows, key=lambda r: (-int(r["seeds"].split()[0]), -r["overall_mean"]))
 
@@ -246,8 +308,11 @@ def render(rows: list[dict], markdown: bool) -> str:
     metric_columns = []
     for row in rows:
         metric_columns += [k for k in row if " " in k and k not in metric_columns]
-    header = ["run", "seeds", *metric_columns, "overall", "training time", "params beyond encoder"]
+    ensembles = any("ensemble" in row for row in rows)
+    header = ["run", "seeds", *metric_columns, "overall", *(["ensemble overall"] if ensembles else []),
+              "training time", "params beyond encoder"]
     table = [[row["name"], row["seeds"], *[row.get(k, "-") for k in metric_columns], row["overall"],
+              *([row.get("ensemble", "-")] if ensembles else []),
               row["time"], "-" if row["extra_parameters"] is None else f"{row['extra_parameters']:,}"] for row in rows]
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -261,6 +326,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("workdirs", nargs="+", type=Path, help="run directories, or directories holding runs")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     parser.add_argument("--no-parameters", action="store_true", help="skip counting parameters (faster)")
+    parser.add_argument("--ensembles", action="store_true",
+                        help="each group's ensemble (averaged dev outputs) beside its members' mean")
     args = parser.parse_args(argv)
     runs, not_evaluated, unreadable = [], [], []
     for path in find_runs(args.workdirs):
@@ -275,7 +342,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(line, file=sys.stderr)
         print("error: no run could be read", file=sys.stderr)
         return 2
-    rows = compare(with_unaveraged(runs), default_config(), not args.no_parameters)
+    rows = compare(with_unaveraged(runs), default_config(), not args.no_parameters, args.ensembles)
     if rows:
         print(render(rows, args.markdown))
         print()

@@ -1,5 +1,9 @@
 """Evaluation of a trained run from its checkpoint: metrics, predictions, reports, plots.
 
+Several runs of the same tasks evaluate as an ensemble: each task's outputs are the (weighted)
+mean of the members' probabilities or scores (`TaskKind.average`), and everything else is as
+for one run.
+
 Files are read, tokenized and predicted in chunks, so memory does not grow with the file
 beyond the predictions themselves.
 """
@@ -9,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -24,29 +28,42 @@ from mtbert_jax.run import atomic
 from mtbert_jax.run.trained import TrainedModel, load_trained
 from mtbert_jax.tasks import TASKS
 
+Models = Union[TrainedModel, Sequence[TrainedModel]]
 
-def predict_file(trained: TrainedModel, task: str, path: Path, batch_size: int,
-                 chunk_size: int = 10_000, out_file: Optional[Path] = None):
+
+def as_members(models: Models) -> list[TrainedModel]:
+    return [models] if isinstance(models, TrainedModel) else list(models)
+
+
+def predict_file(models: Models, task: str, path: Path, batch_size: int,
+                 chunk_size: int = 10_000, out_file: Optional[Path] = None,
+                 weights: Optional[Sequence[float]] = None):
     """Streams a task file: (head outputs, gold labels or None), writing the CS224N
     prediction file (ids with predictions, in input order) as it goes, to `out_file` (the
-    caller renames it into place once every output is complete)."""
-    encoding = trained.run.model.pair_encoding(task)
+    caller renames it into place once every output is complete). Several models: their
+    outputs averaged (`weights`, default equal), each model reading the records as it was
+    trained to (its max_length and pair encoding)."""
+    members = as_members(models)
+    kind = TASKS[task].kind
     outputs, gold, cut, id_hashes = [], [], 0, []
     handle = open(out_file, "w") if out_file else None
     try:
         if handle:
             prediction_file.write_header(handle, task)
         for chunk in iter_task_file(path, task, lenient=False, chunk_size=chunk_size):
-            segments, truncated = tokenize_records(chunk, trained.tokenizer, trained.run.max_length, encoding)
-            cut += truncated
+            each = []
+            for trained in members:
+                encoding = trained.run.model.pair_encoding(task)
+                segments, truncated = tokenize_records(chunk, trained.tokenizer, trained.run.max_length, encoding)
+                cut += 0 if each else truncated  # said for the first member's max_length
+                data = TaskData(task, "eval", np.asarray(chunk.record_ids), chunk.labels, segments, truncated, [])
+                each.append(predict(trained.predict_fn, trained.params, data, batch_size, trained.layout,
+                                    trained.run.model.symmetric_pairs))
+            out = kind.average(each, weights)
             # 8 bytes a record: memory stays within the outputs' own growth.
             id_hashes.append(np.fromiter((hash(i) for i in chunk.record_ids), np.int64, len(chunk.record_ids)))
-            data = TaskData(task, "eval", np.asarray(chunk.record_ids), chunk.labels, segments, truncated, [])
-            out = predict(trained.predict_fn, trained.params, data, batch_size, trained.layout,
-                          trained.run.model.symmetric_pairs)
-            labels = TASKS[task].kind.labels(out)
             if handle:
-                prediction_file.write_records(handle, task, chunk.record_ids, labels)
+                prediction_file.write_records(handle, task, chunk.record_ids, kind.labels(out))
             outputs.append(out)
             if chunk.labels is not None:
                 gold.append(chunk.labels)
@@ -55,9 +72,10 @@ def predict_file(trained: TrainedModel, task: str, path: Path, batch_size: int,
             handle.close()
     if not sum(len(o) for o in outputs):
         raise DataError(f"{path}: no {task} records after the header")
+    max_length = members[0].run.max_length
     # Not errors, but what a careful user wants to know: said in one line each.
     if cut:
-        print(f"{path}: {cut} record(s) longer than max_length={trained.run.max_length} tokens, scored on their "
+        print(f"{path}: {cut} record(s) longer than max_length={max_length} tokens, scored on their "
               "first max_length tokens as in training")
     hashes = np.concatenate(id_hashes)
     repeated = len(hashes) - len(np.unique(hashes))
@@ -89,52 +107,81 @@ def check_task_files(task_files: dict[str, dict[str, Path]], splits: Sequence[st
                 raise ConfigError(f"{spec}: no such file")
 
 
-def evaluate_run(workdir: str | Path, which: str = "best", splits: Sequence[str] = ("dev",),
+def load_members(workdirs: Sequence[str | Path], which: str = "best", symmetric_pairs: Optional[bool] = None,
+                 weights: Optional[Sequence[float]] = None) -> list[TrainedModel]:
+    """The runs to evaluate together; refuses, in one line, runs of different tasks and weights
+    that do not fit."""
+    if weights is not None and (len(weights) != len(workdirs) or any(not w >= 0 for w in weights) or not sum(weights)):
+        raise ConfigError(f"--weights {','.join(map(str, weights))}: expected {len(workdirs)} non-negative numbers, "
+                          "one per --workdir, not all zero")
+    if len({Path(w).resolve() for w in workdirs}) < len(workdirs):
+        raise ConfigError("--workdir: a run given twice (use --weights to weigh a run more)")
+    members = [load_trained(w, which, symmetric_pairs) for w in workdirs]
+    for workdir, trained in zip(workdirs[1:], members[1:]):
+        if list(trained.run.model.tasks) != list(members[0].run.model.tasks):
+            raise ConfigError(f"--workdir {workdir}: trains {', '.join(trained.run.model.tasks)}, but "
+                              f"{workdirs[0]} trains {', '.join(members[0].run.model.tasks)}; an ensemble needs "
+                              "runs of the same tasks")
+    return members
+
+
+def evaluate_run(workdir: str | Path | Sequence[str | Path], which: str = "best", splits: Sequence[str] = ("dev",),
                  task_files: Optional[dict[str, dict[str, Path]]] = None, out_dir: Optional[Path] = None,
-                 batch_size: int = 128, chunk_size: int = 10_000, symmetric_pairs: Optional[bool] = None) -> dict:
-    """Evaluates every task of a run on the given splits; writes metrics.json, predictions,
-    reports and plots under `out_dir` (default WORKDIR/eval). Returns the metrics.
-    `symmetric_pairs`: score pairs in both orders (True), as given (False), or as the run did (None)."""
+                 batch_size: int = 128, chunk_size: int = 10_000, symmetric_pairs: Optional[bool] = None,
+                 weights: Optional[Sequence[float]] = None) -> dict:
+    """Evaluates every task of a run, or of an ensemble of runs (several workdirs, each task's
+    outputs averaged with `weights`), on the given splits; writes metrics.json, predictions,
+    reports and plots under `out_dir` (one run: default WORKDIR/eval; an ensemble needs one).
+    Returns the metrics. `symmetric_pairs`: score pairs in both orders (True), as given
+    (False), or as each run did (None)."""
     from mtbert_jax.evaluation.plots import plot_training_curves
 
-    workdir, task_files = Path(workdir), task_files or {}
+    workdirs = [Path(workdir)] if isinstance(workdir, (str, Path)) else [Path(w) for w in workdir]
+    task_files = task_files or {}
+    if len(workdirs) > 1 and out_dir is None:
+        raise ConfigError("an ensemble (several --workdir) writes its outputs to --out DIR: give one")
     check_task_files(task_files, splits)
-    trained = load_trained(workdir, which, symmetric_pairs)
-    check_task_files(task_files, splits, trained.run.model.tasks)
-    out_dir = Path(out_dir) if out_dir else workdir / "eval"
+    members = load_members(workdirs, which, symmetric_pairs, weights)
+    check_task_files(task_files, splits, members[0].run.model.tasks)
+    out_dir = Path(out_dir) if out_dir else workdirs[0] / "eval"
     (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
     staged: list[tuple[Path, Path]] = []  # (written, its final name): renamed when all are done
     try:
-        results = _evaluate_splits(trained, workdir, which, splits, task_files, out_dir, batch_size, chunk_size,
-                                   staged)
+        results = _evaluate_splits(members, workdirs, which, splits, task_files, out_dir, batch_size, chunk_size,
+                                   staged, weights)
         for written, final in staged:
             os.replace(written, final)
         atomic.write_text(out_dir / "metrics.json", json.dumps(results, indent=2) + "\n")
     finally:
         for written, _ in staged:
             written.unlink(missing_ok=True)
-    if (workdir / "metrics.jsonl").exists():
-        plot_training_curves(workdir / "metrics.jsonl", out_dir / "plots")
+    if len(workdirs) == 1 and (workdirs[0] / "metrics.jsonl").exists():
+        plot_training_curves(workdirs[0] / "metrics.jsonl", out_dir / "plots")
     return results
 
 
-def _evaluate_splits(trained: TrainedModel, workdir: Path, which: str, splits: Sequence[str],
+def _evaluate_splits(members: list[TrainedModel], workdirs: list[Path], which: str, splits: Sequence[str],
                      task_files: dict, out_dir: Path, batch_size: int, chunk_size: int,
-                     staged: list[tuple[Path, Path]]) -> dict:
+                     staged: list[tuple[Path, Path]], weights: Optional[Sequence[float]]) -> dict:
     """Every task on every split: the results, with each prediction file written under a
     temporary name (added to `staged`)."""
     from mtbert_jax.data.task_files import resolve_data_dir
 
     data_dir = None
-    results: dict = {"workdir": str(workdir), "checkpoint": which, "step": trained.step,
-                     "symmetric_pairs": trained.run.model.symmetric_pairs}
+    first = members[0]
+    results: dict = {"workdir": str(workdirs[0]), "checkpoint": which, "step": first.step,
+                     "symmetric_pairs": first.run.model.symmetric_pairs}
+    if len(members) > 1:
+        results |= {"workdir": [str(w) for w in workdirs], "step": [m.step for m in members],
+                    "symmetric_pairs": [m.run.model.symmetric_pairs for m in members],
+                    "weights": list(weights) if weights is not None else [1 / len(members)] * len(members)}
     for split in splits:
         split_results = {}
-        for task in trained.run.model.tasks:
+        for task in first.run.model.tasks:
             path = task_files.get(split, {}).get(task)
             if path is None:
-                data_dir = data_dir or resolve_data_dir(trained.run.data_dir or None)
+                data_dir = data_dir or resolve_data_dir(first.run.data_dir or None)
                 path = data_dir / TASKS[task].file_name(split)
                 if not path.exists() and split == "dev":  # the run's score needs every task's
                     raise DataError(f"{path}: no such file, needed for the {task} dev metrics (give one with "
@@ -145,7 +192,7 @@ def _evaluate_splits(trained: TrainedModel, workdir: Path, which: str, splits: S
             out_file = out_dir / "predictions" / f"{prediction_file.FILE_PREFIXES[task]}-{split}-output.csv"
             written = out_file.with_name(f".{out_file.name}.partial")
             staged.append((written, out_file))
-            outputs, gold = predict_file(trained, task, Path(path), batch_size, chunk_size, written)
+            outputs, gold = predict_file(members, task, Path(path), batch_size, chunk_size, written, weights)
             if gold is None:
                 if split == "dev":  # a dev file is there to be scored: never drop it silently
                     raise DataError(f"{path}: no {TASKS[task].label_column!r} column, which a dev file needs "
@@ -162,7 +209,7 @@ def _evaluate_splits(trained: TrainedModel, workdir: Path, which: str, splits: S
                 plot_scatter(predicted, gold, f"{task} {split}: r = {metrics['pearson']:.3f}",
                              out_dir / "plots" / f"scatter-{task}-{split}.png")
             split_results[task] = metrics
-        if split_results and set(split_results) == set(trained.run.model.tasks):  # every task or none
+        if split_results and set(split_results) == set(first.run.model.tasks):  # every task or none
             split_results["overall"] = overall_score(
                 {t: {k: v for k, v in m.items() if k in ("accuracy", "pearson")} for t, m in split_results.items()})
         results[split] = split_results
@@ -182,23 +229,28 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def score_texts(trained: TrainedModel, sentences: Sequence[str] = (), pairs: Sequence[tuple[str, str]] = ()) -> list[dict]:
-    """Each task's output for sentences (sentiment tasks) and pairs (pair tasks), for people."""
+def score_texts(models: Models, sentences: Sequence[str] = (), pairs: Sequence[tuple[str, str]] = (),
+                weights: Optional[Sequence[float]] = None) -> list[dict]:
+    """Each task's output for sentences (sentiment tasks) and pairs (pair tasks), for people;
+    several models: their outputs averaged, as in `predict_file`."""
     from mtbert_jax.data.task_files import TaskRecords
 
+    members = as_members(models)
     results = []
-    for task in trained.run.model.tasks:
+    for task in members[0].run.model.tasks:
         spec = TASKS[task]
         items = list(pairs) if spec.is_pair else [(s,) for s in sentences]
         if not items:
             continue
         texts = [list(column) for column in zip(*items)]
         records = TaskRecords(task, Path("<input>"), [str(i) for i in range(len(items))], texts, None, [])
-        segments, _ = tokenize_records(records, trained.tokenizer, trained.run.max_length,
-                                       trained.run.model.pair_encoding(task))
-        data = TaskData(task, "input", np.asarray(records.record_ids), None, segments, 0, [])
-        outputs = predict(trained.predict_fn, trained.params, data, 32, trained.layout,
-                          trained.run.model.symmetric_pairs)
-        for item, out in zip(items, outputs):
+        each = []
+        for trained in members:
+            segments, _ = tokenize_records(records, trained.tokenizer, trained.run.max_length,
+                                           trained.run.model.pair_encoding(task))
+            data = TaskData(task, "input", np.asarray(records.record_ids), None, segments, 0, [])
+            each.append(predict(trained.predict_fn, trained.params, data, 32, trained.layout,
+                                trained.run.model.symmetric_pairs))
+        for item, out in zip(items, spec.kind.average(each, weights)):
             results.append({"task": task, "input": list(item), **spec.kind.describe(out)})
     return results
