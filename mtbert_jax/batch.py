@@ -17,6 +17,8 @@ and per example slot (a padded batch's rows are its slots):
   EXAMPLE_IDS  [slots] int32: the example's index in the global batch (dropout masks follow it)
   INDEX        [slots] int32: the record's position in its file, -1 for filler; host only
   TEXT_KEY_B   [slots, 2] int32 (packed, MNRL's tasks): a hash of each second text
+  TARGETS      [slots] or [slots, classes] float32 (distillation): the teachers' probabilities
+               or score for the example
 
 A batch is packed exactly when it has TOKEN_EXAMPLE.
 """
@@ -28,6 +30,7 @@ from typing import Any, Mapping
 INPUT_IDS, TOKEN_TYPE_IDS, ATTENTION_MASK = "input_ids", "token_type_ids", "attention_mask"
 POSITION_IDS, TOKEN_EXAMPLE, EXAMPLE_START = "position_ids", "token_example", "example_start"
 LABELS, WEIGHTS, EXAMPLE_IDS, INDEX, TEXT_KEY_B = "labels", "weights", "example_ids", "index", "text_key_b"
+TARGETS = "targets"
 
 SIDES = ("", "_b")
 SECOND = SIDES[1]
@@ -77,6 +80,6 @@ def check(batch: Mapping[str, Any]) -> None:
                              f"expected ({slots},): one per example slot")
         if not packed and slots is not None and tokens[0] != slots:
             raise ValueError(f"batch field {INPUT_IDS + side!r} has {tokens[0]} rows, {WEIGHTS!r} {slots}")
-    for name in (LABELS, EXAMPLE_IDS, INDEX):
+    for name in (LABELS, EXAMPLE_IDS, INDEX, TARGETS):
         if name in batch and slots is not None and batch[name].shape[0] != slots:
             raise ValueError(f"batch field {name!r} has {batch[name].shape[0]} entries, {WEIGHTS!r} {slots}")

@@ -41,6 +41,12 @@ class TaskKind:
         """[batch, classes] log-probabilities of a classifier's outputs."""
         raise NotImplementedError
 
+    def soft_loss(self, prediction: Array, target: Array, temperature: float = 1.0) -> Array:
+        """[batch] distillation loss against a teacher's `target` (what `probabilities` gives:
+        class probabilities, the positive class's probability, a score); 0 where the student
+        matches the teacher."""
+        raise NotImplementedError
+
     def divergence(self, p: Array, q: Array) -> Array:
         """[batch] symmetric divergence between two outputs of the head: KL(P||Q) + KL(Q||P)
         between the distributions they stand for (SMART's l_s, R-Drop)."""
@@ -94,6 +100,14 @@ class Multiclass(TaskKind):
     def log_probs(self, prediction):
         return jax.nn.log_softmax(prediction.astype(jnp.float32), -1)
 
+    def soft_loss(self, prediction, target, temperature=1.0):
+        """T^2 KL(teacher_T || student_T), both distributions softened by the temperature
+        (Hinton et al. 2015; T^2 keeps the gradients' scale as T changes). An ensemble's mean
+        probabilities p soften as p^(1/T), renormalised: softmax(log p / T)."""
+        teacher = jax.nn.log_softmax(jnp.log(jnp.maximum(target.astype(jnp.float32), 1e-12)) / temperature, -1)
+        student = jax.nn.log_softmax(prediction.astype(jnp.float32) / temperature, -1)
+        return temperature ** 2 * jnp.sum(jnp.exp(teacher) * (teacher - student), -1)
+
     def labels(self, outputs):
         return outputs.argmax(-1)
 
@@ -127,6 +141,13 @@ class Binary(TaskKind):
         prediction = prediction.astype(jnp.float32)
         return jnp.stack([jax.nn.log_sigmoid(-prediction), jax.nn.log_sigmoid(prediction)], -1)
 
+    def soft_loss(self, prediction, target, temperature=1.0):
+        """KL(teacher || student) of the two Bernoulli distributions: cross-entropy against the
+        teacher's probability less its entropy (the temperature is for distributions over classes)."""
+        p = jnp.clip(target.astype(jnp.float32), 1e-7, 1 - 1e-7)
+        entropy = -(p * jnp.log(p) + (1 - p) * jnp.log1p(-p))
+        return optax.sigmoid_binary_cross_entropy(prediction.astype(jnp.float32), p) - entropy
+
     def labels(self, outputs):
         return (outputs > 0).astype(np.int32)
 
@@ -156,6 +177,9 @@ class Regression(TaskKind):
 
     def divergence(self, p, q):
         return jnp.square(p.astype(jnp.float32) - q.astype(jnp.float32))
+
+    def soft_loss(self, prediction, target, temperature=1.0):
+        return jnp.square(prediction.astype(jnp.float32) - target.astype(jnp.float32))
 
     def labels(self, outputs):
         return outputs

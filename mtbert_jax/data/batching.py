@@ -15,7 +15,17 @@ from typing import Iterator
 
 import numpy as np
 
-from mtbert_jax.batch import ATTENTION_MASK, EXAMPLE_IDS, INDEX, INPUT_IDS, LABELS, SIDES, TOKEN_TYPE_IDS, WEIGHTS
+from mtbert_jax.batch import (
+    ATTENTION_MASK,
+    EXAMPLE_IDS,
+    INDEX,
+    INPUT_IDS,
+    LABELS,
+    SIDES,
+    TARGETS,
+    TOKEN_TYPE_IDS,
+    WEIGHTS,
+)
 from mtbert_jax.data.tokenized import TaskData
 from mtbert_jax.errors import ConfigError
 
@@ -82,6 +92,9 @@ class TaskBatcher:
         if self.data.labels is not None:
             fields[LABELS] = np.zeros(slots, self.data.labels.dtype)
             fields[LABELS][:n] = self.data.labels[indices]
+        if self.data.targets is not None:
+            fields[TARGETS] = np.zeros((slots,) + self.data.targets.shape[1:], np.float32)
+            fields[TARGETS][:n] = self.data.targets[indices]
         fields[WEIGHTS] = (np.arange(slots) < n).astype(np.float32)
         fields[INDEX] = np.full(slots, -1, np.int32)
         fields[INDEX][:n] = indices

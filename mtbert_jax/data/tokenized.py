@@ -100,6 +100,8 @@ class TaskData:
     segments: tuple[Segments, ...]
     num_truncated: int
     skipped: list[tuple[int, str]]  # (line, reason) of records skipped while reading
+    # Distillation: the teachers' probabilities or scores per record ([n] or [n, classes]).
+    targets: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.record_ids)
@@ -134,7 +136,9 @@ class TaskData:
         """The records at indices `keep`, in that order."""
         segments = tuple(s.subset(keep) for s in self.segments)
         labels = None if self.labels is None else self.labels[keep]
-        return dataclasses.replace(self, record_ids=self.record_ids[keep], labels=labels, segments=segments)
+        targets = None if self.targets is None else self.targets[keep]
+        return dataclasses.replace(self, record_ids=self.record_ids[keep], labels=labels, segments=segments,
+                                   targets=targets)
 
 
 def default_cache_dir() -> Path:

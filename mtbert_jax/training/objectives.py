@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mtbert_jax.batch import EXAMPLE_IDS, INPUT_IDS, LABELS, SECOND, TEXT_KEY_B, TOKEN_EXAMPLE, WEIGHTS
+from mtbert_jax.batch import EXAMPLE_IDS, INPUT_IDS, LABELS, SECOND, TARGETS, TEXT_KEY_B, TOKEN_EXAMPLE, WEIGHTS
 from mtbert_jax.data.tokenized import TaskData
 from mtbert_jax.errors import ConfigError
 from mtbert_jax.model.config import ModelConfig
@@ -57,6 +57,35 @@ class MnrlConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistillationConfig:
+    """Knowledge distillation (Hinton et al. 2015): each task also learns the soft outputs of
+    finished runs (one, or an ensemble averaged), computed once before training
+    (mtbert_jax/run/distillation.py): SST's and CFIMDB's class distribution (softened by the
+    temperature), Quora's probability, STS's score. These defaults are the run's."""
+
+    # The teachers' workdirs (runs of the student's tasks, same max_length and pair encoding);
+    # none: no distillation.
+    teachers: Sequence[str] = ()
+    # Which checkpoint of each teacher: best, latest or a step.
+    checkpoint: str = "best"
+    # Loss = (1 - weight) x the gold labels' loss + weight x the teachers' (soft_loss).
+    weight: float = 0.5
+    # Softens both distributions of the classification tasks (the loss is scaled by T^2).
+    temperature: float = 2.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "teachers", tuple(str(t) for t in self.teachers))
+        if not 0 <= self.weight <= 1:
+            raise ConfigError(f"objective.distillation.weight={self.weight}: expected a number in [0, 1]")
+        if not self.temperature > 0:
+            raise ConfigError(f"objective.distillation.temperature={self.temperature}: expected a number > 0")
+
+    @property
+    def on(self) -> bool:
+        return bool(self.teachers) and self.weight > 0
+
+
+@dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
     """What each task's loss is made of. These defaults are the run's (configs/default.py builds
     its `objective` section from them)."""
@@ -74,6 +103,8 @@ class ObjectiveConfig:
     # Learned uncertainty weighting of the task losses (Kendall et al. 2018: exp(-s_t) L_t + s_t,
     # s_t learned).
     uncertainty_weighting: bool = False
+    # Distillation from finished runs' outputs.
+    distillation: DistillationConfig = DistillationConfig()
 
     def __post_init__(self):
         if self.sts_loss not in STS_LOSSES:
@@ -83,7 +114,8 @@ class ObjectiveConfig:
     def from_dict(cls, d: Mapping) -> "ObjectiveConfig":
         d = dict(d)
         return cls(smart=SmartConfig(**d.pop("smart", {})), mnrl=MnrlConfig(**d.pop("mnrl", {})),
-                   rdrop=RDropConfig(**d.pop("rdrop", {})), **d)
+                   rdrop=RDropConfig(**d.pop("rdrop", {})),
+                   distillation=DistillationConfig(**d.pop("distillation", {})), **d)
 
     @property
     def needs_teacher(self) -> bool:
@@ -219,7 +251,12 @@ class Objective:
         def task_loss(out):
             if TASKS[task].kind is REGRESSION and config.sts_loss == "cosine_embedding":
                 return cosine_embedding_loss(*out.embeddings, batch[LABELS])
-            return TASKS[task].kind.loss(out.prediction, batch[LABELS])
+            kind = TASKS[task].kind
+            gold = kind.loss(out.prediction, batch[LABELS])
+            if not (config.distillation.on and TARGETS in batch):
+                return gold
+            soft = kind.soft_loss(out.prediction, batch[TARGETS], config.distillation.temperature)
+            return (1 - config.distillation.weight) * gold + config.distillation.weight * soft
 
         per_example = task_loss(out)
         if self.rdrop_on:  # the same batch again under other dropout masks

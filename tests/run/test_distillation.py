@@ -1,0 +1,106 @@
+"""Distillation: the soft losses by hand, the objective's mix, and a student trained from a
+teacher run whose outputs are computed once and kept."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_training_config
+from mtbert_jax.batch import LABELS, TARGETS
+from mtbert_jax.errors import ConfigError
+from mtbert_jax.model.config import ModelConfig
+from mtbert_jax.model.multitask import init_model
+from mtbert_jax.run.distillation import TARGETS_FILE
+from mtbert_jax.run.evaluate import load_trained, predict_file
+from mtbert_jax.run.loop import train_and_evaluate
+from mtbert_jax.synthetic import synthetic_batch, tiny_bert_config
+from mtbert_jax.tasks import TASKS
+from mtbert_jax.training.objectives import DistillationConfig, ObjectiveConfig, make_objective
+
+
+def test_soft_losses_by_hand():
+    sst, quora, sts = (TASKS[t].kind for t in ("sst", "quora", "sts"))
+    z = jnp.array([[0.3, -1.0, 2.0]])
+    teacher = jax.nn.softmax(z)
+    for t in (1.0, 2.0, 4.0):  # a student equal to its teacher loses nothing, at any temperature
+        assert float(sst.soft_loss(z, teacher, t)[0]) == pytest.approx(0.0, abs=1e-6)
+    # T^2 KL(p_T || q_T), with p_T = softmax(log p / T) and q_T = softmax(z / T).
+    p, student, t = np.array([0.7, 0.2, 0.1]), np.array([0.0, 1.0, 0.5]), 2.0
+    p_t = p ** (1 / t) / np.sum(p ** (1 / t))
+    q_t = np.exp(student / t) / np.sum(np.exp(student / t))
+    expected = t ** 2 * np.sum(p_t * np.log(p_t / q_t))
+    assert float(sst.soft_loss(jnp.array([student]), jnp.array([p]), t)[0]) == pytest.approx(expected, rel=1e-5)
+    # Its gradient is T (q_T - p_T): the scale Hinton's T^2 keeps.
+    grad = jax.grad(lambda s: sst.soft_loss(s[None], jnp.array([p]), t)[0])(jnp.array(student))
+    assert np.allclose(grad, t * (q_t - p_t), atol=1e-5)
+    # Quora: KL between Bernoullis; STS: the squared difference of scores.
+    q = 1 / (1 + np.exp(-0.4))
+    bernoulli = 0.8 * np.log(0.8 / q) + 0.2 * np.log(0.2 / (1 - q))
+    assert float(quora.soft_loss(jnp.array([0.4]), jnp.array([0.8]))[0]) == pytest.approx(bernoulli, rel=1e-5)
+    assert float(quora.soft_loss(jnp.array([0.4]), jnp.array([q]))[0]) == pytest.approx(0.0, abs=1e-6)
+    assert float(sts.soft_loss(jnp.array([2.0]), jnp.array([3.5]))[0]) == pytest.approx(2.25)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
+def test_the_objective_mixes_gold_and_teacher_losses(weight):
+    model, params = init_model(tiny_bert_config(), ModelConfig(tasks=("sst",)), jax.random.PRNGKey(0))
+    batch = synthetic_batch("sst", 4, 8, np.random.default_rng(0), varied_lengths=False)
+    targets = np.random.default_rng(1).dirichlet(np.ones(5), 4).astype(np.float32)
+    key = jax.random.PRNGKey(1)
+    config = ObjectiveConfig(distillation=DistillationConfig(teachers=("runs/x",), weight=weight, temperature=3.0))
+    mixed, rows = make_objective(model, "sst", config, deterministic=True)(params, None, batch | {TARGETS: targets}, key)
+    logits = model.apply({"params": params}, "sst", batch).prediction
+    kind = TASKS["sst"].kind
+    expected = np.sum(((1 - weight) * kind.loss(logits, batch[LABELS]) + weight * kind.soft_loss(logits, targets, 3.0))
+                      * batch["weights"])
+    assert float(mixed) == pytest.approx(float(expected), rel=1e-5) and float(rows) == 4
+    plain = make_objective(model, "sst", ObjectiveConfig(), deterministic=True)(params, None, batch, key)[0]
+    assert (float(mixed) == pytest.approx(float(plain), rel=1e-6)) == (weight == 0.0)
+
+
+@pytest.mark.parametrize("field, value, message", [("weight", 1.5, r"in \[0, 1\]"), ("temperature", 0.0, "> 0")])
+def test_bad_settings_are_refused(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        DistillationConfig(**{field: value})
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_checkpoint, tiny_data_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("teacher")
+    train_and_evaluate(tiny_training_config(tiny_checkpoint, tiny_data_dir, root / "cache", num_epochs=1),
+                       root / "teacher")
+    return root / "teacher"
+
+
+def test_a_student_learns_from_targets_computed_once(teacher, tiny_checkpoint, tiny_data_dir, tmp_path, capsys):
+    config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache", num_epochs=2, seed=3,
+                                  objective__distillation__teachers=(str(teacher),),
+                                  objective__distillation__weight=0.7)
+    train_and_evaluate(config, tmp_path / "student")
+    out = capsys.readouterr().out
+    assert "scoring" in out and "teacher run(s) (once)" in out
+    # The kept targets are the teacher's own probabilities (scores) of each training record, in file order.
+    trained = load_trained(teacher)
+    with np.load(tmp_path / "student" / TARGETS_FILE) as saved:
+        for task in ("sst", "quora", "sts"):
+            outputs, _ = predict_file(trained, task, tiny_data_dir / TASKS[task].file_name("train"), 16)
+            assert np.allclose(saved[f"{task}/targets"], TASKS[task].kind.probabilities(outputs), atol=1e-5)
+    saved_config = json.loads((tmp_path / "student" / "config.json").read_text())
+    assert saved_config["objective"]["distillation"]["teachers"] == [str(teacher)]
+    # A longer run of the same student resumes and reads the targets back instead of scoring again.
+    config.num_epochs = 3
+    train_and_evaluate(config, tmp_path / "student")
+    out = capsys.readouterr().out
+    assert "targets read from" in out and "scoring" not in out
+
+
+def test_a_teacher_that_reads_differently_is_refused(teacher, tiny_checkpoint, tiny_data_dir, tmp_path):
+    config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache", num_epochs=1,
+                                  max_length=24, objective__distillation__teachers=(str(teacher),))
+    with pytest.raises(ConfigError, match="max_length=32"):
+        train_and_evaluate(config, tmp_path / "student")
