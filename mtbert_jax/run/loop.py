@@ -34,7 +34,7 @@ from mtbert_jax.evaluation.predict import dataset_metrics, make_predict
 from mtbert_jax.model.multitask import init_model
 from mtbert_jax.run import atomic
 from mtbert_jax.run.build import concrete_dtype, encoder_config
-from mtbert_jax.run.checkpointing import Checkpoints, saved_steps
+from mtbert_jax.run.checkpointing import Checkpoints, digest_mismatch, saved_steps
 from mtbert_jax.run.config import RunConfig, dotted_leaves
 from mtbert_jax.run.metrics_log import LogWindow, MetricsLog
 from mtbert_jax.run.preemption import Preempted, StopSignals
@@ -272,10 +272,22 @@ class Trainer:
                                   "start afresh in another --workdir")
         return None
 
+    def undamaged_latest_step(self) -> Optional[int]:
+        """The newest checkpoint of a multi-process run, its files checked against their digest
+        by every process (the same files, so the same answer): a damaged one is named, and left
+        where it is for a person to move (the processes would race to set it aside)."""
+        step = self.checkpoints.latest_step()
+        folder = self.workdir / "checkpoints" / str(step)
+        why = None if step is None else digest_mismatch(folder)
+        if why:
+            raise CheckpointError(f"the checkpoint at step {step} is damaged: {why}; move {folder} out of "
+                                  "checkpoints/ and restart, to resume from the one before")
+        return step
+
     def resume(self) -> None:
         """From the newest intact checkpoint in the workdir, if any; else a fresh state."""
         # Multi-process runs share the files: only a single process sets checkpoints aside.
-        latest = self.newest_intact_step() if jax.process_count() == 1 else self.checkpoints.latest_step()
+        latest = self.newest_intact_step() if jax.process_count() == 1 else self.undamaged_latest_step()
         meta = self.checkpoints.meta(self.checkpoints.latest, latest) if latest is not None else {}
         self.stage, self.best_score = meta.get("stage", 0), meta.get("best_score", -math.inf)
         self.optimizer, self.runner = self.stages.build(self.stage)
@@ -294,7 +306,7 @@ class Trainer:
             self.log(f"resumed from {self.workdir / 'checkpoints'} at step {self.step} (epoch {self.loader.epoch + 1})")
         self.state = distributed.replicate(state)
         self.metrics_log = MetricsLog(self.workdir / "metrics.jsonl", self.step, self.is_main, self.started)
-        if latest is not None and self.is_main:
+        if latest is not None:  # on every process: its save is collective
             self.repair_best()
         planned = f"{self.stages.planned_steps} steps in {self.run.num_epochs + self.run.frozen_epochs} epochs"
         if self.stages.last_step < self.stages.planned_steps:
@@ -305,7 +317,9 @@ class Trainer:
         """best/ as the dev records say it should be: a run that an earlier version of this
         code saved in the other order (latest first) and that was killed between its two saves
         left best/ without its best epoch; it is copied from checkpoints/ when still there."""
-        records = [r for r in self.metrics_log.records() if "dev_overall" in r]
+        # Up to the step resumed from: what process 0 keeps of the log, whether or not another
+        # process reads it before process 0 has cut it (every process must decide alike).
+        records = [r for r in self.metrics_log.records() if "dev_overall" in r and r["step"] <= self.step]
         if not records:
             return
         best = max(records, key=lambda r: r["dev_overall"])  # the first of equals, as best/ keeps
