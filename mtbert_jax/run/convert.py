@@ -6,6 +6,12 @@
 `--which best|latest|STEP`) exports its fine-tuned encoder. The output is config.json,
 model.safetensors and the tokenizer files; it is read back and compared with the parameters
 before the command reports success.
+
+A training workdir also gets a directory per task, DIR/<task>/, that PyTorch code loads: a
+BertForSequenceClassification (pooler heads), a sentence-transformers model (other poolings) or,
+for heads no stock class computes, the encoder with head.safetensors for
+mtbert_jax/checkpoints/torch_task_model.py (run/task_export.py). Each is read back and its
+outputs compared with the run's predictions; `--encoder-only` skips them.
 """
 
 from __future__ import annotations
@@ -63,12 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="directory to write the Hugging Face files to")
     parser.add_argument("--which", default="best",
                         help="for a training workdir: best, latest or a step number")
+    parser.add_argument("--encoder-only", action="store_true",
+                        help="for a training workdir: the encoder only, without the task models in DIR/<task>/")
     args = parser.parse_args(argv)
+    exports, notes = [], []
     out = Path(args.out)
     partial = out.with_name(f".{out.name}.partial")
+    is_workdir = (Path(args.checkpoint) / "checkpoints").is_dir()
     try:
         _check_out(out)
-        if (Path(args.checkpoint) / "checkpoints").is_dir():  # a training workdir
+        if is_workdir:
             run_config, trained, step = restore_trained(args.checkpoint, args.which)
             source = resolve_checkpoint_dir(run_config["checkpoint"])
             config = BertConfig.from_json_file(source / "config.json")
@@ -88,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         if difference != 0:
             raise CheckpointError(f"{out}: the exported tensors read back differently (max abs difference "
                                   f"{difference:g}); nothing was written")
+        if is_workdir and not args.encoder_only:
+            from mtbert_jax.run.task_export import export_task_models  # loads the model: only for a workdir
+            exports, notes = export_task_models(args.checkpoint, args.which, partial, final_dir=out)
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.exists():
             out.rmdir()  # empty (checked above)
@@ -102,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     n = sum(np.size(x) for x in jax.tree_util.tree_leaves(params))
     print(f"wrote {out}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
           f"{n:,} parameters; read back, max abs difference {difference:g}")
+    for export in exports:
+        print(export.summary())
+    for note in notes:
+        print(f"note: {note}")
     return 0
 
 
