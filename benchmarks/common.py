@@ -23,13 +23,20 @@ from typing import Callable, Sequence
 SHAPES = {
     "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
     "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    # Seconds on a CPU: for checking that a script still runs (accelerator_check.py --quick).
+    "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
 }
 
-# Dense peak throughput (FLOP/s) of accelerators by name fragment, for utilisation figures.
-# Sources: NVIDIA datasheets (dense, no sparsity; SXM parts). "float32" is the TF32 tensor-core
-# peak: XLA multiplies float32 in TF32 on these GPUs by default (jax's default matmul
-# precision), and torch_device() turns TF32 on for the reference too.
+# Dense peak throughput (FLOP/s) of accelerators by name fragment of jax's device kind, for
+# utilisation figures; the first fragment found wins, so the PCIe and NVL parts, slower than the
+# SXM ones, come before the bare names. Sources: NVIDIA datasheets (dense: half the "with
+# sparsity" figures). "float32" is the TF32 tensor-core peak: XLA multiplies float32 in TF32 on
+# these GPUs by default (jax's default matmul precision), and torch_device() turns TF32 on for
+# the reference too.
 DEVICE_PEAKS = {
+    "H100 PCIe": {"float32": 378e12, "bfloat16": 756e12},
+    "H100 NVL": {"float32": 417.5e12, "bfloat16": 835.5e12},
+    "H200 NVL": {"float32": 417.5e12, "bfloat16": 835.5e12},
     "H100": {"float32": 494.7e12, "bfloat16": 989.4e12},
     "H200": {"float32": 494.7e12, "bfloat16": 989.4e12},
     "A100": {"float32": 156e12, "bfloat16": 312e12},
@@ -110,15 +117,19 @@ def torch_matmul_gflops(n: int, dtype: str = "float32", repeats: int = 5) -> flo
     return 2 * n ** 3 / seconds / 1e9
 
 
+def datasheet_peak_flops(device_kind: str, dtype: str) -> float | None:
+    """The datasheet peak of a device kind (e.g. "NVIDIA H100 80GB HBM3") in DEVICE_PEAKS, else None."""
+    for name, peaks in DEVICE_PEAKS.items():
+        if name in device_kind:
+            return peaks.get(dtype)
+    return None
+
+
 def device_peak_flops(dtype: str) -> float | None:
     """The datasheet peak of jax's first device when it is a known accelerator, else None."""
     import jax
 
-    kind = jax.devices()[0].device_kind
-    for name, peaks in DEVICE_PEAKS.items():
-        if name in kind:
-            return peaks.get(dtype)
-    return None
+    return datasheet_peak_flops(jax.devices()[0].device_kind, dtype)
 
 
 def machine() -> dict:

@@ -11,6 +11,7 @@ in wall time and in the CPU time of the thread that runs it.
 
 python benchmarks/host_overhead.py                  # 400 steps, the first 100 left out
 python benchmarks/host_overhead.py --steps 1000 --warmup 200
+python benchmarks/host_overhead.py --checkpoint DIR  # its vocabulary, where the embedded MiniLM is not installed
 
 Phases: `batch assembly` and `transfer` run in the prefetch thread, overlapped with the step;
 `dispatch` (enqueueing the compiled step) and `logging` (fetching the pending metrics, the NaN
@@ -48,11 +49,11 @@ def _timed(owner, name: str, phase: str, log: dict) -> None:
     setattr(owner, name, wrapper)
 
 
-def run(steps: int, warmup: int, batch: int) -> dict:
+def run(steps: int, warmup: int, batch: int, checkpoint: str = "default") -> dict:
     import jax
 
     from configs import default
-    from mtbert_jax.checkpoints.hf import default_checkpoint_dir, export_hf_checkpoint
+    from mtbert_jax.checkpoints.hf import export_hf_checkpoint, resolve_checkpoint_dir
     from mtbert_jax.data import loader
     from mtbert_jax.model.encoder import init_params
     from mtbert_jax.run import loop
@@ -87,7 +88,7 @@ def run(steps: int, warmup: int, batch: int) -> dict:
         tmp = Path(tmp)
         # The first 2,048 word pieces keep the special tokens' ids; the rest of a text becomes
         # [UNK] and single characters, which costs the host the same.
-        vocab = (default_checkpoint_dir() / "vocab.txt").read_text(encoding="utf-8").splitlines()[:2048]
+        vocab = (resolve_checkpoint_dir(checkpoint) / "vocab.txt").read_text(encoding="utf-8").splitlines()[:2048]
         (tmp / "vocab").mkdir()
         (tmp / "vocab" / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
         config = tiny_bert_config(vocab_size=len(vocab), max_position_embeddings=128)
@@ -131,13 +132,15 @@ def main():
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--warmup", type=int, default=100, help="steps left out (compilation)")
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--checkpoint", default="default", help="whose vocabulary to cut (default: the embedded MiniLM)")
     parser.add_argument("--side", help=argparse.SUPPRESS)
     args = parser.parse_args()
     result = common.run_side(__file__, ["--side", "ours", "--steps", str(args.steps), "--warmup",
-                                        str(args.warmup), "--batch", str(args.batch)]) if args.side is None else None
+                                        str(args.warmup), "--batch", str(args.batch), "--checkpoint",
+                                        args.checkpoint]) if args.side is None else None
     if args.side == "ours":
         import json
-        print(json.dumps(run(args.steps, args.warmup, args.batch)))
+        print(json.dumps(run(args.steps, args.warmup, args.batch, args.checkpoint)))
         return
     machine = result.pop("machine")
     print(f"steady state over steps {args.warmup}-{args.steps}: {result['median_ms_per_step']:.2f} ms per step "

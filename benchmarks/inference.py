@@ -9,6 +9,7 @@ view, the same model on length-sorted batches. Same checkpoint, token ids and ba
 Ours is timed twice: the first pass includes compilation, the second does not.
 
 python benchmarks/inference.py [--batch 64] [--checkpoint default] [--dtype bfloat16]
+python benchmarks/inference.py --no-torch      # ours only, on a machine without PyTorch
 
 With --dtype bfloat16 ours runs compute_dtype="bfloat16" and PyTorch runs under bf16 autocast.
 """
@@ -55,7 +56,7 @@ def run_ours(batch_size: int, checkpoint: str, dtype: str, packing: bool = False
             predict(predict_fn, params, d, batch_size, layout)
         passes.append(time.perf_counter() - start)
     return {"examples": sum(len(d) for d in data.values()), "first_pass_seconds": passes[0],
-            "seconds": passes[1], "peak_rss_mib": common.peak_rss_mib()}
+            "seconds": passes[1], "peak_rss_mib": common.peak_rss_mib(), "machine": common.machine()}
 
 
 def run_torch(batch_size: int, checkpoint: str, dtype: str) -> dict:
@@ -102,6 +103,7 @@ def main():
     parser.add_argument("--checkpoint", default="default")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                         help="ours: compute_dtype; PyTorch: bf16 autocast")
+    parser.add_argument("--no-torch", action="store_true", help="ours only (a machine without PyTorch)")
     parser.add_argument("--side", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
@@ -111,28 +113,31 @@ def main():
     side_args = ["--batch", str(args.batch), "--checkpoint", args.checkpoint, "--dtype", args.dtype]
     ours = common.run_side(__file__, ["--side", "ours", *side_args])
     packed = common.run_side(__file__, ["--side", "packed", *side_args])
-    ref = common.run_side(__file__, ["--side", "torch", *side_args])
-    machine = ref.pop("machine")
+    ref = None if args.no_torch else common.run_side(__file__, ["--side", "torch", *side_args])
+    machine = ours.pop("machine") if ref is None else ref.pop("machine")
     n = ours["examples"]
     rows = [{"side": "mtbert_jax predict (compiled)", "seconds": ours["seconds"]},
             {"side": "mtbert_jax predict (1st pass, compiling)", "seconds": ours["first_pass_seconds"]},
             {"side": "mtbert_jax predict, packed (compiled)", "seconds": packed["seconds"]},
-            {"side": "mtbert_jax predict, packed (1st pass, compiling)", "seconds": packed["first_pass_seconds"]},
-            {"side": "PyTorch, file order (starter code)", "seconds": ref["seconds"]},
-            {"side": "PyTorch, length-sorted batches", "seconds": ref["sorted_seconds"]}]
+            {"side": "mtbert_jax predict, packed (1st pass, compiling)", "seconds": packed["first_pass_seconds"]}]
+    if ref is not None:
+        rows += [{"side": "PyTorch, file order (starter code)", "seconds": ref["seconds"]},
+                 {"side": "PyTorch, length-sorted batches", "seconds": ref["sorted_seconds"]}]
     for r in rows:
         r["examples_per_second"] = n / r["seconds"]
         r["ours_speedup"] = r["seconds"] / ours["seconds"]
     common.print_table([("side", "side", "s"), ("seconds", "seconds", ".2f"),
                         ("examples_per_second", "ex/s", ".1f"), ("ours_speedup", "ours (compiled) x", ".2f")], rows)
     print(f"{n} dev examples (SST, Quora, STS), batch {args.batch}, {args.dtype}; peak RSS ours "
-          f"{ours['peak_rss_mib']:.0f} MiB, torch {ref['peak_rss_mib']:.0f} MiB")
+          f"{ours['peak_rss_mib']:.0f} MiB" + (f", torch {ref['peak_rss_mib']:.0f} MiB" if ref else ", PyTorch not run"))
+    ratios = {"ratio_vs_starter": ref["seconds"] / ours["seconds"],
+              "ratio_vs_sorted": ref["sorted_seconds"] / ours["seconds"],
+              "packed_ratio_vs_sorted": ref["sorted_seconds"] / packed["seconds"],
+              "torch_peak_rss_mib": ref["peak_rss_mib"]} if ref else dict.fromkeys(
+        ("ratio_vs_starter", "ratio_vs_sorted", "packed_ratio_vs_sorted", "torch_peak_rss_mib"))
     common.print_json("inference", {"batch": args.batch, "dtype": args.dtype, "examples": n, "checkpoint": args.checkpoint,
-                                    "ratio_vs_starter": ref["seconds"] / ours["seconds"],
-                                    "ratio_vs_sorted": ref["sorted_seconds"] / ours["seconds"],
-                                    "packed_ratio_vs_sorted": ref["sorted_seconds"] / packed["seconds"],
-                                    "ours_peak_rss_mib": ours["peak_rss_mib"],
-                                    "torch_peak_rss_mib": ref["peak_rss_mib"], "results": rows}, machine)
+                                    "torch": ref is not None, **ratios, "ours_peak_rss_mib": ours["peak_rss_mib"],
+                                    "results": rows}, machine)
 
 
 if __name__ == "__main__":

@@ -2,13 +2,15 @@
 peak resident memory.
 
 One step = forward, backward and AdamW with dropout on, a linear 5-class head on the pooled
-output, batch 32 of random token ids. Ours is mtbert_jax's own StepRunner (pmapped loss-and-grad,
-then the optax chain) on an SST model; the reference is transformers' BertModel + nn.Linear +
+output, batch 32 (or --batches) of random token ids. Ours is mtbert_jax's own StepRunner
+(pmapped loss-and-grad, then the optax chain) on an SST model; the reference is transformers' BertModel + nn.Linear +
 torch.optim.AdamW, same shapes, same weight decay, no clipping on either side.
 
 python benchmarks/train_step.py                                   # minilm and bert-base, seq 64 and 128
 python benchmarks/train_step.py --shapes minilm --seqs 64 --steps 10
 python benchmarks/train_step.py --dtype bfloat16                  # accelerators: bf16 matmuls (torch autocast)
+python benchmarks/train_step.py --shapes bert-base --seqs 128 --batches 32 256
+python benchmarks/train_step.py --no-torch                        # ours only, on a machine without PyTorch
 
 The plain-matmul limit is a 2048^3 (CPU) or 8192^3 (accelerator) matmul measured in the same
 run; on an accelerator utilisation is also given against the datasheet peak (common.py).
@@ -21,10 +23,10 @@ import sys
 
 import common
 
-BATCH, CLASSES, DROPOUT = 32, 5, 0.1
+CLASSES, DROPOUT = 5, 0.1
 
 
-def run_ours(shape_name: str, seq: int, steps: int, dtype: str) -> dict:
+def run_ours(shape_name: str, seq: int, steps: int, dtype: str, batch_size: int) -> dict:
     import jax
     import numpy as np
 
@@ -44,7 +46,7 @@ def run_ours(shape_name: str, seq: int, steps: int, dtype: str) -> dict:
     state = distributed.replicate(TrainState.create(params, optimizer))
     rng = np.random.default_rng(0)
     batch = {"sst": distributed.split_for_devices(synthetic_batch(
-        "sst", BATCH, seq, rng, token_range=(1000, 30000), varied_lengths=False))}
+        "sst", batch_size, seq, rng, token_range=(1000, 30000), varied_lengths=False))}
     box = {"state": state, "step": 0}
     key = jax.random.PRNGKey(1)
 
@@ -57,7 +59,7 @@ def run_ours(shape_name: str, seq: int, steps: int, dtype: str) -> dict:
     return {"step_seconds": seconds, "times": times, "peak_rss_mib": common.peak_rss_mib()}
 
 
-def run_torch(shape_name: str, seq: int, steps: int, dtype: str) -> dict:
+def run_torch(shape_name: str, seq: int, steps: int, dtype: str, batch_size: int) -> dict:
     import contextlib
 
     import torch
@@ -71,9 +73,9 @@ def run_torch(shape_name: str, seq: int, steps: int, dtype: str) -> dict:
     head = torch.nn.Linear(shape["hidden_size"], CLASSES).to(device)
     optimizer = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=1e-5,
                                   weight_decay=0.01)
-    ids = torch.randint(1000, 30000, (BATCH, seq), device=device)
+    ids = torch.randint(1000, 30000, (batch_size, seq), device=device)
     mask = torch.ones_like(ids)
-    labels = torch.randint(0, CLASSES, (BATCH,), device=device)
+    labels = torch.randint(0, CLASSES, (batch_size,), device=device)
     autocast = (torch.autocast(device, dtype=torch.bfloat16) if dtype == "bfloat16"
                 else contextlib.nullcontext())
 
@@ -93,67 +95,80 @@ def run_torch(shape_name: str, seq: int, steps: int, dtype: str) -> dict:
             "attention": model.config._attn_implementation}
 
 
-def run_matmul(dtype: str) -> dict:
+def run_matmul(dtype: str, with_torch: bool = True) -> dict:
     import jax
 
     accelerator = jax.devices()[0].platform != "cpu"
     size = 8192 if accelerator else 2048
     return {"size": size, "jax_gflops": common.jax_matmul_gflops(size, dtype),
-            "torch_gflops": common.torch_matmul_gflops(size, dtype),
+            "torch_gflops": common.torch_matmul_gflops(size, dtype) if with_torch else None,
             "device_peak_flops": common.device_peak_flops(dtype) if accelerator else None,
             "machine": common.machine()}
 
 
+def compare(shape: str, seq: int, batch: int, ours: dict, ref: dict | None, limit: dict, peak: float | None) -> dict:
+    """One row of the table from both sides' step times (ref None: PyTorch not run, its fields None)."""
+    flops = common.train_step_flops(common.SHAPES[shape], batch, seq)
+    row = {"shape": shape, "seq": seq, "batch": batch,
+           "ours_examples_per_second": batch / ours["step_seconds"],
+           "ours_gflops": flops / ours["step_seconds"] / 1e9,
+           "ours_rss_mib": ours["peak_rss_mib"], "ours_step_times": ours["times"], "matmul_flops": flops,
+           "torch_examples_per_second": None, "torch_gflops": None, "ratio": None, "torch_rss_mib": None,
+           "torch_step_times": None, "torch_attention": None, "torch_fraction_of_matmul": None}
+    row["ours_fraction_of_matmul"] = row["ours_gflops"] / limit["jax_gflops"]
+    if ref is not None:
+        row |= {"torch_examples_per_second": batch / ref["step_seconds"],
+                "ratio": ref["step_seconds"] / ours["step_seconds"],
+                "torch_gflops": flops / ref["step_seconds"] / 1e9, "torch_rss_mib": ref["peak_rss_mib"],
+                "torch_step_times": ref["times"], "torch_attention": ref["attention"]}
+        row["torch_fraction_of_matmul"] = row["torch_gflops"] / limit["torch_gflops"]
+    if peak:
+        row["ours_mfu"] = row["ours_gflops"] * 1e9 / peak
+        row["torch_mfu"] = row["torch_gflops"] * 1e9 / peak if ref is not None else None
+    return row
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shapes", nargs="+", default=list(common.SHAPES), choices=list(common.SHAPES))
+    parser.add_argument("--shapes", nargs="+", default=["minilm", "bert-base"], choices=list(common.SHAPES))
     parser.add_argument("--seqs", nargs="+", type=int, default=[64, 128])
+    parser.add_argument("--batches", nargs="+", type=int, default=[32], help="records per step")
     parser.add_argument("--steps", type=int, default=5, help="measured steps per side (after 2 warm-up)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--no-torch", action="store_true", help="ours only (a machine without PyTorch)")
     parser.add_argument("--side", help=argparse.SUPPRESS)  # internal: run one side, print JSON
     parser.add_argument("--shape", help=argparse.SUPPRESS)
     parser.add_argument("--seq", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
         import json
 
         runners = {"ours": run_ours, "torch": run_torch}
         if args.side == "matmul":
-            print(json.dumps(run_matmul(args.dtype)))
+            print(json.dumps(run_matmul(args.dtype, with_torch=not args.no_torch)))
         else:
-            print(json.dumps(runners[args.side](args.shape, args.seq, args.steps, args.dtype)))
+            print(json.dumps(runners[args.side](args.shape, args.seq, args.steps, args.dtype, args.batch)))
         return
 
     # Every measurement runs in a child process: this one never starts jax or torch (on an
     # accelerator it would hold device memory the children need).
-    limit = common.run_side(__file__, ["--side", "matmul", "--dtype", args.dtype])
+    limit = common.run_side(__file__, ["--side", "matmul", "--dtype", args.dtype] + ["--no-torch"] * args.no_torch)
     size, peak = limit["size"], limit["device_peak_flops"]
     rows = []
     for shape in args.shapes:
         for seq in args.seqs:
-            side_args = ["--shape", shape, "--seq", str(seq), "--steps", str(args.steps), "--dtype", args.dtype]
-            ours = common.run_side(__file__, ["--side", "ours", *side_args])
-            ref = common.run_side(__file__, ["--side", "torch", *side_args])
-            flops = common.train_step_flops(common.SHAPES[shape], BATCH, seq)
-            row = {"shape": shape, "seq": seq, "batch": BATCH,
-                   "ours_examples_per_second": BATCH / ours["step_seconds"],
-                   "torch_examples_per_second": BATCH / ref["step_seconds"],
-                   "ratio": ref["step_seconds"] / ours["step_seconds"],
-                   "ours_gflops": flops / ours["step_seconds"] / 1e9,
-                   "torch_gflops": flops / ref["step_seconds"] / 1e9,
-                   "ours_rss_mib": ours["peak_rss_mib"], "torch_rss_mib": ref["peak_rss_mib"],
-                   "ours_step_times": ours["times"], "torch_step_times": ref["times"],
-                   "torch_attention": ref["attention"], "matmul_flops": flops}
-            row["ours_fraction_of_matmul"] = row["ours_gflops"] / limit["jax_gflops"]
-            row["torch_fraction_of_matmul"] = row["torch_gflops"] / limit["torch_gflops"]
-            if peak:
-                row["ours_mfu"] = row["ours_gflops"] * 1e9 / peak
-                row["torch_mfu"] = row["torch_gflops"] * 1e9 / peak
-            rows.append(row)
-            print(f"  measured {shape} seq {seq}", file=sys.stderr)
+            for batch in args.batches:
+                side_args = ["--shape", shape, "--seq", str(seq), "--batch", str(batch), "--steps", str(args.steps),
+                             "--dtype", args.dtype]
+                ours = common.run_side(__file__, ["--side", "ours", *side_args])
+                ref = None if args.no_torch else common.run_side(__file__, ["--side", "torch", *side_args])
+                rows.append(compare(shape, seq, batch, ours, ref, limit, peak))
+                print(f"  measured {shape} seq {seq} batch {batch}", file=sys.stderr)
     print(f"plain {size}^3 {args.dtype} matmul: jax {limit['jax_gflops']:.0f} GFLOP/s, "
-          f"torch {limit['torch_gflops']:.0f} GFLOP/s" + (f"; device peak {peak / 1e9:.0f}" if peak else ""))
-    columns = [("shape", "shape", "s"), ("seq", "seq", "d"),
+          + (f"torch {limit['torch_gflops']:.0f} GFLOP/s" if not args.no_torch else "PyTorch not run")
+          + (f"; device peak {peak / 1e9:.0f}" if peak else ""))
+    columns = [("shape", "shape", "s"), ("seq", "seq", "d"), ("batch", "batch", "d"),
                ("ours_examples_per_second", "ours ex/s", ".1f"),
                ("torch_examples_per_second", "torch ex/s", ".1f"), ("ratio", "ours/torch", ".2f"),
                ("ours_gflops", "ours GFLOP/s", ".0f"), ("torch_gflops", "torch GFLOP/s", ".0f"),
@@ -165,7 +180,7 @@ def main():
     common.print_table(columns, rows)
     machine = limit.pop("machine")
     common.print_json("train_step", {"dtype": args.dtype, "steps": args.steps, "matmul_limit": limit,
-                                     "results": rows}, machine)
+                                     "torch": not args.no_torch, "results": rows}, machine)
 
 
 if __name__ == "__main__":
