@@ -1,14 +1,29 @@
 #!/usr/bin/env bash
 # Creates .venv, installs the project's pinned dependencies and the project itself (editable).
-#   bash setup.sh          runtime (train, evaluate, convert)
-#   bash setup.sh --dev    runtime + tests (pytest, torch for the parity tests)
+#   bash setup.sh                 runtime (train, evaluate, convert)
+#   bash setup.sh --dev           runtime + tests (pytest, torch for the parity tests)
+#   bash setup.sh --gpu           runtime + jax's CUDA 12 plugin (requirements-gpu.txt)
+#   bash setup.sh --gpu=cuda13    runtime + jax's CUDA 13 plugin (requirements-gpu-cuda13.txt)
+# Options combine: bash setup.sh --dev --gpu
 set -euo pipefail
 cd "$(dirname "$0")"
+dev="" gpu=""
+for option in "$@"; do
+  case "$option" in
+    --dev) dev=1 ;;
+    --gpu|--gpu=cuda12) gpu=requirements-gpu.txt ;;
+    --gpu=cuda13) gpu=requirements-gpu-cuda13.txt ;;
+    *) echo "error: setup.sh: unknown option $option (expected --dev, --gpu, --gpu=cuda12, --gpu=cuda13)" >&2; exit 2 ;;
+  esac
+done
 python3 -m venv .venv
 pip() { .venv/bin/python -m pip --quiet --disable-pip-version-check "$@"; }
 pip install -r requirements.txt
 pip install --no-deps -r requirements-embedded.txt
 pip install --no-deps -e .  # builds with an isolated setuptools (the venv's may be too old)
-if [ "${1:-}" = "--dev" ]; then
+if [ -n "$dev" ]; then
   pip install -r requirements-dev.txt
+fi
+if [ -n "$gpu" ]; then
+  pip install -r "$gpu"
 fi
