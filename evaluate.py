@@ -50,11 +50,10 @@ def main(argv=None) -> int:
                              "(given), or as the run's model.symmetric_pairs says (run, the default)")
     args = parser.parse_args(argv)
 
-    from mtbert_jax.errors import MtbertError, exit_on_error, mark_command_line, user_message
+    from mtbert_jax.errors import MtbertError, exit_on_error, user_message
     from mtbert_jax.run import compilation_cache
     from mtbert_jax.run.evaluate import evaluate_run, format_table, load_members, score_texts
 
-    mark_command_line()
     compilation_cache.enable()
     try:
         weights = None
@@ -105,7 +104,10 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from mtbert_jax.errors import mark_command_line
     from mtbert_jax.run.malloc_tunables import restart_with_malloc_tunables
+
+    mark_command_line()  # a command line only here: main() called from Python never ends the process
 
     restart_with_malloc_tunables()  # before anything allocates: glibc reads its tunables at start-up
     sys.exit(main())

@@ -30,11 +30,10 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=128, help="dev evaluation batch size")
     args = parser.parse_args(argv)
 
-    from mtbert_jax.errors import MtbertError, exit_on_error, mark_command_line, user_message
+    from mtbert_jax.errors import MtbertError, exit_on_error, user_message
     from mtbert_jax.run import compilation_cache
     from mtbert_jax.run.soup import make_soup
 
-    mark_command_line()
     compilation_cache.enable()
     try:
         make_soup(args.workdir, args.out, args.kind, args.checkpoint, args.batch_size)
@@ -48,7 +47,10 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from mtbert_jax.errors import mark_command_line
     from mtbert_jax.run.malloc_tunables import restart_with_malloc_tunables
+
+    mark_command_line()  # a command line only here: main() called from Python never ends the process
 
     restart_with_malloc_tunables()
     sys.exit(main())

@@ -15,6 +15,17 @@ from mtbert_jax.synthetic import TINY_BERT
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded, ever
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+@pytest.fixture(autouse=True)
+def _not_a_command_line():
+    """A test that runs a command's main() in this process leaves it as it found it: marked as a
+    command line, a later test's refused command would end the whole test process (exit 2)."""
+    from mtbert_jax import errors
+
+    marked = errors._command_line
+    yield
+    errors._command_line = marked
+
+
 # The tiny encoder of mtbert_jax.synthetic with the bert-base-uncased vocabulary (real tokenizers).
 TINY = {**TINY_BERT, "vocab_size": 30522}
 
