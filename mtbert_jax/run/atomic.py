@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from mtbert_jax.errors import ConfigError
+
 
 def write_text(path: Path, text: str) -> None:
     """Writes `text` to a temporary file beside `path`, flushed to disk, then renames it over
@@ -21,6 +23,14 @@ def write_text(path: Path, text: str) -> None:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def check_new_directory(out: Path) -> None:
+    """An output directory that exists must be empty: a command never writes over files (a run's
+    own config.json among them)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--out {out}: exists and is not empty; nothing was written (give a new directory)")
 
 
 def json_lines(text: str) -> list[str]:

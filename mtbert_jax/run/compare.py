@@ -228,23 +228,18 @@ def _metric(scores: dict) -> tuple[str, float]:
     return name, float(value)
 
 
-def dev_outputs(run: Run, batch_size: int = 128) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def cached_dev_outputs(run: Run, batch_size: int = 128) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{task: (head outputs, gold labels)} on the dev files, from the checkpoint of the run's last
     dev evaluation; computed once, then read from eval/dev-outputs-stepN.npz."""
     cache = run.workdir / "eval" / f"dev-outputs-step{run.step}.npz"
     if cache.exists():
         with np.load(cache) as saved:
             return {task: (saved[f"{task}/outputs"], saved[f"{task}/gold"]) for task in run.dev}
-    from mtbert_jax.data.task_files import resolve_data_dir
-    from mtbert_jax.run.evaluate import predict_file
+    from mtbert_jax.run.evaluate import dev_outputs
     from mtbert_jax.run.trained import load_trained
-    from mtbert_jax.tasks import TASKS
 
     print(f"{run.workdir}: computing its dev outputs at step {run.step} (once)", file=sys.stderr)
-    trained = load_trained(run.workdir, str(run.step))
-    data_dir = resolve_data_dir(trained.run.data_dir or None)
-    outputs = {task: predict_file(trained, task, data_dir / TASKS[task].file_name("dev"), batch_size)
-               for task in trained.run.model.tasks}
+    outputs = dev_outputs(load_trained(run.workdir, str(run.step)), batch_size)
     cache.parent.mkdir(exist_ok=True)
     partial = cache.with_name(f".{cache.stem}.{os.getpid()}.npz")  # written whole, then renamed
     np.savez(partial, **{f"{t}/{part}": a for t, pair in outputs.items() for part, a in zip(("outputs", "gold"), pair)})
@@ -254,18 +249,17 @@ def dev_outputs(run: Run, batch_size: int = 128) -> dict[str, tuple[np.ndarray, 
 
 def ensemble_dev(members: list[Run]) -> tuple[dict, float]:
     """The dev metrics and overall score of the members' averaged outputs."""
-    from mtbert_jax.evaluation.metrics import overall_score
+    from mtbert_jax.run.evaluate import score_outputs
     from mtbert_jax.tasks import TASKS
 
-    each = [dev_outputs(run) for run in members]
-    results = {}
+    each = [cached_dev_outputs(run) for run in members]
+    averaged = {}
     for task in members[0].dev:
         gold = each[0][task][1]
         if any(not np.array_equal(e[task][1], gold) for e in each[1:]):
             raise ValueError(f"{task}: the members were evaluated on different dev files")
-        kind = TASKS[task].kind
-        results[task] = kind.metrics(kind.labels(kind.average([e[task][0] for e in each])), gold)
-    return results, overall_score(results)
+        averaged[task] = (TASKS[task].kind.average([e[task][0] for e in each]), gold)
+    return score_outputs(averaged)
 
 
 def compare(runs: list[Run], reference: Optional[dict], count_parameters: bool = True,

@@ -29,13 +29,13 @@ from flax import traverse_util
 from mtbert_jax.checkpoints.hf import export_hf_checkpoint, load_hf_checkpoint, resolve_checkpoint_dir
 from mtbert_jax.errors import (
     CheckpointError,
-    ConfigError,
     MtbertError,
     exit_on_error,
     is_command_line,
     mark_command_line,
 )
 from mtbert_jax.model.bert_config import BertConfig
+from mtbert_jax.run import atomic
 from mtbert_jax.run.checkpointing import restore_trained
 
 
@@ -55,13 +55,6 @@ def _check_finite(params, where: str) -> None:
             raise CheckpointError(f"{where}: tensor {'/'.join(path)} holds NaN or infinite values; nothing exported")
 
 
-def _check_out(out: Path) -> None:
-    """An output directory that exists must be empty: an export never overwrites files (a run's
-    own config.json among them)."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"--out {out}: exists and is not empty; nothing was written (give a new directory)")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python convert.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default="default",
@@ -77,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     partial = out.with_name(f".{out.name}.partial")
     is_workdir = (Path(args.checkpoint) / "checkpoints").is_dir()
     try:
-        _check_out(out)
+        atomic.check_new_directory(out)
         if is_workdir:
             run_config, trained, step = restore_trained(args.checkpoint, args.which)
             source = resolve_checkpoint_dir(run_config["checkpoint"])

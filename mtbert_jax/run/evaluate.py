@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from mtbert_jax.data.task_files import iter_task_file
+from mtbert_jax.data.task_files import TaskRecords, iter_task_file
 from mtbert_jax.data.tokenized import TaskData, tokenize_records
 from mtbert_jax.errors import ConfigError, DataError
 from mtbert_jax.evaluation import prediction_file
@@ -33,6 +33,35 @@ Models = Union[TrainedModel, Sequence[TrainedModel]]
 
 def as_members(models: Models) -> list[TrainedModel]:
     return [models] if isinstance(models, TrainedModel) else list(models)
+
+
+def tokenized(trained: TrainedModel, records: TaskRecords, shared: Optional[dict] = None) -> TaskData:
+    """`records` tokenized as `trained` reads them (its tokenizer, max_length, pair encoding);
+    `shared` keeps one tokenization for members that read alike (an ensemble of seeds)."""
+    encoding = trained.run.model.pair_encoding(records.task)
+    key = (trained.run.checkpoint, trained.run.max_length, encoding)
+    if shared is not None and key in shared:
+        return shared[key]
+    segments, truncated = tokenize_records(records, trained.tokenizer, trained.run.max_length, encoding)
+    data = TaskData(records.task, "eval", np.asarray(records.record_ids), records.labels, segments, truncated, [])
+    if shared is not None:
+        shared[key] = data
+    return data
+
+
+def predict_records(trained: TrainedModel, records: TaskRecords, batch_size: int,
+                    symmetric_pairs: Optional[bool] = None, shared: Optional[dict] = None) -> np.ndarray:
+    """Head outputs for `records` in their order; pairs in both orders as the run does
+    (`symmetric_pairs` None) or as said."""
+    symmetric = trained.run.model.symmetric_pairs if symmetric_pairs is None else symmetric_pairs
+    return predict(trained.predict_fn, trained.params, tokenized(trained, records, shared), batch_size,
+                   trained.layout, symmetric)
+
+
+def text_records(task: str, items: Sequence[tuple[str, ...]]) -> TaskRecords:
+    """Sentences ((s,)) or pairs ((a, b)) given by a person, as a task's unlabelled records."""
+    texts = [list(column) for column in zip(*items)]
+    return TaskRecords(task, Path("<input>"), [str(i) for i in range(len(items))], texts, None, [])
 
 
 def predict_file(models: Models, task: str, path: Path, batch_size: int,
@@ -51,15 +80,9 @@ def predict_file(models: Models, task: str, path: Path, batch_size: int,
         if handle:
             prediction_file.write_header(handle, task)
         for chunk in iter_task_file(path, task, lenient=False, chunk_size=chunk_size):
-            each = []
-            for trained in members:
-                encoding = trained.run.model.pair_encoding(task)
-                segments, truncated = tokenize_records(chunk, trained.tokenizer, trained.run.max_length, encoding)
-                cut += 0 if each else truncated  # said for the first member's max_length
-                data = TaskData(task, "eval", np.asarray(chunk.record_ids), chunk.labels, segments, truncated, [])
-                each.append(predict(trained.predict_fn, trained.params, data, batch_size, trained.layout,
-                                    trained.run.model.symmetric_pairs))
-            out = kind.average(each, weights)
+            shared: dict = {}
+            out = kind.average([predict_records(m, chunk, batch_size, shared=shared) for m in members], weights)
+            cut += tokenized(members[0], chunk, shared).num_truncated  # said for the first member's max_length
             # 8 bytes a record: memory stays within the outputs' own growth.
             id_hashes.append(np.fromiter((hash(i) for i in chunk.record_ids), np.int64, len(chunk.record_ids)))
             if handle:
@@ -83,6 +106,24 @@ def predict_file(models: Models, task: str, path: Path, batch_size: int,
         print(f"{path}: {repeated} record(s) repeat an earlier id; every record is scored and written, in file order")
     outputs = np.concatenate(outputs)
     return outputs, (np.concatenate(gold) if gold else None)
+
+
+def dev_outputs(trained: TrainedModel, batch_size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{task: (head outputs, gold labels)} on the run's dev files."""
+    from mtbert_jax.data.task_files import resolve_data_dir
+
+    data_dir = resolve_data_dir(trained.run.data_dir or None)
+    return {task: predict_file(trained, task, data_dir / TASKS[task].file_name("dev"), batch_size)
+            for task in trained.run.model.tasks}
+
+
+def score_outputs(outputs: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[dict, float]:
+    """Each task's metrics of (outputs, gold) and the overall score."""
+    results = {}
+    for task, (out, gold) in outputs.items():
+        kind = TASKS[task].kind
+        results[task] = kind.metrics(kind.labels(out), gold)
+    return results, overall_score(results)
 
 
 EVALUATED_SPLITS = ("dev", "test")
@@ -233,8 +274,6 @@ def score_texts(models: Models, sentences: Sequence[str] = (), pairs: Sequence[t
                 weights: Optional[Sequence[float]] = None) -> list[dict]:
     """Each task's output for sentences (sentiment tasks) and pairs (pair tasks), for people;
     several models: their outputs averaged, as in `predict_file`."""
-    from mtbert_jax.data.task_files import TaskRecords
-
     members = as_members(models)
     results = []
     for task in members[0].run.model.tasks:
@@ -242,15 +281,8 @@ def score_texts(models: Models, sentences: Sequence[str] = (), pairs: Sequence[t
         items = list(pairs) if spec.is_pair else [(s,) for s in sentences]
         if not items:
             continue
-        texts = [list(column) for column in zip(*items)]
-        records = TaskRecords(task, Path("<input>"), [str(i) for i in range(len(items))], texts, None, [])
-        each = []
-        for trained in members:
-            segments, _ = tokenize_records(records, trained.tokenizer, trained.run.max_length,
-                                           trained.run.model.pair_encoding(task))
-            data = TaskData(task, "input", np.asarray(records.record_ids), None, segments, 0, [])
-            each.append(predict(trained.predict_fn, trained.params, data, 32, trained.layout,
-                                trained.run.model.symmetric_pairs))
-        for item, out in zip(items, spec.kind.average(each, weights)):
+        records, shared = text_records(task, items), {}
+        outputs = spec.kind.average([predict_records(m, records, 32, shared=shared) for m in members], weights)
+        for item, out in zip(items, outputs):
             results.append({"task": task, "input": list(item), **spec.kind.describe(out)})
     return results

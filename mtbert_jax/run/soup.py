@@ -25,14 +25,11 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
-from mtbert_jax.data.task_files import resolve_data_dir
 from mtbert_jax.errors import ConfigError
-from mtbert_jax.evaluation.metrics import overall_score
 from mtbert_jax.run import atomic
 from mtbert_jax.run.checkpointing import Checkpoints, restore_saved
-from mtbert_jax.run.evaluate import predict_file
+from mtbert_jax.run.evaluate import dev_outputs, score_outputs
 from mtbert_jax.run.trained import TrainedModel, load_trained
-from mtbert_jax.tasks import TASKS
 from mtbert_jax.training.step import TrainState
 
 SOUP_FILE = "soup.json"
@@ -44,7 +41,6 @@ _PREDICTION_ONLY = ("symmetric_pairs",)
 @dataclasses.dataclass
 class Ingredient:
     workdir: Path
-    trained: TrainedModel  # its own parameters; `params` is swapped to score a soup
     params: dict  # the run's evaluated parameters (the weight average where it kept one)
     dev: dict  # its own dev metrics
     dev_overall: float
@@ -84,19 +80,8 @@ def check_soupable(workdirs: Sequence[Path], configs: Sequence[dict], params: Se
 
 def dev_metrics(trained: TrainedModel, params: dict, batch_size: int) -> tuple[dict, float]:
     """Every task's dev metrics with `params` in the model, and the overall score."""
-    data_dir = resolve_data_dir(trained.run.data_dir or None)
     trained.params = params  # the same compiled predict function: parameters are an argument
-    results = {}
-    for task in trained.run.model.tasks:
-        outputs, gold = predict_file(trained, task, data_dir / TASKS[task].file_name("dev"), batch_size)
-        kind = TASKS[task].kind
-        results[task] = kind.metrics(kind.labels(outputs), gold)
-    return results, overall_score(results)
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"--out {out}: exists and is not empty; nothing was written (give a new directory)")
+    return score_outputs(dev_outputs(trained, batch_size))
 
 
 def make_soup(workdirs: Sequence[str | Path], out: str | Path, kind: str = "greedy", which: str = "best",
@@ -110,19 +95,19 @@ def make_soup(workdirs: Sequence[str | Path], out: str | Path, kind: str = "gree
         raise ConfigError("a soup needs at least two --workdir")
     if len({w.resolve() for w in workdirs}) < len(workdirs):
         raise ConfigError("--workdir: a run given twice")
-    _check_out(out)
+    atomic.check_new_directory(out)
     saved = [restore_saved(w, which) for w in workdirs]
     configs = [meta["config"] for meta, _, _ in saved]
     params = [TrainState.from_saved(state["train"]).evaluated for _, state, _ in saved]
     check_soupable(workdirs, configs, params)
 
+    # One model scores every run and candidate (the architecture is one): restored and compiled once.
+    scorer = load_trained(workdirs[0], which)
     ingredients = []
     for workdir, tree in zip(workdirs, params):
-        trained = load_trained(workdir, which)
-        dev, overall = dev_metrics(trained, tree, batch_size)
+        dev, overall = dev_metrics(scorer, tree, batch_size)
         log(f"{workdir}: dev overall {overall:.4f}")
-        ingredients.append(Ingredient(workdir, trained, tree, dev, overall))
-    scorer = ingredients[0].trained  # one model scores every candidate: compiled once
+        ingredients.append(Ingredient(workdir, tree, dev, overall))
 
     if kind == "uniform":
         chosen = ingredients

@@ -30,12 +30,10 @@ from mtbert_jax.checkpoints.task_models import (
     task_model_format,
     write_task_model,
 )
-from mtbert_jax.data.task_files import TaskRecords
-from mtbert_jax.data.tokenized import TaskData, tokenize_records
 from mtbert_jax.errors import CheckpointError, first_line
-from mtbert_jax.evaluation.predict import predict
 from mtbert_jax.model.bert_config import BertConfig
 from mtbert_jax.run.build import build_model, encoder_config
+from mtbert_jax.run.evaluate import predict_records, text_records
 from mtbert_jax.run.trained import TrainedModel, load_trained
 from mtbert_jax.tasks import TASKS
 
@@ -89,12 +87,7 @@ def in_float32(trained: TrainedModel) -> TrainedModel:
 def run_outputs(trained: TrainedModel, task: str, items: Sequence[tuple[str, ...]]) -> np.ndarray:
     """The run's head outputs for sentences ((s,)) or pairs ((a, b)) in the order given (what a
     stock class computes): what evaluate.py predicts for them with model.symmetric_pairs off."""
-    texts = [list(column) for column in zip(*items)]
-    records = TaskRecords(task, Path("<probe>"), [str(i) for i in range(len(items))], texts, None, [])
-    segments, truncated = tokenize_records(records, trained.tokenizer, trained.run.max_length,
-                                           trained.run.model.pair_encoding(task))
-    data = TaskData(task, "probe", np.asarray(records.record_ids), None, segments, truncated, [])
-    return predict(trained.predict_fn, trained.params, data, len(items), trained.layout)
+    return predict_records(trained, text_records(task, items), len(items), symmetric_pairs=False)
 
 
 @contextlib.contextmanager

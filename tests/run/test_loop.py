@@ -434,16 +434,24 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+def _whole_run_and_wrapper(tmp_path, tiny_checkpoint, tiny_data_dir, wrapper_text: str, **changes):
+    """The two-epoch tiny recipe's config, its uninterrupted run in tmp_path/whole, the environment
+    that keeps a wrapper's patches (no malloc re-exec) and the wrapper script around train.py."""
+    config = _write_config(tmp_path / "tiny.py", tiny_checkpoint, tiny_data_dir, tmp_path / "cache",
+                           schedule__kind="all_tasks_until_largest", num_epochs=2, **changes)
+    env = {**os.environ, "MTBERT_MALLOC_TUNABLES": "0"}
+    subprocess.run(_train_command(config, tmp_path / "whole"), check=True, env=env, cwd=ROOT, capture_output=True)
+    wrapper = tmp_path / "wrapper.py"
+    wrapper.write_text(wrapper_text)
+    return config, env, wrapper
+
+
 def test_a_run_killed_after_every_save_ends_as_one_never_killed(tiny_checkpoint, tiny_data_dir, tmp_path):
     """Each start is killed right after its first committed save (best/ or checkpoints/, at an
     epoch's end or mid-epoch), until one finishes: its parameters, metrics log and best/ are
     those of the run that was never killed."""
-    config = _write_config(tmp_path / "tiny.py", tiny_checkpoint, tiny_data_dir, tmp_path / "cache",
-                           schedule__kind="all_tasks_until_largest", num_epochs=2, checkpoint_every_steps=4)
-    env = {**os.environ, "MTBERT_MALLOC_TUNABLES": "0"}  # no re-exec: keep the patch
-    subprocess.run(_train_command(config, tmp_path / "whole"), check=True, env=env, cwd=ROOT, capture_output=True)
-    wrapper = tmp_path / "killed_after_save.py"
-    wrapper.write_text(KILLED_AFTER_SAVE)
+    config, env, wrapper = _whole_run_and_wrapper(tmp_path, tiny_checkpoint, tiny_data_dir, KILLED_AFTER_SAVE,
+                                                  checkpoint_every_steps=4)
     workdir, kills = tmp_path / "killed", 0
     for _ in range(12):
         result = subprocess.run([sys.executable, str(wrapper), *_train_command(config, workdir)[1:]],
@@ -523,12 +531,8 @@ def test_a_signalled_run_saves_stops_and_resumes_as_one_never_stopped(tiny_check
     """SIGTERM mid-epoch, or SIGUSR1 during a dev evaluation: the step or evaluation in flight
     finishes, a checkpoint is saved (a second signal during the save changes nothing), one line
     says so, the exit status is 75; the same command then ends as a run never stopped."""
-    config = _write_config(tmp_path / "tiny.py", tiny_checkpoint, tiny_data_dir, tmp_path / "cache",
-                           schedule__kind="all_tasks_until_largest", num_epochs=2, checkpoint_every_steps=100)
-    env = {**os.environ, "MTBERT_MALLOC_TUNABLES": "0"}  # no re-exec: keep the patches
-    subprocess.run(_train_command(config, tmp_path / "whole"), check=True, env=env, cwd=ROOT, capture_output=True)
-    wrapper = tmp_path / "signalled.py"
-    wrapper.write_text(SIGNALLED)
+    config, env, wrapper = _whole_run_and_wrapper(tmp_path, tiny_checkpoint, tiny_data_dir, SIGNALLED,
+                                                  checkpoint_every_steps=100)
     workdir = tmp_path / "stopped"
     stopped = subprocess.run([sys.executable, str(wrapper), *_train_command(config, workdir)[1:]], cwd=ROOT,
                              env={**env, "SIGNAL_WHEN": when, "SIGNAL_AT": str(at), "SIGNAL_NAME": name},
