@@ -6,7 +6,12 @@ overall score as mean +- standard deviation over its seeds (mtbert_jax/run/compa
 
 import sys
 
-from mtbert_jax.run.compare import main
+if __name__ == "__main__":
+    from mtbert_jax.run import command
+
+    command.start()  # before the heavy imports: a signal while they run ends in one line too
+
+from mtbert_jax.run.compare import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

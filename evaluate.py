@@ -50,64 +50,59 @@ def main(argv=None) -> int:
                              "(given), or as the run's model.symmetric_pairs says (run, the default)")
     args = parser.parse_args(argv)
 
-    from mtbert_jax.errors import MtbertError, exit_on_error, user_message
+    from mtbert_jax.run import command
+
+    return command.ending(lambda: _evaluate(parser, args))
+
+
+def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from mtbert_jax.data.task_files import text_lines
     from mtbert_jax.run import compilation_cache
-    from mtbert_jax.run.evaluate import evaluate_run, format_table, load_members, score_texts
+    from mtbert_jax.run.evaluate import evaluate_run, format_table, load_members, parse_weights, score_texts
 
     compilation_cache.enable()
-    try:
-        weights = None
-        if args.weights:
-            try:
-                weights = [float(w) for w in args.weights.split(",")]
-            except ValueError:
-                parser.error(f"--weights {args.weights!r}: expected numbers separated by commas, e.g. 0.5,0.3,0.2")
-        if args.export_hf:
-            if len(args.workdir) > 1:
-                parser.error("--export-hf: one --workdir (a soup averages runs into one model: see soup.py)")
-            from mtbert_jax.run import convert
-            return convert.main(["--checkpoint", args.workdir[0], "--which", args.checkpoint, "--out", args.export_hf])
-        symmetric = {"run": None, "both": True, "given": False}[args.pair_orders]
-        sentences, pairs = list(args.sentence), [tuple(p) for p in args.pair]
-        if args.input_file:
-            for line in Path(args.input_file).read_text(encoding="utf-8").splitlines():
-                parts = line.split("\t")
-                if len(parts) == 2:
-                    pairs.append((parts[0], parts[1]))
-                elif line.strip():
-                    sentences.append(line)
-        if sentences or pairs:
-            members = load_members(args.workdir, args.checkpoint, symmetric, weights)
-            for entry in score_texts(members, sentences, pairs, weights):
-                print(json.dumps(entry))
-            return 0
-        task_files: dict = {}
-        for spec in args.task_file:
-            try:
-                split_task, path = spec.split("=", 1)
-                split, task = split_task.split(":", 1)
-            except ValueError:
-                parser.error(f"--task-file {spec!r}: expected SPLIT:TASK=PATH, e.g. dev:sts=my-sts.csv")
-            task_files.setdefault(split, {})[task] = Path(path)
-        splits = ("dev", "test") if args.split == "both" else (args.split,)
-        results = evaluate_run(args.workdir, args.checkpoint, splits, task_files,
-                               Path(args.out) if args.out else None, args.batch_size,
-                               symmetric_pairs=symmetric, weights=weights)
-    except (MtbertError, OSError) as e:
-        if __name__ == "__main__":  # a command line: one line and exit 2, no shutdown noise
-            exit_on_error(user_message(e))
-        print(f"error: {user_message(e)}", file=sys.stderr)
-        return 2
+    weights = parse_weights(args.weights, len(args.workdir)) if args.weights else None
+    if args.export_hf:
+        if len(args.workdir) > 1:
+            parser.error("--export-hf: one --workdir (a soup averages runs into one model: see soup.py)")
+        from mtbert_jax.run import convert
+        return convert.main(["--checkpoint", args.workdir[0], "--which", args.checkpoint, "--out", args.export_hf])
+    symmetric = {"run": None, "both": True, "given": False}[args.pair_orders]
+    sentences, pairs = list(args.sentence), [tuple(p) for p in args.pair]
+    if args.input_file:
+        for line in text_lines(Path(args.input_file)):
+            parts = line.split("\t")
+            if len(parts) == 2:
+                pairs.append((parts[0], parts[1]))
+            elif line.strip():
+                sentences.append(line)
+    if sentences or pairs:
+        members = load_members(args.workdir, args.checkpoint, symmetric, weights)
+        for entry in score_texts(members, sentences, pairs, weights):
+            print(json.dumps(entry))
+        return 0
+    task_files: dict = {}
+    for spec in args.task_file:
+        try:
+            split_task, path = spec.split("=", 1)
+            split, task = split_task.split(":", 1)
+        except ValueError:
+            parser.error(f"--task-file {spec!r}: expected SPLIT:TASK=PATH, e.g. dev:sts=my-sts.csv")
+        task_files.setdefault(split, {})[task] = Path(path)
+    splits = ("dev", "test") if args.split == "both" else (args.split,)
+    results = evaluate_run(args.workdir, args.checkpoint, splits, task_files,
+                           Path(args.out) if args.out else None, args.batch_size,
+                           symmetric_pairs=symmetric, weights=weights)
     print(format_table(results))
     print(f"written to {Path(args.out) if args.out else Path(args.workdir[0]) / 'eval'}")
     return 0
 
 
 if __name__ == "__main__":
-    from mtbert_jax.errors import mark_command_line
     from mtbert_jax.run.malloc_tunables import restart_with_malloc_tunables
 
-    mark_command_line()  # a command line only here: main() called from Python never ends the process
-
     restart_with_malloc_tunables()  # before anything allocates: glibc reads its tunables at start-up
+    from mtbert_jax.run import command
+
+    command.start()  # a command line only here: main() called from Python never ends the process
     sys.exit(main())

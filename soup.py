@@ -30,27 +30,26 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=128, help="dev evaluation batch size")
     args = parser.parse_args(argv)
 
-    from mtbert_jax.errors import MtbertError, exit_on_error, user_message
+    from mtbert_jax.run import command
+
+    return command.ending(lambda: _soup(args))
+
+
+def _soup(args: argparse.Namespace) -> int:
     from mtbert_jax.run import compilation_cache
     from mtbert_jax.run.soup import make_soup
 
     compilation_cache.enable()
-    try:
-        make_soup(args.workdir, args.out, args.kind, args.checkpoint, args.batch_size)
-    except (MtbertError, OSError) as e:
-        if __name__ == "__main__":
-            exit_on_error(user_message(e))
-        print(f"error: {user_message(e)}", file=sys.stderr)
-        return 2
+    make_soup(args.workdir, args.out, args.kind, args.checkpoint, args.batch_size)
     print(f"written to {args.out}")
     return 0
 
 
 if __name__ == "__main__":
-    from mtbert_jax.errors import mark_command_line
     from mtbert_jax.run.malloc_tunables import restart_with_malloc_tunables
 
-    mark_command_line()  # a command line only here: main() called from Python never ends the process
-
     restart_with_malloc_tunables()
+    from mtbert_jax.run import command
+
+    command.start()  # a command line only here: main() called from Python never ends the process
     sys.exit(main())

@@ -4,7 +4,9 @@
 same command resumes from the latest checkpoint in the workdir.
 
 Exit status: 0 done; 2 refused (one line says why; nothing in the workdir changed); 75 stopped
-by SIGTERM or SIGUSR1 after saving a checkpoint (a preempted cluster job): run it again.
+by SIGTERM or SIGUSR1 (a preempted cluster job; a checkpoint saved if a step was trained): run it
+again; 130 Ctrl-C (saved likewise; a second Ctrl-C stops at once); 69 a multi-process job that
+could not form or lost a process (mtbert_jax/run/command.py).
 """
 
 import sys
@@ -49,28 +51,15 @@ def _refuse_override(argv, e):
     sys.exit(2)
 
 
-def main(argv):
+def main(argv) -> int:
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax reports every save at INFO
-    from mtbert_jax.errors import MtbertError, exit_on_error, mark_command_line, user_message
-    from mtbert_jax.run import compilation_cache
+    from mtbert_jax.run import cluster, compilation_cache
     from mtbert_jax.run.loop import train_and_evaluate
-    from mtbert_jax.run.preemption import PREEMPTED_EXIT_STATUS, Preempted
-    from mtbert_jax.training import distributed
 
-    mark_command_line()
     compilation_cache.enable()
-    distributed.initialize_from_env()
-    try:
-        train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-    except Preempted as e:  # SIGTERM / SIGUSR1: saved, and the same command resumes
-        print(e, flush=True)
-        return PREEMPTED_EXIT_STATUS
-    except (MtbertError, OSError) as e:
-        if __name__ == "__main__":  # a command line: one line and exit 2, no shutdown noise
-            exit_on_error(user_message(e))
-        print(f"error: {user_message(e)}", file=sys.stderr)
-        return 2
+    cluster.join()  # a multi-process job: formed within a bounded time, or one line
+    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
     return 0
 
 
@@ -78,4 +67,7 @@ if __name__ == "__main__":
     from mtbert_jax.run.malloc_tunables import restart_with_malloc_tunables
 
     restart_with_malloc_tunables()  # before anything allocates: glibc reads its tunables at start-up
-    app.run(main, flags_parser=parse_flags)
+    from mtbert_jax.run import command
+
+    command.start()  # signals are caught from here on, flag parsing and loading included
+    sys.exit(command.ending(lambda: app.run(main, flags_parser=parse_flags), resumable=True))

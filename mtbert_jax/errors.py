@@ -1,5 +1,5 @@
-"""One error hierarchy: everything the user can fix is an MtbertError, and both command lines
-(train.py, evaluate.py) print its message on one line and exit with status 2."""
+"""One error hierarchy: everything the user can fix is an MtbertError, and every command line
+prints its message on one line and exits with status 2 (mtbert_jax/run/command.py)."""
 
 from __future__ import annotations
 
@@ -86,8 +86,8 @@ def silenced_after_failure():
         os.close(original)
 
 
-def exit_on_error(message: str) -> None:
-    """Writes `error: message` as the one line a user sees and ends the process with status 2
+def exit_on_error(message: str, status: int = 2) -> None:
+    """Writes `error: message` as the one line a user sees and ends the process with `status`
     at once (no interpreter shutdown, during which those threads print as well)."""
     global _error_fd
     import os
@@ -95,7 +95,7 @@ def exit_on_error(message: str) -> None:
     if _error_fd is None:
         _error_fd = _to_devnull()[1]
     os.write(_error_fd, f"error: {message}\n".encode())
-    os._exit(2)
+    os._exit(status)
 
 
 def is_command_line() -> bool:

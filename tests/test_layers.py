@@ -1,7 +1,7 @@
 """The package's layers: no module imports one of a higher layer, and the library never imports
 the run layer.
 
-From the bottom: errors; tasks and the batch layout; model; checkpoints (Hugging Face directories, which build the
+From the bottom: errors and the disposable caches; tasks and the batch layout; model; checkpoints (Hugging Face directories, which build the
 encoder's parameters); data; then training, evaluation and synthetic side by side (none imports
 another); run at the top (what only a run needs: config, loop, checkpoint files, drivers).
 Every `import` counts, those inside functions too.
@@ -13,7 +13,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mtbert_jax"
-LAYERS = (("errors",), ("tasks", "batch"), ("model",), ("checkpoints",), ("data",),
+LAYERS = (("errors", "caches"), ("tasks", "batch"), ("model",), ("checkpoints",), ("data",),
           ("training", "evaluation", "synthetic"), ("run",))
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 

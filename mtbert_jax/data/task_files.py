@@ -69,7 +69,7 @@ def task_file_paths(data_dir: str | Path, tasks: Sequence[str], split: str) -> d
     return paths
 
 
-def _lines(path: Path) -> Iterator[str]:
+def text_lines(path: Path) -> Iterator[str]:
     """The file's lines, decoded one at a time (bounded memory); non-UTF-8 names its line."""
     try:
         f = open(path, "rb")
@@ -108,7 +108,7 @@ def iter_task_file(path: str | Path, task: str, lenient: bool = False,
     path, spec = Path(path), TASKS[task]
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    csv_reader = csv.reader(_lines(path), delimiter="\t")
+    csv_reader = csv.reader(text_lines(path), delimiter="\t")
     reader = _fields(csv_reader, path)
     header = next(reader, None)
     if header is None:

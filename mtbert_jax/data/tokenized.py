@@ -2,7 +2,8 @@
 
 The cache key covers the file's bytes, the tokenizer's vocabulary, the max length and the pair
 encoding, so a restarted or second run reads the cache instead of tokenizing again, and any
-change to one of them tokenizes afresh. Cache files are numpy .npz (no pickles).
+change to one of them tokenizes afresh. A damaged cache file is said and tokenized again
+(mtbert_jax/caches.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Optional
 
 import numpy as np
 
+from mtbert_jax.caches import cached_arrays
 from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
 from mtbert_jax.data.task_files import read_task_file, task_file_paths
 from mtbert_jax.errors import DataError
@@ -22,7 +24,7 @@ from mtbert_jax.tasks import TASKS
 
 CACHE_DIR_ENV = "MTBERT_CACHE_DIR"
 PAIR_ENCODINGS = ("cross", "bi")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: files carry their key and digest (mtbert_jax/caches.py)
 
 
 @dataclasses.dataclass
@@ -178,24 +180,23 @@ def load_task_data(task: str, split: str, data_dir: str | Path, tokenizer: BertT
         max_length, pair_encoding, split == "train")).encode()).hexdigest()[:20]
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     cache_file = cache_dir / f"{task}-{split}-{key}.npz"
-    if cache_file.exists():
-        return _load_cache(cache_file, task, split)
-    records = read_task_file(path, task, lenient=(split == "train"))
-    if split in ("train", "dev") and records.labels is None:
-        raise DataError(f"{path}: line 1: no {TASKS[task].label_column!r} column, which a {split} file needs")
-    if not records.record_ids:
-        skipped = f" ({len(records.skipped)} skipped as malformed, the first at line {records.skipped[0][0]})" \
-            if records.skipped else ""
-        raise DataError(f"{path}: no {task} records after the header{skipped}")
-    segments, num_truncated = tokenize_records(records, tokenizer, max_length, pair_encoding)
-    data = TaskData(task, split, np.asarray(records.record_ids, dtype=str), records.labels,
-                    segments, num_truncated, records.skipped)
-    _save_cache(cache_file, data)
-    return data
+
+    def tokenize() -> dict[str, np.ndarray]:
+        records = read_task_file(path, task, lenient=(split == "train"))
+        if split in ("train", "dev") and records.labels is None:
+            raise DataError(f"{path}: line 1: no {TASKS[task].label_column!r} column, which a {split} file needs")
+        if not records.record_ids:
+            skipped = f" ({len(records.skipped)} skipped as malformed, the first at line {records.skipped[0][0]})" \
+                if records.skipped else ""
+            raise DataError(f"{path}: no {task} records after the header{skipped}")
+        segments, num_truncated = tokenize_records(records, tokenizer, max_length, pair_encoding)
+        return _as_arrays(TaskData(task, split, np.asarray(records.record_ids, dtype=str), records.labels,
+                                   segments, num_truncated, records.skipped))
+
+    return _from_arrays(cached_arrays(cache_file, key, tokenize), task, split)
 
 
-def _save_cache(cache_file: Path, data: TaskData) -> None:
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
+def _as_arrays(data: TaskData) -> dict[str, np.ndarray]:
     arrays = {"record_ids": data.record_ids, "num_truncated": np.int64(data.num_truncated),
               "skipped_lines": np.asarray([s[0] for s in data.skipped], np.int64),
               "skipped_reasons": np.asarray([s[1] for s in data.skipped], dtype=str)}
@@ -203,18 +204,13 @@ def _save_cache(cache_file: Path, data: TaskData) -> None:
         arrays["labels"] = data.labels
     for k, seg in enumerate(data.segments):
         arrays |= {f"ids_{k}": seg.ids, f"types_{k}": seg.types, f"offsets_{k}": seg.offsets}
-    tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, cache_file)  # atomic: a killed run never leaves half a cache file
+    return arrays
 
 
-def _load_cache(cache_file: Path, task: str, split: str) -> TaskData:
-    with np.load(cache_file, allow_pickle=False) as z:
-        segments = []
-        while f"ids_{len(segments)}" in z:
-            k = len(segments)
-            segments.append(Segments(z[f"ids_{k}"], z[f"types_{k}"], z[f"offsets_{k}"]))
-        return TaskData(task, split, z["record_ids"], z["labels"] if "labels" in z else None,
-                        tuple(segments), int(z["num_truncated"]),
-                        list(zip(z["skipped_lines"].tolist(), z["skipped_reasons"].tolist())))
+def _from_arrays(z: dict[str, np.ndarray], task: str, split: str) -> TaskData:
+    segments = []
+    while f"ids_{len(segments)}" in z:
+        k = len(segments)
+        segments.append(Segments(z[f"ids_{k}"], z[f"types_{k}"], z[f"offsets_{k}"]))
+    return TaskData(task, split, z["record_ids"], z.get("labels"), tuple(segments), int(z["num_truncated"]),
+                    list(zip(z["skipped_lines"].tolist(), z["skipped_reasons"].tolist())))

@@ -27,7 +27,6 @@ import copy
 import dataclasses
 import importlib.util
 import json
-import os
 import re
 import statistics
 import sys
@@ -36,6 +35,7 @@ from typing import Optional
 
 import numpy as np
 
+from mtbert_jax.caches import cached_arrays
 from mtbert_jax.errors import ConfigError, MtbertError
 
 # Fields that change neither what a run learns nor its dev numbers: runs differing only in these
@@ -57,6 +57,12 @@ class Run:
     seconds: Optional[float]  # run_seconds at the last dev evaluation (runs from before it was logged: None)
     unaveraged: Optional[tuple[dict, float]] = None  # with weight averaging: the trained parameters' (dev, overall)
     is_copy: bool = False  # "NAME (unaveraged)": another view of a run, with no checkpoint of its own
+    soup: Optional[str] = None  # "uniform soup" / "greedy soup": the members' configuration, not one of its seeds
+
+    @property
+    def recipe(self) -> str:
+        """What groups runs as seeds of one configuration (a soup is a configuration of its own)."""
+        return recipe(self.config) + (f" [{self.soup}]" if self.soup else "")
 
     @property
     def seed(self) -> int:
@@ -84,8 +90,6 @@ def read_run(workdir: Path) -> Run:
         raise ValueError("no metrics.jsonl yet (the run has not logged a step)")
     from mtbert_jax.run.soup import soup_kind
 
-    if soup_kind(workdir):  # the members' configuration, but not one of its seeds
-        config["soup"] = soup_kind(workdir)
     last_dev, last_step = None, 0
     for number, line in enumerate(metrics_path.read_text().splitlines(), 1):
         if not line.strip():
@@ -104,7 +108,8 @@ def read_run(workdir: Path) -> Run:
     unaveraged = ((last_dev["dev_unaveraged"], float(last_dev["dev_unaveraged_overall"]))
                   if "dev_unaveraged" in last_dev else None)
     return Run(workdir, config, last_dev["dev"], float(last_dev["dev_overall"]), int(last_dev["epoch"]),
-               int(last_dev["step"]), epochs, finished, last_dev.get("run_seconds"), unaveraged)
+               int(last_dev["step"]), epochs, finished, last_dev.get("run_seconds"), unaveraged,
+               soup=soup_kind(workdir))
 
 
 _UNAVERAGED = " (unaveraged)"
@@ -232,19 +237,17 @@ def cached_dev_outputs(run: Run, batch_size: int = 128) -> dict[str, tuple[np.nd
     """{task: (head outputs, gold labels)} on the dev files, from the checkpoint of the run's last
     dev evaluation; computed once, then read from eval/dev-outputs-stepN.npz."""
     cache = run.workdir / "eval" / f"dev-outputs-step{run.step}.npz"
-    if cache.exists():
-        with np.load(cache) as saved:
-            return {task: (saved[f"{task}/outputs"], saved[f"{task}/gold"]) for task in run.dev}
-    from mtbert_jax.run.evaluate import dev_outputs
-    from mtbert_jax.run.trained import load_trained
 
-    print(f"{run.workdir}: computing its dev outputs at step {run.step} (once)", file=sys.stderr)
-    outputs = dev_outputs(load_trained(run.workdir, str(run.step)), batch_size)
-    cache.parent.mkdir(exist_ok=True)
-    partial = cache.with_name(f".{cache.stem}.{os.getpid()}.npz")  # written whole, then renamed
-    np.savez(partial, **{f"{t}/{part}": a for t, pair in outputs.items() for part, a in zip(("outputs", "gold"), pair)})
-    os.replace(partial, cache)
-    return outputs
+    def compute() -> dict[str, np.ndarray]:
+        from mtbert_jax.run.evaluate import dev_outputs
+        from mtbert_jax.run.trained import load_trained
+
+        print(f"{run.workdir}: computing its dev outputs at step {run.step} (once)", file=sys.stderr)
+        outputs = dev_outputs(load_trained(run.workdir, str(run.step)), batch_size)
+        return {f"{t}/{part}": a for t, pair in outputs.items() for part, a in zip(("outputs", "gold"), pair)}
+
+    saved = cached_arrays(cache, json.dumps({"step": run.step, "tasks": sorted(run.dev)}), compute)
+    return {task: (saved[f"{task}/outputs"], saved[f"{task}/gold"]) for task in run.dev}
 
 
 def ensemble_dev(members: list[Run]) -> tuple[dict, float]:
@@ -269,13 +272,14 @@ def compare(runs: list[Run], reference: Optional[dict], count_parameters: bool =
     groups: dict[str, list[Run]] = {}
     for run in runs:
         if run.finished:
-            groups.setdefault(recipe(run.config), []).append(run)
+            groups.setdefault(run.recipe, []).append(run)
     rows = []
     for members in groups.values():
         tasks = list(members[0].dev)
         seeds = sorted(r.seed for r in members)
         row = {"name": group_name([r.workdir for r in members]),
-               "configuration": describe(members[0].config, reference),
+               "configuration": describe(members[0].config, reference)
+               + (f" ({members[0].soup})" if members[0].soup else ""),
                "seeds": f"{len(members)} ({', '.join(map(str, seeds))})" if len(members) > 1 else f"1 seed ({seeds[0]})",
                "overall": _spread([r.overall for r in members]),
                "overall_mean": statistics.mean(r.overall for r in members),
@@ -323,6 +327,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--ensembles", action="store_true",
                         help="each group's ensemble (averaged dev outputs) beside its members' mean")
     args = parser.parse_args(argv)
+    from mtbert_jax.run import command
+
+    return command.ending(lambda: _compare(args))
+
+
+def _compare(args: argparse.Namespace) -> int:
     runs, not_evaluated, unreadable = [], [], []
     for path in find_runs(args.workdirs):
         try:
@@ -355,7 +365,3 @@ def main(argv: Optional[list[str]] = None) -> int:
     for line in not_evaluated + unreadable:
         print(line)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,6 +10,7 @@ before the objective's settings moved under `objective`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any, Mapping
 
@@ -97,6 +98,7 @@ class RunConfig:
         if unknown or missing:
             raise ConfigError(f"config: unknown field(s) {unknown or 'none'}, missing field(s) "
                               f"{missing or 'none'} (see configs/default.py)")
+        _check_finite(d)
         objective = dict(d["objective"])
         _check_fields("objective.smart", SmartConfig, objective.get("smart", {}))
         _check_fields("objective.mnrl", MnrlConfig, objective.get("mnrl", {}))
@@ -145,6 +147,20 @@ def dotted_leaves(d: Any, prefix: str = "") -> dict[str, Any]:
         return {k: v for key, sub in d.items()
                 for k, v in dotted_leaves(sub, f"{prefix}.{key}" if prefix else str(key)).items()}
     return {prefix: d}
+
+
+def _check_finite(d: Mapping) -> None:
+    """Every number in the configuration is finite, and so are the sums the run forms of them
+    (the loss weights'): an infinite learning rate or weight passes every `> 0` check and
+    trains to NaN."""
+    for key, value in dotted_leaves(d).items():
+        numbers = value if isinstance(value, (list, tuple)) else [value]
+        for number in numbers:
+            if isinstance(number, float) and not math.isfinite(number):
+                raise ConfigError(f"config: {key}={number}: expected a finite number")
+    weights = [float(w) for w in dict(d.get("loss_weights", {})).values() if isinstance(w, (int, float))]
+    if not math.isfinite(sum(weights)):
+        raise ConfigError(f"config: loss_weights sum to {sum(weights)}: expected a finite sum")
 
 
 def _check_fields(name: str, section: type, values: Mapping) -> None:

@@ -27,13 +27,7 @@ import numpy as np
 from flax import traverse_util
 
 from mtbert_jax.checkpoints.hf import export_hf_checkpoint, load_hf_checkpoint, resolve_checkpoint_dir
-from mtbert_jax.errors import (
-    CheckpointError,
-    MtbertError,
-    exit_on_error,
-    is_command_line,
-    mark_command_line,
-)
+from mtbert_jax.errors import CheckpointError
 from mtbert_jax.model.bert_config import BertConfig
 from mtbert_jax.run import atomic
 from mtbert_jax.run.checkpointing import restore_trained
@@ -65,12 +59,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder-only", action="store_true",
                         help="for a training workdir: the encoder only, without the task models in DIR/<task>/")
     args = parser.parse_args(argv)
+    from mtbert_jax.run import command
+
+    return command.ending(lambda: _convert(args))
+
+
+def _convert(args: argparse.Namespace) -> int:
     exports, notes = [], []
     out = Path(args.out)
     partial = out.with_name(f".{out.name}.partial")
     is_workdir = (Path(args.checkpoint) / "checkpoints").is_dir()
+    atomic.check_output_directory(out, [Path(args.checkpoint)] if is_workdir else [])
     try:
-        atomic.check_new_directory(out)
         if is_workdir:
             run_config, trained, step = restore_trained(args.checkpoint, args.which)
             source = resolve_checkpoint_dir(run_config["checkpoint"])
@@ -98,13 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.replace(partial, out)
-    except (MtbertError, FileNotFoundError, OSError) as e:
+    finally:  # refused or interrupted: nothing half-written is left
         shutil.rmtree(partial, ignore_errors=True)
-        message = str(e) if isinstance(e, MtbertError) else f"{getattr(e, 'filename', None) or out}: {e.strerror or e}"
-        if is_command_line():  # one line and exit 2, no shutdown noise
-            exit_on_error(message)
-        print(f"error: {message}", file=sys.stderr)
-        return 2
     n = sum(np.size(x) for x in jax.tree_util.tree_leaves(params))
     print(f"wrote {out}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
           f"{n:,} parameters; read back, max abs difference {difference:g}")
@@ -117,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def command() -> int:
     """The command line (convert.py, the mtbert-convert script): errors end in one line."""
-    mark_command_line()
+    from mtbert_jax.run import command as command_line
+
+    command_line.start()
     return main()
 
 

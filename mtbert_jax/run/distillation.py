@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+from mtbert_jax.caches import cached_arrays
 from mtbert_jax.data.tokenized import TaskData
 from mtbert_jax.errors import ConfigError
 from mtbert_jax.evaluation.predict import predict
@@ -64,25 +65,17 @@ def teacher_targets(run: RunConfig, train: dict[str, TaskData], batch_size: int)
 def with_teacher_targets(run: RunConfig, train: dict[str, TaskData], workdir: Path, batch_size: int,
                          write: bool, log: Callable = print) -> dict[str, TaskData]:
     """The training data with each record's teacher target: read from the workdir's
-    TARGETS_FILE when it holds these teachers' targets for these records, else computed and
-    (`write`: the process that writes the workdir) kept there."""
+    TARGETS_FILE when it holds these teachers' targets for these records intact, else computed
+    and (`write`: the process that writes the workdir) kept there (mtbert_jax/caches.py)."""
     path = Path(workdir) / TARGETS_FILE
-    wanted = {t: _records_key(d) for t, d in train.items()}
-    targets = None
+    key = json.dumps({"teachers": _describe(run), "records": {t: _records_key(d) for t, d in sorted(train.items())}})
     if path.exists():
-        with np.load(path, allow_pickle=False) as saved:
-            if str(saved["teachers"]) == _describe(run) and all(
-                    f"{t}/records" in saved and str(saved[f"{t}/records"]) == key for t, key in wanted.items()):
-                targets = {t: saved[f"{t}/targets"] for t in train}
-                log(f"distillation: the teachers' targets read from {path}")
-    if targets is None:
+        log(f"distillation: reading the teachers' targets from {path}")
+
+    def score() -> dict[str, np.ndarray]:
         log(f"distillation: scoring {sum(len(d) for d in train.values())} training records with "
             f"{len(run.objective.distillation.teachers)} teacher run(s) (once)")
-        targets = teacher_targets(run, train, batch_size)
-        if write:
-            partial = path.with_name(f".{path.stem}.partial.npz")
-            np.savez(partial, teachers=np.asarray(_describe(run)),
-                     **{f"{t}/targets": a for t, a in targets.items()},
-                     **{f"{t}/records": np.asarray(key) for t, key in wanted.items()})
-            partial.replace(path)  # whole or not at all
+        return teacher_targets(run, train, batch_size)
+
+    targets = cached_arrays(path, key, score, store=write, warn=lambda m: log(f"warning: {m}"))
     return {t: dataclasses.replace(d, targets=targets[t]) for t, d in train.items()}

@@ -11,7 +11,9 @@ beyond the predictions themselves.
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -148,13 +150,29 @@ def check_task_files(task_files: dict[str, dict[str, Path]], splits: Sequence[st
                 raise ConfigError(f"{spec}: no such file")
 
 
+def parse_weights(text: str, count: int) -> list[float]:
+    """--weights W1,W2,...: `count` finite non-negative numbers, not all zero, with a finite sum."""
+    try:
+        weights = [float(w) for w in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--weights {text!r}: expected numbers separated by commas, e.g. 0.5,0.3,0.2") from None
+    check_weights(weights, count)
+    return weights
+
+
+def check_weights(weights: Sequence[float], count: int) -> None:
+    if len(weights) != count or not all(math.isfinite(w) and w >= 0 for w in weights) \
+            or not 0 < sum(weights) < math.inf:
+        raise ConfigError(f"--weights {','.join(map(str, weights))}: expected {count} finite non-negative "
+                          "numbers, one per --workdir, not all zero")
+
+
 def load_members(workdirs: Sequence[str | Path], which: str = "best", symmetric_pairs: Optional[bool] = None,
                  weights: Optional[Sequence[float]] = None) -> list[TrainedModel]:
     """The runs to evaluate together; refuses, in one line, runs of different tasks and weights
     that do not fit."""
-    if weights is not None and (len(weights) != len(workdirs) or any(not w >= 0 for w in weights) or not sum(weights)):
-        raise ConfigError(f"--weights {','.join(map(str, weights))}: expected {len(workdirs)} non-negative numbers, "
-                          "one per --workdir, not all zero")
+    if weights is not None:
+        check_weights(weights, len(workdirs))
     if len({Path(w).resolve() for w in workdirs}) < len(workdirs):
         raise ConfigError("--workdir: a run given twice (use --weights to weigh a run more)")
     members = [load_trained(w, which, symmetric_pairs) for w in workdirs]
@@ -182,31 +200,45 @@ def evaluate_run(workdir: str | Path | Sequence[str | Path], which: str = "best"
     if len(workdirs) > 1 and out_dir is None:
         raise ConfigError("an ensemble (several --workdir) writes its outputs to --out DIR: give one")
     check_task_files(task_files, splits)
+    out_dir = Path(out_dir) if out_dir else workdirs[0] / "eval"
+    if out_dir.resolve() != (workdirs[0] / "eval").resolve():  # a run's own eval/ is its to rewrite
+        # One run may write inside its own workdir (as eval/ is); an ensemble's --out stays apart.
+        atomic.check_output_directory(out_dir, workdirs if len(workdirs) > 1 else [],
+                                      _same_evaluation(out_dir, workdirs))
     members = load_members(workdirs, which, symmetric_pairs, weights)
     check_task_files(task_files, splits, members[0].run.model.tasks)
-    out_dir = Path(out_dir) if out_dir else workdirs[0] / "eval"
-    (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
-    (out_dir / "plots").mkdir(parents=True, exist_ok=True)
-    staged: list[tuple[Path, Path]] = []  # (written, its final name): renamed when all are done
+    # Everything is written in a staging directory beside out_dir and moved in when all is done:
+    # a refused or interrupted evaluation leaves out_dir as it was (or absent).
+    staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     try:
-        results = _evaluate_splits(members, workdirs, which, splits, task_files, out_dir, batch_size, chunk_size,
-                                   staged, weights)
-        for written, final in staged:
-            os.replace(written, final)
-        atomic.write_text(out_dir / "metrics.json", json.dumps(results, indent=2) + "\n")
+        (staging / "predictions").mkdir(parents=True)
+        (staging / "plots").mkdir()
+        results = _evaluate_splits(members, workdirs, which, splits, task_files, staging, batch_size, chunk_size,
+                                   weights)
+        atomic.write_text(staging / "metrics.json", json.dumps(results, indent=2) + "\n")
+        if len(workdirs) == 1 and (workdirs[0] / "metrics.jsonl").exists():
+            plot_training_curves(workdirs[0] / "metrics.jsonl", staging / "plots")
+        atomic.move_into(staging, out_dir)
     finally:
-        for written, _ in staged:
-            written.unlink(missing_ok=True)
-    if len(workdirs) == 1 and (workdirs[0] / "metrics.jsonl").exists():
-        plot_training_curves(workdirs[0] / "metrics.jsonl", out_dir / "plots")
+        shutil.rmtree(staging, ignore_errors=True)
     return results
+
+
+def _same_evaluation(out_dir: Path, workdirs: list[Path]) -> bool:
+    """Whether out_dir holds an earlier evaluation of these same runs (which a new one replaces)."""
+    try:
+        earlier = json.loads((out_dir / "metrics.json").read_text())["workdir"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    earlier = [earlier] if isinstance(earlier, str) else earlier
+    return isinstance(earlier, list) and sorted(str(Path(w).resolve()) for w in earlier) == \
+        sorted(str(w.resolve()) for w in workdirs)
 
 
 def _evaluate_splits(members: list[TrainedModel], workdirs: list[Path], which: str, splits: Sequence[str],
                      task_files: dict, out_dir: Path, batch_size: int, chunk_size: int,
-                     staged: list[tuple[Path, Path]], weights: Optional[Sequence[float]]) -> dict:
-    """Every task on every split: the results, with each prediction file written under a
-    temporary name (added to `staged`)."""
+                     weights: Optional[Sequence[float]]) -> dict:
+    """Every task on every split: the results; predictions and plots written into `out_dir`."""
     from mtbert_jax.data.task_files import resolve_data_dir
 
     data_dir = None
@@ -231,9 +263,7 @@ def _evaluate_splits(members: list[TrainedModel], workdirs: list[Path], which: s
                     print(f"{task} {split}: no file {path}; no {task} {split} predictions")
                     continue
             out_file = out_dir / "predictions" / f"{prediction_file.FILE_PREFIXES[task]}-{split}-output.csv"
-            written = out_file.with_name(f".{out_file.name}.partial")
-            staged.append((written, out_file))
-            outputs, gold = predict_file(members, task, Path(path), batch_size, chunk_size, written, weights)
+            outputs, gold = predict_file(members, task, Path(path), batch_size, chunk_size, out_file, weights)
             if gold is None:
                 if split == "dev":  # a dev file is there to be scored: never drop it silently
                     raise DataError(f"{path}: no {TASKS[task].label_column!r} column, which a dev file needs "

@@ -253,7 +253,8 @@ class Trainer:
         self.step, self.best_score, self.stage = 0, -math.inf, 0
         self.pending: list = []  # (step, device metrics) not yet fetched
         self.position: Optional[dict] = None  # the loader's position after the last step, mid-epoch
-        self.stop: Optional[StopSignals] = None  # set while training: SIGTERM / SIGUSR1 stop the run
+        self.stop: Optional[StopSignals] = None  # set while training: SIGTERM / SIGUSR1 / SIGINT stop the run
+        self.window, self.saved_window = LogWindow(), None
 
     def newest_intact_step(self) -> Optional[int]:
         """The newest checkpoint that reads completely; unreadable ones (a truncated or missing
@@ -290,6 +291,7 @@ class Trainer:
         latest = self.newest_intact_step() if jax.process_count() == 1 else self.undamaged_latest_step()
         meta = self.checkpoints.meta(self.checkpoints.latest, latest) if latest is not None else {}
         self.stage, self.best_score = meta.get("stage", 0), meta.get("best_score", -math.inf)
+        self.saved_window = meta.get("log_window")  # absent from older checkpoints, and at epoch ends
         self.optimizer, self.runner = self.stages.build(self.stage)
         state = self.stages.initial_state(self.optimizer)
         if latest is not None:
@@ -350,7 +352,9 @@ class Trainer:
         stage_end = self.stages.ends[self.stage]
         bar = tqdm(total=self.loader.steps_in_epoch(), initial=self.loader.step, disable=not self.is_main,
                    desc=f"epoch {epoch + 1}/{self.run.num_epochs + self.run.frozen_epochs}", unit="step")
-        self.window, self.pending = LogWindow(), []
+        # Resumed mid-epoch: the losses and examples since the last log record, as saved.
+        self.window, self.pending = LogWindow.from_state(self.saved_window), []
+        self.saved_window = None
         # `index` (record positions) only puts evaluation outputs back in file order: not sent.
         prefetcher = Prefetcher(self.loader, lambda batches: {
             t: distributed.to_devices(distributed.process_shard(batch_layout.for_devices(b)))
@@ -429,6 +433,10 @@ class Trainer:
         position = self.position or self.loader.position()  # mid-epoch: the prefetcher's snapshot
         self.check_pending(int(position["state"]["epoch"]))
         meta = {"stage": self.stage, "best_score": self.best_score, "epoch": int(position["state"]["epoch"]),
-                "step": self.step, "padding": position["padding"], "config": dataclasses.asdict(self.run)}
+                "step": self.step, "padding": position["padding"], "config": dataclasses.asdict(self.run),
+                # Mid-epoch, what the next log record averages over so far: a run resumed from
+                # here writes the record an uninterrupted run writes. (At an epoch's end the
+                # next epoch starts a new window anyway.)
+                "log_window": self.window.state() if self.position is not None else None}
         state = {"train": distributed.fetch_replica(self.state).saved(), "loader": position["state"]}
         self.checkpoints.save(self.step, state, meta, score)

@@ -95,7 +95,7 @@ def make_soup(workdirs: Sequence[str | Path], out: str | Path, kind: str = "gree
         raise ConfigError("a soup needs at least two --workdir")
     if len({w.resolve() for w in workdirs}) < len(workdirs):
         raise ConfigError("--workdir: a run given twice")
-    atomic.check_new_directory(out)
+    atomic.check_output_directory(out, workdirs)
     saved = [restore_saved(w, which) for w in workdirs]
     configs = [meta["config"] for meta, _, _ in saved]
     params = [TrainState.from_saved(state["train"]).evaluated for _, state, _ in saved]

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from mtbert_jax.errors import ConfigError
+from mtbert_jax.run import preemption
 
 LOCK_NAME = ".lock"
 
@@ -70,6 +71,8 @@ class WorkdirLock:
                     f"{holder.get('pid', '?')}, since {holder.get('since', '?')}); wait for it, use another "
                     f"--workdir, or delete {self.path} if that run is gone") from None
             self.held = True
+            # A process ended at once (a second Ctrl-C, a lost peer) still gives the workdir back.
+            self._unregister = preemption.on_hard_exit(lambda: self.path.unlink(missing_ok=True))
             return self
         raise WorkdirBusy(f"{self.path}: could not take the lock")
 
@@ -82,5 +85,6 @@ class WorkdirLock:
 
     def __exit__(self, *exc) -> None:
         if self.held:
+            self._unregister()
             self.path.unlink(missing_ok=True)
             self.held = False

@@ -1,9 +1,9 @@
-"""Devices and processes: cluster start-up, per-process batch shards, per-device splits."""
+"""Devices and processes: per-process batch shards, per-device splits (forming the job:
+mtbert_jax/run/cluster.py)."""
 
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any, Mapping
 
 import jax
@@ -13,27 +13,6 @@ from mtbert_jax.batch import TOKEN_EXAMPLE, WEIGHTS
 from mtbert_jax.errors import ConfigError
 
 PyTree = Any
-_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
-
-
-def initialize_from_env() -> bool:
-    """Calls jax.distributed.initialize() when a cluster job's environment is set.
-
-    Either JAX_COORDINATOR_ADDRESS (host:port), JAX_NUM_PROCESSES and JAX_PROCESS_ID, or a
-    multi-task SLURM job (which jax detects itself). Returns whether it started.
-    """
-    if all(os.environ.get(k) for k in _ENV):
-        jax.distributed.initialize(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-                                   num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-                                   process_id=int(os.environ["JAX_PROCESS_ID"]))
-        return True
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and os.environ.get("SLURM_JOB_ID"):
-        jax.distributed.initialize()
-        return True
-    missing = [k for k in _ENV if not os.environ.get(k)]
-    if len(missing) < len(_ENV):
-        raise ConfigError(f"a multi-process run needs all of {_ENV}; missing {missing}")
-    return False
 
 
 def global_batch_divisor() -> int:

@@ -151,9 +151,10 @@ def test_a_uniform_soup_is_the_mean_of_the_runs_and_a_normal_workdir(runs, tmp_p
         pytest.approx(summary["dev_overall"], abs=1e-9)
     assert convert.main(["--checkpoint", str(out), "--out", str(tmp_path / "hf")]) == 0
     capsys.readouterr()
-    assert compare.main([str(a), str(b), str(out), "--no-parameters"]) == 0
+    # Parameters counted too: that path rebuilds each row's configuration, a soup's included.
+    assert compare.main([str(a), str(b), str(out)]) == 0
     table = capsys.readouterr().out
-    assert "soup=uniform soup" in table and "2 (0, 1)" in table
+    assert "(uniform soup)" in table and "2 (0, 1)" in table
 
 
 def test_a_greedy_soup_never_scores_below_its_best_run(runs, tmp_path, capsys):

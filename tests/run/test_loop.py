@@ -227,7 +227,8 @@ def _train_command(config: Path, workdir: Path):
 def test_killed_run_resumes_to_the_same_parameters(tiny_checkpoint, tiny_data_dir, tmp_path, packing, ema):
     config = _write_config(tmp_path / "tiny.py", tiny_checkpoint, tiny_data_dir, tmp_path / "cache",
                            schedule__kind="all_tasks_until_largest", optimizer__combiner="pcgrad", num_epochs=2,
-                           checkpoint_every_steps=3, packing=packing, optimizer__ema_decay=ema)
+                           checkpoint_every_steps=3, log_every_steps=2, packing=packing,
+                           optimizer__ema_decay=ema)  # checkpoints between log records: the window is saved
     env = dict(os.environ)
     subprocess.run(_train_command(config, tmp_path / "whole"), check=True, env=env, cwd=ROOT,
                    capture_output=True)

@@ -13,9 +13,10 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 os.environ.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{sys.argv[3]}", JAX_NUM_PROCESSES=sys.argv[2],
                   JAX_PROCESS_ID=sys.argv[1])
 
+from mtbert_jax.run import cluster  # noqa: E402
 from mtbert_jax.training import distributed  # noqa: E402
 
-distributed.initialize_from_env()
+cluster.join()
 
 import numpy as np  # noqa: E402
 
