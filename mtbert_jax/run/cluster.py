@@ -95,13 +95,20 @@ class _Monitor:
         self.values: dict[int, str] = {}
         self.coordinator_ok = now
 
-    def silent(self) -> list[int]:
-        """The processes not heard from for more than half the timeout (for messages)."""
-        now = time.monotonic()
-        return [p for p, t in self.last_seen.items() if now - t > self.peer_timeout / 2]
+    @property
+    def interval(self) -> float:
+        """Seconds between heartbeats: a dozen per timeout, within [0.5, 10]."""
+        return min(10.0, max(0.5, self.peer_timeout / 12))
+
+    def stopped_beating(self) -> list[int]:
+        """The peers whose heartbeat does not move over the next few beats (about 2.5 intervals):
+        after a failed collective, the dead among them. The survivors beat on meanwhile."""
+        before = dict(self.values)
+        time.sleep(2.5 * self.interval + 0.5)
+        return [p for p in self.last_seen if self.values.get(p) == before.get(p)]
 
     def run(self, client) -> None:
-        beat, interval = 0, min(10.0, max(0.5, self.peer_timeout / 12))
+        beat, interval = 0, self.interval
         while True:
             beat += 1
             now = time.monotonic()
@@ -172,11 +179,17 @@ def join() -> bool:
 
 
 def describe_lost_peer(error: BaseException) -> Optional[str]:
-    """One line for a collective that failed in a multi-process job (a peer died under it), or
-    None when `error` is not that."""
-    if jax.process_count() == 1 or type(error).__name__ not in ("JaxRuntimeError", "XlaRuntimeError"):
+    """One line for an error of a multi-process job whose peer died under it, naming the peers
+    whose heartbeats stopped; None when no peer stopped (the error is something else).
+
+    The error's own text is read only for jax's runtime errors: some errors raised from a
+    collective whose peer is gone block in str() (seen with jax 0.10.2's allgather)."""
+    if jax.process_count() == 1 or _monitor is None:
         return None
-    silent = _monitor.silent() if _monitor is not None else []
-    who = f"process(es) {', '.join(map(str, silent))} silent" if silent else "a process lost"
-    return (f"process {jax.process_index()}: a collective with the other processes failed ({who}: "
-            f"{first_line(error)}); stopping; {_RESTART}")
+    silent = _monitor.stopped_beating()
+    if not silent:
+        return None
+    runtime = type(error).__name__ in ("JaxRuntimeError", "XlaRuntimeError")
+    what = first_line(error) if runtime else type(error).__name__
+    return (f"process {jax.process_index()}: process {', '.join(map(str, silent))} stopped: a collective with "
+            f"it failed ({what}); stopping; {_RESTART}")

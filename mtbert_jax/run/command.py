@@ -44,9 +44,9 @@ def ending(body: Callable[[], int], resumable: bool = False) -> int:
         print(e, flush=True)
         return preemption.exit_status(e.signal_name, resumable=True)
     except preemption.Interrupted as e:
-        what = ("before its first step: nothing to save; the same command starts again" if resumable
-                else "nothing written")
-        return _fail(f"stopped by {e.signal_name} {what}", preemption.exit_status(e.signal_name, resumable))
+        what = (" before its first step: nothing to save; the same command starts again" if resumable
+                else ": nothing written")
+        return _fail(f"stopped by {e.signal_name}{what}", preemption.exit_status(e.signal_name, resumable))
     except cluster.PeerLost as e:
         return _fail(str(e), CLUSTER_EXIT_STATUS)
     except (MtbertError, OSError) as e:

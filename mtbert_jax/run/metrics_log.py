@@ -67,14 +67,14 @@ class LogWindow:
         self.examples, self.losses, self.start = 0.0, {}, time.perf_counter()
 
     def state(self) -> dict:
-        """What a checkpoint keeps of the window (JSON): the losses and examples so far."""
-        return {"examples": float(self.examples), "losses": {t: list(v) for t, v in self.losses.items()}}
+        """What a checkpoint keeps of the window (JSON): the losses so far. Not the examples: a
+        resumed window's examples/s counts what this process trained in the time it took."""
+        return {"losses": {t: list(v) for t, v in self.losses.items()}}
 
     @classmethod
     def from_state(cls, state: dict | None) -> "LogWindow":
         window = cls()
         if state:
-            window.examples = float(state["examples"])
             window.losses = {t: [float(x) for x in v] for t, v in state["losses"].items()}
         return window
 

@@ -108,7 +108,7 @@ def hard_exit(message: str, status: int) -> None:
             undo()
         except OSError:
             pass  # best effort: the process is ending
-    os.write(2, f"error: {message}\n".encode())
+    os.write(2, f"\nerror: {message}\n".encode())  # a new line: a progress bar may be mid-line
     os._exit(status)
 
 

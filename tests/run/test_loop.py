@@ -516,7 +516,8 @@ loop.dataset_metrics = counted("evaluation", loop.dataset_metrics)
 real_save = checkpointing.Checkpoints.save
 
 def save_signalled_again(self, *args, **kwargs):  # a second signal in the middle of the save
-    os.kill(os.getpid(), sig)
+    if os.environ.get("SIGNAL_AGAIN", "1") == "1":
+        os.kill(os.getpid(), sig)
     return real_save(self, *args, **kwargs)
 
 checkpointing.Checkpoints.save = save_signalled_again
@@ -525,20 +526,23 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-@pytest.mark.parametrize("when, at, name", [("step", 5, "SIGTERM"), ("evaluation", 1, "SIGUSR1")],
-                         ids=["sigterm-mid-epoch", "sigusr1-while-evaluating"])
+@pytest.mark.parametrize("when, at, name, again", [("step", 5, "SIGTERM", "1"), ("evaluation", 1, "SIGUSR1", "1"),
+                                                   ("step", 4, "SIGINT", "0")],
+                         ids=["sigterm-mid-epoch", "sigusr1-while-evaluating", "ctrl-c-mid-epoch"])
 def test_a_signalled_run_saves_stops_and_resumes_as_one_never_stopped(tiny_checkpoint, tiny_data_dir, tmp_path,
-                                                                       when, at, name):
-    """SIGTERM mid-epoch, or SIGUSR1 during a dev evaluation: the step or evaluation in flight
-    finishes, a checkpoint is saved (a second signal during the save changes nothing), one line
-    says so, the exit status is 75; the same command then ends as a run never stopped."""
+                                                                       when, at, name, again):
+    """SIGTERM mid-epoch, SIGUSR1 during a dev evaluation, or Ctrl-C: the step or evaluation in
+    flight finishes, a checkpoint is saved (a second SIGTERM during the save changes nothing),
+    one line says so, the exit status is 75 (Ctrl-C: 130); the same command then ends as a run
+    never stopped."""
     config, env, wrapper = _whole_run_and_wrapper(tmp_path, tiny_checkpoint, tiny_data_dir, SIGNALLED,
                                                   checkpoint_every_steps=100)
     workdir = tmp_path / "stopped"
     stopped = subprocess.run([sys.executable, str(wrapper), *_train_command(config, workdir)[1:]], cwd=ROOT,
-                             env={**env, "SIGNAL_WHEN": when, "SIGNAL_AT": str(at), "SIGNAL_NAME": name},
+                             env={**env, "SIGNAL_WHEN": when, "SIGNAL_AT": str(at), "SIGNAL_NAME": name,
+                                  "SIGNAL_AGAIN": again},
                              capture_output=True, text=True)
-    assert stopped.returncode == 75, stopped.stdout[-2000:] + stopped.stderr[-2000:]
+    assert stopped.returncode == (130 if name == "SIGINT" else 75), stopped.stdout[-2000:] + stopped.stderr[-2000:]
     expected_step = at if when == "step" else 6  # the step in flight; or the epoch evaluated (6 steps)
     assert f"stopped by {name} after step {expected_step}: checkpoint saved" in stopped.stdout
     assert "Traceback" not in stopped.stderr
@@ -547,4 +551,23 @@ def test_a_signalled_run_saves_stops_and_resumes_as_one_never_stopped(tiny_check
     resumed = subprocess.run(_train_command(config, workdir), env=env, cwd=ROOT, capture_output=True, text=True)
     assert resumed.returncode == 0 and f"at step {expected_step}" in resumed.stdout, resumed.stderr[-3000:]
 
+    _assert_same_run(workdir, tmp_path / "whole")
+
+
+def test_a_second_ctrl_c_ends_at_once_in_one_line_and_the_run_resumes(tiny_checkpoint, tiny_data_dir, tmp_path):
+    """Ctrl-C twice (the second while the first's checkpoint is being saved): the process ends
+    at once, one line, status 130, the workdir's lock released; the same command resumes from
+    the newest intact checkpoint and ends as a run never stopped."""
+    config, env, wrapper = _whole_run_and_wrapper(tmp_path, tiny_checkpoint, tiny_data_dir, SIGNALLED,
+                                                  checkpoint_every_steps=3)
+    workdir = tmp_path / "stopped"
+    stopped = subprocess.run([sys.executable, str(wrapper), *_train_command(config, workdir)[1:]], cwd=ROOT,
+                             env={**env, "SIGNAL_WHEN": "step", "SIGNAL_AT": "5", "SIGNAL_NAME": "SIGINT"},
+                             capture_output=True, text=True)
+    assert stopped.returncode == 130, stopped.stdout[-2000:] + stopped.stderr[-2000:]
+    assert "Traceback" not in stopped.stderr
+    assert stopped.stderr.strip().splitlines()[-1].startswith("error: SIGINT again: stopped at once")
+    assert not (workdir / ".lock").exists()
+    resumed = subprocess.run(_train_command(config, workdir), env=env, cwd=ROOT, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_run(workdir, tmp_path / "whole")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +36,10 @@ real, step.StepRunner.__call__ = step.StepRunner.__call__, signalled
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
+
+
+# Process 1 dies at once (kill -9, no chance to say anything) while its step $KILL_AT is in flight.
+KILLED = SIGNALLED.replace("signal.SIGTERM", "signal.SIGKILL").replace("SIGNAL_AT", "KILL_AT")
 
 
 def _free_port() -> int:
@@ -136,3 +141,63 @@ def test_a_damaged_checkpoint_stops_every_process_naming_it(two_process_run, tmp
         assert status == 2, output[-4000:]
         assert f"{damaged} changed since it was saved" in output
     assert _saved_steps(workdir) == [6, 12]
+
+
+def test_a_peer_killed_mid_run_ends_the_others_in_one_line_and_the_job_resumes(two_process_run, tmp_path):
+    """kill -9 of process 1 during step 8: process 0 ends within the peer timeout (here 20 s)
+    with one line naming process 1 and status 69, the workdir's lock released; the same
+    command on both processes resumes from the last checkpoint and ends as the run never stopped."""
+    config, whole = two_process_run
+    wrapper = tmp_path / "killed.py"
+    wrapper.write_text(KILLED)
+    workdir = tmp_path / "killed"
+    started = time.monotonic()
+    (status0, output0), (status1, _) = _run([sys.executable, str(wrapper), *_train_command(config, workdir)[1:]],
+                                            tmp_path / "killed-logs", KILL_AT="8", MTBERT_PEER_TIMEOUT="20")
+    assert status1 == -signal.SIGKILL
+    assert status0 == 69, output0[-4000:]
+    assert "Traceback" not in output0 and time.monotonic() - started < TIMEOUT
+    last = output0.replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith("error: process 0: process 1 stopped") and "resume" in last, output0[-2000:]
+    assert not (workdir / ".lock").exists()
+    assert _saved_steps(workdir) == [6]
+
+    for status, output in _run(_train_command(config, workdir), tmp_path / "resumed-logs"):
+        assert status == 0, output[-4000:]
+    _assert_same_run(workdir, whole)
+
+
+def test_a_peer_that_never_comes_ends_the_job_in_one_line(two_process_run, tmp_path):
+    """Only process 0 of two starts: it ends after the join timeout (here 15 s) with one line
+    naming itself and the coordinator, status 69, and leaves the workdir as it was."""
+    config, _ = two_process_run
+    port = _free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "MTBERT_MALLOC_TUNABLES": "0", "MTBERT_JOIN_TIMEOUT": "15",
+           "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}
+    started = time.monotonic()
+    alone = subprocess.run(_train_command(config, tmp_path / "alone"), cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=TIMEOUT)
+    assert alone.returncode == 69, alone.stderr[-3000:]
+    assert time.monotonic() - started < 15 + 60  # the timeout and a start-up
+    assert "Traceback" not in alone.stderr
+    assert alone.stderr.strip().splitlines()[-1] == (
+        f"error: process 0: the job did not form within 15 s: all 2 processes must start, with the same "
+        f"JAX_COORDINATOR_ADDRESS at 127.0.0.1:{port} (set MTBERT_JOIN_TIMEOUT to wait longer)")
+    assert not (tmp_path / "alone").exists()
+
+
+@pytest.mark.parametrize("given, missing", [({"JAX_NUM_PROCESSES": "2"}, "JAX_COORDINATOR_ADDRESS, JAX_PROCESS_ID"),
+                                            ({"JAX_PROCESS_ID": "3", "JAX_NUM_PROCESSES": "2",
+                                              "JAX_COORDINATOR_ADDRESS": "127.0.0.1:1"}, "JAX_PROCESS_ID=3"),
+                                            ({"MTBERT_PEER_TIMEOUT": "soon", "JAX_PROCESS_ID": "0",
+                                              "JAX_NUM_PROCESSES": "2", "JAX_COORDINATOR_ADDRESS": "127.0.0.1:1"},
+                                             "MTBERT_PEER_TIMEOUT='soon'")])
+def test_half_a_cluster_environment_is_one_line(two_process_run, tmp_path, given, missing):
+    config, _ = two_process_run
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_"))}
+    result = subprocess.run(_train_command(config, tmp_path / "w"), cwd=ROOT, capture_output=True, text=True,
+                            env={**env, "MTBERT_MALLOC_TUNABLES": "0", **given}, timeout=TIMEOUT)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and missing in last, last
+    assert not (tmp_path / "w").exists()
