@@ -19,7 +19,8 @@ memory the children need):
                   (split_train_wall_time says how), the dev scores, the steps
   train_step      train_step.py: bert-base shape (random weights), seq 128, batch 32 and 256, in
                   bfloat16 and float32, against PyTorch on the same device; the fraction of the
-                  device's datasheet peak where common.DEVICE_PEAKS knows the device
+                  device's datasheet peak where mtbert_jax.training.flops.DEVICE_PEAKS knows
+                  the device
   host_overhead   host_overhead.py: the main thread's CPU time per step of the real loop
   inference       inference.py on --checkpoint in bfloat16 (what "auto" picks on an accelerator)
 
@@ -57,7 +58,7 @@ import time
 import traceback
 from pathlib import Path
 
-import common
+from benchmarks import common
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
@@ -306,6 +307,8 @@ def part_default_recipe(check: Check) -> dict:
 
 
 def part_train_step(check: Check) -> dict:
+    from mtbert_jax.training import flops as model_flops  # no jax: this process never starts it
+
     quick = check.args.quick
     shape, seq, batches, steps = ("tiny", 16, (4,), 2) if quick else ("bert-base", 128, (32, 256), 10)
     dtypes = ("bfloat16",) if quick else ("bfloat16", "float32")
@@ -325,12 +328,12 @@ def part_train_step(check: Check) -> dict:
             failures.append(str(e))
             continue
         platform, kind = measured["machine"]["jax_device"].split(": ", 1)
-        peak = common.datasheet_peak_flops(kind, dtype) if platform != "cpu" else None
+        peak = model_flops.datasheet_peak_flops(kind, dtype) if platform != "cpu" else None
         result["device"] = f"{platform}: {kind}"
         result["peak_tflops"] = result.get("peak_tflops", {}) | {dtype: peak / 1e12 if peak else None}
         if not peak:
-            result["peak_note"] = (f"unknown: {kind!r} has no datasheet peak in benchmarks/common.py DEVICE_PEAKS"
-                                   if platform != "cpu" else "unknown: a CPU")
+            result["peak_note"] = (f"unknown: {kind!r} has no datasheet peak in mtbert_jax/training/flops.py "
+                                   "DEVICE_PEAKS" if platform != "cpu" else "unknown: a CPU")
         result["matmul_limit"][dtype] = measured["matmul_limit"]
         for row in measured["results"]:
             result["results"].append({

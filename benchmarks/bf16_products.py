@@ -11,7 +11,7 @@ python benchmarks/bf16_products.py
 
 from __future__ import annotations
 
-import common
+from benchmarks import common
 
 DENSE = [(2048, 384, 1536), (2048, 768, 3072)]  # tokens x in x out: MiniLM's and bert-base's FFN
 ATTENTION = [(32, 12, 64, 32), (32, 12, 128, 64)]  # batch, heads, seq, head_dim

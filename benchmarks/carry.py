@@ -29,7 +29,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-import float16_checkpoint
+from benchmarks import float16_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT_BYTES = 64 * 2**20

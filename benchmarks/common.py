@@ -1,5 +1,6 @@
-"""What the benchmark scripts share: model shapes, matmul FLOP counts, timing, the plain-matmul
-limit, the machine's description, subprocess runs and the printed table + JSON line.
+"""What the benchmark scripts share: model shapes, timing, the plain-matmul limit, the machine's
+description, subprocess runs and the printed table + JSON line. FLOP counts and datasheet peaks
+are the package's (mtbert_jax.training.flops), which the training log uses too.
 
 Both sides of every comparison run in the same invocation, one after the other, each in its
 own process (so peak resident memory is per side); ratios are what to compare, absolute
@@ -26,35 +27,6 @@ SHAPES = {
     # Seconds on a CPU: for checking that a script still runs (accelerator_check.py --quick).
     "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
 }
-
-# Dense peak throughput (FLOP/s) of accelerators by name fragment of jax's device kind, for
-# utilisation figures; the first fragment found wins, so the PCIe and NVL parts, slower than the
-# SXM ones, come before the bare names. Sources: NVIDIA datasheets (dense: half the "with
-# sparsity" figures). "float32" is the TF32 tensor-core peak: XLA multiplies float32 in TF32 on
-# these GPUs by default (jax's default matmul precision), and torch_device() turns TF32 on for
-# the reference too.
-DEVICE_PEAKS = {
-    "H100 PCIe": {"float32": 378e12, "bfloat16": 756e12},
-    "H100 NVL": {"float32": 417.5e12, "bfloat16": 835.5e12},
-    "H200 NVL": {"float32": 417.5e12, "bfloat16": 835.5e12},
-    "H100": {"float32": 494.7e12, "bfloat16": 989.4e12},
-    "H200": {"float32": 494.7e12, "bfloat16": 989.4e12},
-    "A100": {"float32": 156e12, "bfloat16": 312e12},
-}
-
-
-def encoder_matmul_flops(shape: dict, batch: int, seq: int) -> float:
-    """Forward matmul FLOPs of the encoder plus pooler on [batch, seq] tokens (2 per multiply-add):
-    Q, K, V, output projections and the feed-forward pair per layer, the two attention products."""
-    h, i, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
-    tokens = batch * seq
-    per_layer = 2 * tokens * (4 * h * h + 2 * h * i) + 2 * 2 * batch * seq * seq * h
-    return layers * per_layer + 2 * batch * h * h
-
-
-def train_step_flops(shape: dict, batch: int, seq: int) -> float:
-    """Matmul FLOPs of one training step: the forward and a backward of twice its cost."""
-    return 3 * encoder_matmul_flops(shape, batch, seq)
 
 
 def median_seconds(fn: Callable[[], object], warmup: int, repeats: int) -> tuple[float, list[float]]:
@@ -115,21 +87,6 @@ def torch_matmul_gflops(n: int, dtype: str = "float32", repeats: int = 5) -> flo
 
     seconds, _ = median_seconds(run, 2, repeats)
     return 2 * n ** 3 / seconds / 1e9
-
-
-def datasheet_peak_flops(device_kind: str, dtype: str) -> float | None:
-    """The datasheet peak of a device kind (e.g. "NVIDIA H100 80GB HBM3") in DEVICE_PEAKS, else None."""
-    for name, peaks in DEVICE_PEAKS.items():
-        if name in device_kind:
-            return peaks.get(dtype)
-    return None
-
-
-def device_peak_flops(dtype: str) -> float | None:
-    """The datasheet peak of jax's first device when it is a known accelerator, else None."""
-    import jax
-
-    return datasheet_peak_flops(jax.devices()[0].device_kind, dtype)
 
 
 def machine() -> dict:

@@ -26,7 +26,7 @@ import json
 import tempfile
 import time
 
-import common
+from benchmarks import common
 
 TASKS = ("sst", "quora", "sts")
 MAX_LENGTH, BUCKET_STEP, SEED = 128, 16, 0

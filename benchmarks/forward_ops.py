@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 
-import common
+from benchmarks import common
 
 TOKENS, HIDDEN, INTERMEDIATE, HEADS = 8192, 384, 1536, 12
 

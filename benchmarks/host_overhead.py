@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import common
+from benchmarks import common
 
 
 def _timed(owner, name: str, phase: str, log: dict) -> None:

@@ -20,7 +20,7 @@ import argparse
 import json
 import time
 
-import common
+from benchmarks import common
 
 TASKS = ("sst", "quora", "sts")
 MAX_LENGTH = 128

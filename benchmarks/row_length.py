@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-import common
+from benchmarks import common
 
 RECORDS = 128
 

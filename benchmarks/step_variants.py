@@ -16,7 +16,7 @@ import json
 import statistics
 import time
 
-import common
+from benchmarks import common
 
 VARIANTS = {"plain": dict(combiner="sum", smart=False), "pcgrad": dict(combiner="pcgrad", smart=False),
             "gse": dict(combiner="gse", smart=False), "smart": dict(combiner="sum", smart=True),

@@ -13,7 +13,8 @@ python benchmarks/train_step.py --shapes bert-base --seqs 128 --batches 32 256
 python benchmarks/train_step.py --no-torch                        # ours only, on a machine without PyTorch
 
 The plain-matmul limit is a 2048^3 (CPU) or 8192^3 (accelerator) matmul measured in the same
-run; on an accelerator utilisation is also given against the datasheet peak (common.py).
+run; on an accelerator utilisation is also given against the datasheet peak
+(mtbert_jax.training.flops.DEVICE_PEAKS).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import common
+from benchmarks import common
 
 CLASSES, DROPOUT = 5, 0.1
 
@@ -98,17 +99,21 @@ def run_torch(shape_name: str, seq: int, steps: int, dtype: str, batch_size: int
 def run_matmul(dtype: str, with_torch: bool = True) -> dict:
     import jax
 
+    from mtbert_jax.training import flops as model_flops
+
     accelerator = jax.devices()[0].platform != "cpu"
     size = 8192 if accelerator else 2048
     return {"size": size, "jax_gflops": common.jax_matmul_gflops(size, dtype),
             "torch_gflops": common.torch_matmul_gflops(size, dtype) if with_torch else None,
-            "device_peak_flops": common.device_peak_flops(dtype) if accelerator else None,
+            "device_peak_flops": model_flops.device_peak_flops(dtype) if accelerator else None,
             "machine": common.machine()}
 
 
 def compare(shape: str, seq: int, batch: int, ours: dict, ref: dict | None, limit: dict, peak: float | None) -> dict:
     """One row of the table from both sides' step times (ref None: PyTorch not run, its fields None)."""
-    flops = common.train_step_flops(common.SHAPES[shape], batch, seq)
+    from mtbert_jax.training import flops as model_flops
+
+    flops = model_flops.train_step_flops(common.SHAPES[shape], batch, seq)
     row = {"shape": shape, "seq": seq, "batch": batch,
            "ours_examples_per_second": batch / ours["step_seconds"],
            "ours_gflops": flops / ours["step_seconds"] / 1e9,

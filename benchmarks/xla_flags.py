@@ -16,7 +16,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-import common
+from benchmarks import common
 
 HERE = Path(__file__).parent
 WORKLOADS = {

@@ -12,11 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks import accelerator_check, float16_checkpoint
 
-import accelerator_check  # noqa: E402
-import float16_checkpoint  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_check(*args: str) -> tuple[int, dict, subprocess.CompletedProcess]:

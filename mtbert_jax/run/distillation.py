@@ -75,7 +75,7 @@ def with_teacher_targets(run: RunConfig, train: dict[str, TaskData], workdir: Pa
     def score() -> dict[str, np.ndarray]:
         log(f"distillation: scoring {sum(len(d) for d in train.values())} training records with "
             f"{len(run.objective.distillation.teachers)} teacher run(s) (once)")
-        return teacher_targets(run, train, batch_size)
+        return {f"{t}/targets": a for t, a in teacher_targets(run, train, batch_size).items()}
 
     targets = cached_arrays(path, key, score, store=write, warn=lambda m: log(f"warning: {m}"))
-    return {t: dataclasses.replace(d, targets=targets[t]) for t, d in train.items()}
+    return {t: dataclasses.replace(d, targets=targets[f"{t}/targets"]) for t, d in train.items()}

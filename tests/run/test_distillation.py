@@ -96,7 +96,21 @@ def test_a_student_learns_from_targets_computed_once(teacher, tiny_checkpoint, t
     config.num_epochs = 3
     train_and_evaluate(config, tmp_path / "student")
     out = capsys.readouterr().out
-    assert "targets read from" in out and "scoring" not in out
+    assert "reading the teachers' targets from" in out and "scoring" not in out and "warning" not in out
+    # A damaged targets file (a flipped byte) is said in one line and scored again, to the same targets.
+    with np.load(tmp_path / "student" / TARGETS_FILE) as saved:
+        before = {k: saved[k] for k in saved.files}
+    damaged = bytearray((tmp_path / "student" / TARGETS_FILE).read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    (tmp_path / "student" / TARGETS_FILE).write_bytes(bytes(damaged))
+    config.num_epochs = 4
+    train_and_evaluate(config, tmp_path / "student")
+    out = capsys.readouterr().out
+    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and TARGETS_FILE in warnings[0] and "computing it again" in warnings[0], out
+    assert "scoring" in out
+    with np.load(tmp_path / "student" / TARGETS_FILE) as saved:
+        assert all(np.array_equal(saved[k], v) for k, v in before.items())
 
 
 def test_a_teacher_that_reads_differently_is_refused(teacher, tiny_checkpoint, tiny_data_dir, tmp_path):

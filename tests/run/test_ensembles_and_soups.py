@@ -113,8 +113,8 @@ def _status(main, args) -> int:
 
 @pytest.mark.parametrize("extra, message", [
     ([], "writes its outputs to --out DIR"),
-    (["--out", "OUT", "--weights", "1"], "expected 2 non-negative numbers"),
-    (["--out", "OUT", "--weights", "1,-1"], "expected 2 non-negative numbers"),
+    (["--out", "OUT", "--weights", "1"], "expected 2 finite non-negative numbers"),
+    (["--out", "OUT", "--weights", "1,-1"], "expected 2 finite non-negative numbers"),
     (["--out", "OUT", "--weights", "a,b"], "expected numbers separated by commas"),
 ])
 def test_bad_ensembles_are_refused_in_one_line(runs, tmp_path, capsys, extra, message):
