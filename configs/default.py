@@ -59,6 +59,28 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 500
     # How many of the latest checkpoints to keep (best/ keeps the best by dev score apart).
     c.keep_checkpoints = 3
+    # Also evaluate on dev every N steps (0: at each epoch's end only); best/ is chosen among
+    # all evaluations, and each is saved with the loader's position (resumable).
+    c.eval_every_steps = 0
+    # Stop after this many dev evaluations without improving the best overall score by more
+    # than early_stopping_min_delta (0: never stop early); the run saves and exits 0.
+    c.early_stopping_patience = 0
+    # The least gain in dev overall that counts as an improvement for early stopping.
+    c.early_stopping_min_delta = 0.0
+    # TensorBoard event files in WORKDIR/tensorboard (every metrics record, the config).
+    c.tensorboard = True
+    # Weights & Biases: "disabled", "offline" (a local run directory, nothing sent) or "online"
+    # (needs `bash setup.sh --wandb` and a login); a resumed run continues the same W&B run.
+    c.wandb = "disabled"
+    # The W&B project (empty: "mtbert-jax") ...
+    c.wandb_project = ""
+    # ... and run name (empty: the workdir's name).
+    c.wandb_name = ""
+    # A jax.profiler trace of steps profile_start_step .. + profile_num_steps - 1 (counted from
+    # 1), written to WORKDIR/profile; open it with xprof/TensorBoard or ui.perfetto.dev ...
+    c.profile_start_step = 0
+    # ... and how many steps it traces (0: no trace).
+    c.profile_num_steps = 0
 
     # The sections' defaults are their dataclasses', each field commented there:
     # The model: tasks, pooling, pair heads, adapters, dropout (mtbert_jax/model/config.py).

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 from mtbert_jax.batch import WEIGHTS
 from mtbert_jax.data.loader import MultiTaskLoader
@@ -23,6 +23,8 @@ class Prefetched:
     examples: float  # real (weight 1) examples in the step, all processes
     position: dict  # loader.position() after this step
     padding_efficiency: float  # real / padded tokens of the run so far, after this step
+    tokens: float = 0.0  # real tokens in the step, all processes (`measure`)
+    flops: float = 0.0  # the step's model FLOPs, all processes (`measure`)
 
 
 _DONE = object()
@@ -36,8 +38,9 @@ class Prefetcher:
     """
 
     def __init__(self, loader: MultiTaskLoader, prepare: Callable[[Mapping[str, Any]], Mapping[str, Any]],
-                 depth: int = 2):
-        self.loader, self.prepare = loader, prepare
+                 depth: int = 2, measure: Optional[Callable[[Mapping[str, Any]], tuple[float, float]]] = None):
+        # measure(host batches) -> (real tokens, model FLOPs): counted here, off the main thread.
+        self.loader, self.prepare, self.measure = loader, prepare, measure
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.stop = threading.Event()
         self.last_position = loader.position()
@@ -49,8 +52,9 @@ class Prefetcher:
         try:
             for batches in self.loader:
                 examples = sum(float(b[WEIGHTS].sum()) for b in batches.values())
+                tokens, flops = self.measure(batches) if self.measure else (0.0, 0.0)
                 item = Prefetched(self.prepare(batches), examples, self.loader.position(),
-                                  self.loader.padding.efficiency)
+                                  self.loader.padding.efficiency, tokens, flops)
                 if not self._put(item):
                     return
             self._put(_DONE)

@@ -41,7 +41,8 @@ from mtbert_jax.errors import ConfigError, MtbertError
 # Fields that change neither what a run learns nor its dev numbers: runs differing only in these
 # are one configuration.
 _NOT_THE_RECIPE = ("seed", "data_dir", "cache_dir", "log_every_steps", "checkpoint_every_steps",
-                   "keep_checkpoints", "eval_batch_size")
+                   "keep_checkpoints", "eval_batch_size", "tensorboard", "wandb", "wandb_project", "wandb_name",
+                   "profile_start_step", "profile_num_steps")
 
 
 @dataclasses.dataclass

@@ -32,7 +32,13 @@ from mtbert_jax.training.smart import SmartConfig
 _OBJECTIVE_KEYS = ("smart", "mnrl", "sts_loss", "uncertainty_weighting")
 _POSITIVE = ("max_length", "bucket_step", "num_epochs", "accumulation_steps", "eval_batch_size",
              "log_every_steps", "checkpoint_every_steps", "keep_checkpoints")
-_NON_NEGATIVE = ("frozen_epochs", "max_steps", "max_train_records")
+_NON_NEGATIVE = ("frozen_epochs", "max_steps", "max_train_records", "eval_every_steps", "early_stopping_patience",
+                 "early_stopping_min_delta", "profile_start_step", "profile_num_steps")
+# What a run watched from elsewhere writes, added after the first saved configs: their defaults.
+_WATCHING = {"eval_every_steps": 0, "early_stopping_patience": 0, "early_stopping_min_delta": 0.0,
+             "tensorboard": True, "wandb": "disabled", "wandb_project": "", "wandb_name": "",
+             "profile_start_step": 0, "profile_num_steps": 0}
+WANDB_MODES = ("disabled", "offline", "online")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +60,15 @@ class RunConfig:
     log_every_steps: int
     checkpoint_every_steps: int
     keep_checkpoints: int
+    eval_every_steps: int
+    early_stopping_patience: int
+    early_stopping_min_delta: float
+    tensorboard: bool
+    wandb: str
+    wandb_project: str
+    wandb_name: str
+    profile_start_step: int
+    profile_num_steps: int
     loss_weights: Mapping[str, float]
     model: ModelConfig
     schedule: ScheduleConfig
@@ -86,6 +101,11 @@ class RunConfig:
         if self.schedule.swap_pairs and bi_encoded:
             raise ConfigError(f"schedule.swap_pairs swaps the sentences inside cross-encoded pairs, but "
                               f"{bi_encoded} use bi-encoder heads ({ {t: self.model.pair_head(t) for t in bi_encoded} })")
+        if self.profile_num_steps and self.profile_start_step < 1:
+            raise ConfigError(f"profile_start_step={self.profile_start_step}: steps count from 1 (the profile window "
+                              f"traces steps profile_start_step .. + profile_num_steps - 1)")
+        if self.wandb not in WANDB_MODES:
+            raise ConfigError(f"wandb={self.wandb!r}: expected one of {list(WANDB_MODES)}")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ConfigError(f"compute_dtype={self.compute_dtype!r}: expected one of {list(COMPUTE_DTYPES)}")
 
@@ -176,6 +196,8 @@ def upgrade(saved: Mapping) -> dict:
     if any(k in d for k in _OBJECTIVE_KEYS) and "objective" not in d:
         d["objective"] = {k: d.pop(k) for k in _OBJECTIVE_KEYS if k in d}
     d.setdefault("packing", False)  # runs from before packing
+    for key, default in _WATCHING.items():  # runs from before these settings
+        d.setdefault(key, default)
     # Runs from before pair swapping scored and trained one sentence order.
     if "model" in d:
         d["model"] = {"symmetric_pairs": False, **d["model"]}

@@ -14,7 +14,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import jax
 import numpy as np
@@ -38,9 +38,11 @@ from mtbert_jax.run.checkpointing import Checkpoints, digest_mismatch, saved_ste
 from mtbert_jax.run.config import RunConfig, dotted_leaves
 from mtbert_jax.run.metrics_log import LogWindow, MetricsLog
 from mtbert_jax.run.preemption import Preempted, StopSignals
-from mtbert_jax.run.stages import Stages
+from mtbert_jax.run.profile_window import ProfileWindow
+from mtbert_jax.run.stages import FROZEN_ENCODER, Stages
+from mtbert_jax.run.trackers import make_trackers
 from mtbert_jax.run.workdir_lock import WorkdirLock
-from mtbert_jax.training import distributed
+from mtbert_jax.training import distributed, flops
 from mtbert_jax.training.param_groups import parameter_report
 from mtbert_jax.training.step import TrainState
 
@@ -116,42 +118,45 @@ def _train(run: RunConfig, workdir: Path, data: Optional[RunData], checkpoint_di
     model, params = init_model(bert_config, run.model, init_key, bert_params)
     params |= run.objective.extra_params(run.model.tasks)
     log(parameter_report(params))
-    trainer = Trainer(run, workdir, loader, Stages(run, schedule, loader, model, params, pcgrad_key),
-                      dropout_key, log, started)
-    trainer.resume()
-
-    # --- train and evaluate, epoch by epoch
     dev_predict = make_predict(model)
-    results: dict = {}
 
-    def evaluate(params) -> dict:
+    def dev_metrics(params) -> dict:
         return dataset_metrics(dev_predict, distributed.unreplicate(params), data.dev, run.eval_batch_size, layout,
                                run.model.symmetric_pairs)
 
+    trainer = Trainer(run, workdir, loader, Stages(run, schedule, loader, model, params, pcgrad_key),
+                      dropout_key, log, started, dev_metrics, bert_config)
+    trainer.resume()
+
+    # --- train and evaluate, epoch by epoch (and every eval_every_steps)
     def more_to_train() -> bool:
-        return loader.epoch < run.num_epochs + run.frozen_epochs and trainer.step < trainer.stages.last_step
+        return (loader.epoch < run.num_epochs + run.frozen_epochs and trainer.step < trainer.stages.last_step
+                and not trainer.stopped_early)
 
     with StopSignals() as trainer.stop:
         try:
             while more_to_train():
                 epoch = trainer.train_epoch()
-                results = evaluate(trainer.state.evaluated)  # not the optimizer's moments
-                # With a weight average, the trained parameters' own score too: the average's gain,
-                # measured in the same run (the average does not change training).
-                unaveraged = None if trainer.state.average is None else evaluate(trainer.state.params)
-                trainer.end_epoch(epoch, results, unaveraged)  # its checkpoint: nothing more to save
+                trainer.end_epoch(epoch)  # its dev record and checkpoint: nothing more to save
                 if more_to_train() and (name := trainer.stop.agreed(trainer.step, now=True)):
                     raise Preempted(trainer.step, name)
         except Preempted:
-            trainer.checkpoints.close()
+            trainer.close()
             raise
+        except EarlyStopped as e:
+            log(str(e))
     # Closed on success only: closing orbax under reads still in flight after a failure makes its
     # threads print "Event loop is closed" tracebacks.
-    trainer.checkpoints.close()
+    trainer.close()
     if is_main:
         from mtbert_jax.evaluation.plots import plot_training_curves
         plot_training_curves(workdir / "metrics.jsonl", workdir / "plots")
-    return {"step": trainer.step, "dev": results, "best_score": trainer.best_score}
+    log(trainer.summary())
+    return {"step": trainer.step, "dev": trainer.results, "best_score": trainer.best_score}
+
+
+class EarlyStopped(Exception):
+    """The run stopped after early_stopping_patience evaluations without improvement (saved)."""
 
 
 # What a checkpoint's shapes and meaning depend on: a run resumed with any of them changed is refused.
@@ -245,9 +250,16 @@ class Trainer:
     resuming, training an epoch, saving, and the dev record at each epoch's end."""
 
     def __init__(self, run: RunConfig, workdir: Path, loader: MultiTaskLoader, stages: Stages,
-                 dropout_key: jax.Array, log, started: Optional[float] = None):
+                 dropout_key: jax.Array, log, started: Optional[float] = None,
+                 dev_metrics: Optional[Callable[[dict], dict]] = None, encoder_shape=None):
         self.run, self.workdir, self.loader, self.stages = run, workdir, loader, stages
-        self.started = started
+        self.started = time.perf_counter() if started is None else started
+        # dev_metrics(replicated parameters) -> {task: metrics}; encoder_shape: the encoder's
+        # config, for the model FLOPs of each step (None: no FLOP figures).
+        self.dev_metrics, self.encoder_shape = dev_metrics, encoder_shape
+        self.results: dict = {}  # the last dev evaluation's
+        # Early stopping: evaluations since the best improved by more than min_delta, that best.
+        self.evals_without_improvement, self.stopping_best, self.stopped_early = 0, -math.inf, False
         self.dropout_key, self.log, self.is_main = dropout_key, log, jax.process_index() == 0
         self.checkpoints = Checkpoints(workdir, run.keep_checkpoints)
         self.step, self.best_score, self.stage = 0, -math.inf, 0
@@ -292,6 +304,9 @@ class Trainer:
         meta = self.checkpoints.meta(self.checkpoints.latest, latest) if latest is not None else {}
         self.stage, self.best_score = meta.get("stage", 0), meta.get("best_score", -math.inf)
         self.saved_window = meta.get("log_window")  # absent from older checkpoints, and at epoch ends
+        self.evals_without_improvement = meta.get("evals_without_improvement", 0)
+        self.stopping_best = meta.get("stopping_best", self.best_score)
+        self.stopped_early = meta.get("stopped_early", False)
         self.optimizer, self.runner = self.stages.build(self.stage)
         state = self.stages.initial_state(self.optimizer)
         if latest is not None:
@@ -307,7 +322,15 @@ class Trainer:
             self.step = int(state.step)
             self.log(f"resumed from {self.workdir / 'checkpoints'} at step {self.step} (epoch {self.loader.epoch + 1})")
         self.state = distributed.replicate(state)
-        self.metrics_log = MetricsLog(self.workdir / "metrics.jsonl", self.step, self.is_main, self.started)
+        run = self.run
+        trackers = make_trackers(self.workdir, self.step, tensorboard=run.tensorboard, wandb=run.wandb,
+                                 wandb_project=run.wandb_project, wandb_name=run.wandb_name or self.workdir.name,
+                                 enabled=self.is_main, tasks=self.stages.tasks, log=self.log)
+        trackers.log_config(dataclasses.asdict(run))
+        self.metrics_log = MetricsLog(self.workdir / "metrics.jsonl", self.step, self.is_main, self.started, trackers)
+        # One process traces (the trace files are named by host).
+        self.profile = ProfileWindow(self.workdir / "profile", run.profile_start_step, run.profile_num_steps,
+                                     enabled=self.is_main, log=self.log)
         if latest is not None:  # on every process: its save is collective
             self.repair_best()
         planned = f"{self.stages.planned_steps} steps in {self.run.num_epochs + self.run.frozen_epochs} epochs"
@@ -358,21 +381,28 @@ class Trainer:
         # `index` (record positions) only puts evaluation outputs back in file order: not sent.
         prefetcher = Prefetcher(self.loader, lambda batches: {
             t: distributed.to_devices(distributed.process_shard(batch_layout.for_devices(b)))
-            for t, b in batches.items()})
+            for t, b in batches.items()}, measure=self._measure(frozen=self.run.optimizer.freeze_encoder or self.stage == FROZEN_ENCODER))
         try:
             for item in prefetcher:
                 if self.stop is not None and (name := self.stop.agreed(self.step)):
                     self.save()  # the steps trained so far, the loader at the last of them
                     raise Preempted(self.step, name)
-                self.state, metrics = self.runner(self.state, item.batches, self.dropout_key)
+                self.profile.before_step(self.step + 1)
+                with self.profile.annotate(self.step + 1):
+                    self.state, metrics = self.runner(self.state, item.batches, self.dropout_key)
                 self.step += 1
+                self.profile.after_step(self.step, self.state)
                 self.position = item.position
                 self.pending.append((self.step, metrics))
-                self.window.add_examples(item.examples)
+                self.window.add_step(item.examples, item.tokens, item.flops)
                 bar.update(1)
                 if self.step % self.run.log_every_steps == 0 or self.step == stage_end:
                     record = self.window.record(self.step, epoch + 1, self.check_pending(epoch),
                                                 item.padding_efficiency)
+                    utilisation = flops.mfu(record["model_tflops"] * 1e12, jax.devices()[0].device_kind,
+                                            self.run.compute_dtype, jax.device_count())
+                    if utilisation is not None:  # a known accelerator: not a CPU
+                        record["mfu"] = utilisation
                     self.metrics_log.write(record)
                     bar.set_postfix({**{t: f"{v:.3f}" for t, v in record["loss"].items()},
                                      "ex/s": f"{record['examples_per_second']:.1f}"})
@@ -381,7 +411,10 @@ class Trainer:
                 # Not at an epoch's end: its dev record and checkpoint follow (`end_epoch`). A
                 # checkpoint there without the record would let a run killed while evaluating
                 # restart as finished, with no dev record, best checkpoint or plots.
-                if self.step % self.run.checkpoint_every_steps == 0 and not ends_epoch:
+                every = self.run.eval_every_steps
+                if every and self.step % every == 0 and not ends_epoch:
+                    self.evaluate(epoch)  # its dev record and checkpoint; may stop the run early
+                elif self.step % self.run.checkpoint_every_steps == 0 and not ends_epoch:
                     self.save()
                 if self.step >= stage_end:
                     break
@@ -410,22 +443,44 @@ class Trainer:
             self.window.add_losses(losses)
         return fetched[-1]
 
-    def end_epoch(self, epoch: int, results: dict, unaveraged: Optional[dict] = None) -> None:
-        """The dev record of the epoch just trained (with the weight average on, `unaveraged` is
-        the trained parameters' own), and a checkpoint that may become the best."""
+    def end_epoch(self, epoch: int) -> None:
+        """The dev record of the epoch just trained, and a checkpoint that may become the best."""
+        self.evaluate(epoch)
+
+    def evaluate(self, epoch: int) -> None:
+        """A dev evaluation (at an epoch's end, or every eval_every_steps), its record, and a
+        checkpoint saved after it (best/ too when it is a new best): a run killed between the
+        two evaluates again on restart. Raises EarlyStopped once early_stopping_patience
+        evaluations in a row have not improved on the best by more than the minimum delta."""
+        results = self.dev_metrics(self.state.evaluated)  # not the optimizer's moments
+        # With a weight average, the trained parameters' own score too: the average's gain,
+        # measured in the same run (the average does not change training).
+        unaveraged = None if self.state.average is None else self.dev_metrics(self.state.params)
         score = overall_score(results)
-        improved = score > self.best_score  # ties keep the earlier epoch
+        improved = score > self.best_score  # ties keep the earlier evaluation
         self.best_score = max(self.best_score, score)
+        if score > self.stopping_best + self.run.early_stopping_min_delta:
+            self.stopping_best, self.evals_without_improvement = score, 0
+        else:
+            self.evals_without_improvement += 1
+        patience = self.run.early_stopping_patience
+        self.stopped_early = bool(patience) and self.evals_without_improvement >= patience
         record = {"step": self.step, "epoch": epoch + 1, "dev": results, "dev_overall": score}
         if unaveraged is not None:
             record |= {"dev_unaveraged": unaveraged, "dev_unaveraged_overall": overall_score(unaveraged)}
         self.metrics_log.write(record)
+        self.results = results
         describe = lambda r: ", ".join(f"{t} {next(iter(m.values())):.4f}" for t, m in r.items())  # noqa: E731
-        self.log(f"epoch {epoch + 1}: dev {describe(results)}; overall {score:.4f}")
+        where = f"epoch {epoch + 1}" + ("" if self.position is None else f", step {self.step}")
+        self.log(f"{where}: dev {describe(results)}; overall {score:.4f}")
         if unaveraged is not None:
-            self.log(f"epoch {epoch + 1}: dev without the weight average {describe(unaveraged)}; "
+            self.log(f"{where}: dev without the weight average {describe(unaveraged)}; "
                      f"overall {record['dev_unaveraged_overall']:.4f}")
         self.save(score if improved else None)  # best/ is written only for a new best
+        if self.stopped_early:
+            raise EarlyStopped(f"early stopping: {patience} dev evaluation(s) without improving on "
+                               f"{self.stopping_best:.4f} by more than {self.run.early_stopping_min_delta}; "
+                               f"stopped after step {self.step}, saved")
 
     def save(self, score: Optional[float] = None) -> None:
         """A checkpoint of the state and the loader's position after the last step trained; the
@@ -437,6 +492,36 @@ class Trainer:
                 # Mid-epoch, what the next log record averages over so far: a run resumed from
                 # here writes the record an uninterrupted run writes. (At an epoch's end the
                 # next epoch starts a new window anyway.)
-                "log_window": self.window.state() if self.position is not None else None}
+                "log_window": self.window.state() if self.position is not None else None,
+                "evals_without_improvement": self.evals_without_improvement, "stopping_best": self.stopping_best,
+                "stopped_early": self.stopped_early}
+        started = time.perf_counter()
         state = {"train": distributed.fetch_replica(self.state).saved(), "loader": position["state"]}
         self.checkpoints.save(self.step, state, meta, score)
+        self.window.pause(time.perf_counter() - started)  # not a step's time
+
+    def _measure(self, frozen: bool):
+        """(real tokens, model FLOPs) of a step's host batches, counted in the prefetch thread: a
+        step's forwards and backwards (3 forwards; 1 with the encoder frozen)."""
+        if self.encoder_shape is None:
+            return None
+        passes = 1.0 if frozen else flops.FORWARD_AND_BACKWARD
+
+        def measure(batches) -> tuple[float, float]:
+            tokens = sum(flops.batch_tokens(b)[0] for b in batches.values())
+            return float(tokens), flops.step_flops(self.encoder_shape, batches, passes)
+        return measure
+
+    def close(self) -> None:
+        self.profile.close()
+        self.checkpoints.close()
+        self.metrics_log.close()
+
+    def summary(self) -> str:
+        """The run's last line: where its best parameters are, how long it took, what to run next."""
+        seconds = self.metrics_log.earlier_seconds + time.perf_counter() - self.started
+        hours, rest = divmod(int(seconds), 3600)
+        best = self.checkpoints.best_step()
+        kept = "no dev evaluation yet" if best is None else f"best/ holds step {best} (dev overall {self.best_score:.4f})"
+        return (f"done: {kept}; {hours}h{rest // 60:02d}m{rest % 60:02d}s in all; next: python evaluate.py "
+                f"--workdir {self.workdir}")

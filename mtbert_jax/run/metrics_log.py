@@ -1,5 +1,5 @@
-"""What a run logs: metrics.jsonl in the workdir (and TensorBoard events when tensorboardX is
-installed), and the per-step numbers averaged over each logging window."""
+"""What a run logs: metrics.jsonl in the workdir (each record passed on to the run's trackers:
+TensorBoard, W&B), and the per-step numbers averaged over each logging window."""
 
 from __future__ import annotations
 
@@ -12,6 +12,11 @@ import numpy as np
 
 from mtbert_jax.run import atomic
 
+# A record's wall-clock measurements: the only fields in which a resumed run's log may differ
+# from an uninterrupted one's.
+WALL_CLOCK_FIELDS = ("run_seconds", "examples_per_second", "step_seconds", "tokens_per_second", "model_tflops",
+                     "mfu")
+
 
 class MetricsLog:
     """JSON lines, one record per logging step and per dev evaluation; on resume, records past
@@ -21,20 +26,15 @@ class MetricsLog:
     process's start) plus the time the run's earlier processes logged (what a killed process did
     after its last kept record is not counted)."""
 
-    def __init__(self, path: Path, resume_step: int, enabled: bool, started: float | None = None):
-        self.path, self.enabled, self.tensorboard = path, enabled, None
+    def __init__(self, path: Path, resume_step: int, enabled: bool, started: float | None = None, trackers=None):
+        self.path, self.enabled = path, enabled
         self.started, self.earlier_seconds = time.perf_counter() if started is None else started, 0.0
         if enabled and path.exists():
             kept = [line for line in atomic.json_lines(path.read_text())
                     if json.loads(line).get("step", 0) <= resume_step]
             atomic.write_text(path, "".join(line + "\n" for line in kept))
             self.earlier_seconds = max([json.loads(line).get("run_seconds", 0.0) for line in kept] + [0.0])
-        if enabled:
-            try:
-                from tensorboardX import SummaryWriter
-                self.tensorboard = SummaryWriter(str(path.parent / "tensorboard"))
-            except ImportError:
-                pass
+        self.trackers = trackers  # TensorBoard, W&B (run/trackers.py): each record goes to them too
 
     def records(self) -> list[dict]:
         """The records kept so far (those up to the step resumed from, and those since)."""
@@ -48,16 +48,12 @@ class MetricsLog:
         record = {**record, "run_seconds": round(self.earlier_seconds + time.perf_counter() - self.started, 3)}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.tensorboard is not None:
-            for group in ("loss", "dev", "lr"):
-                for task, value in record.get(group, {}).items():
-                    for name, number in (value.items() if isinstance(value, dict) else [("", value)]):
-                        self.tensorboard.add_scalar(f"{group}/{task}{'/' + name if name else ''}",
-                                                    number, record["step"])
-            for name in ("examples_per_second", "dev_overall", "pcgrad_conflicts", "param_norm", "update_norm"):
-                if name in record:
-                    self.tensorboard.add_scalar(name, record[name], record["step"])
-            self.tensorboard.flush()
+        if self.trackers is not None:
+            self.trackers.log(record, record["step"])
+
+    def close(self) -> None:
+        if self.trackers is not None:
+            self.trackers.close()
 
 
 class LogWindow:
@@ -65,6 +61,18 @@ class LogWindow:
 
     def __init__(self):
         self.examples, self.losses, self.start = 0.0, {}, time.perf_counter()
+        self.steps, self.tokens, self.flops, self.paused = 0, 0.0, 0.0, 0.0
+
+    def add_step(self, examples: float, tokens: float = 0.0, flops: float = 0.0) -> None:
+        """A step taken: its examples, real tokens and model FLOPs (all processes')."""
+        self.steps += 1
+        self.examples += examples
+        self.tokens += tokens
+        self.flops += flops
+
+    def pause(self, seconds: float) -> None:
+        """Time spent inside the window on something else than steps (a checkpoint's save)."""
+        self.paused += seconds
 
     def state(self) -> dict:
         """What a checkpoint keeps of the window (JSON): the losses so far. Not the examples: a
@@ -78,19 +86,24 @@ class LogWindow:
             window.losses = {t: [float(x) for x in v] for t, v in state["losses"].items()}
         return window
 
-    def add_examples(self, examples: float) -> None:
-        self.examples += examples
-
     def add_losses(self, losses: Mapping[str, float]) -> None:
         for task, value in losses.items():
             self.losses.setdefault(task, []).append(value)
 
     def record(self, step: int, epoch: int, metrics: Mapping, padding_efficiency: float) -> dict:
-        """The log record of this window; `metrics` are the last step's (host values)."""
-        elapsed = time.perf_counter() - self.start
+        """The log record of this window; `metrics` are the last step's (host values).
+
+        The window's time runs from the end of the last record's fetch to the end of this one's:
+        the host waits for the devices only there, so it covers exactly the steps between (no
+        sync is added to measure it); saves inside the window are taken out (`pause`). The first
+        window of a process includes compilation."""
+        elapsed = max(time.perf_counter() - self.start - self.paused, 1e-9)
         record = {"step": step, "epoch": epoch,
                   "loss": {t: float(np.mean(v)) for t, v in sorted(self.losses.items())},
-                  "examples_per_second": self.examples / max(elapsed, 1e-9),
+                  "examples_per_second": self.examples / elapsed,
+                  "step_seconds": elapsed / max(self.steps, 1),
+                  "tokens_per_second": self.tokens / elapsed,
+                  "model_tflops": self.flops / elapsed / 1e12,
                   "grad_norm": np.asarray(metrics["grad_norm"]).tolist(),
                   "lr": {k.split("/", 1)[1]: float(v) for k, v in sorted(metrics.items()) if k.startswith("lr/")},
                   "param_norm": float(metrics["param_norm"]), "update_norm": float(metrics["update_norm"]),
