@@ -1,10 +1,12 @@
-"""Hugging Face BERT checkpoints <-> the Flax parameter tree of `encoder.BertModel`.
+"""Hugging Face BERT and MPNet checkpoints <-> the Flax parameter tree of `encoder.BertModel`.
 
 Reads config.json plus model.safetensors (sharded or not; read with numpy, no torch) or
 pytorch_model.bin (only through `torch.load(weights_only=True)`; nothing is ever unpickled
-otherwise). Accepts BertModel, BertForSequenceClassification and BertForPreTraining layouts,
-with or without the `bert.` prefix and the pooler, and the old `gamma`/`beta` LayerNorm names.
-Writes a directory that `transformers.BertModel.from_pretrained` loads.
+otherwise). Accepts the bare encoder and the *ForSequenceClassification / *ForPreTraining /
+*ForMaskedLM layouts, with or without the `bert.` (`mpnet.`) prefix and the pooler, and the old
+`gamma`/`beta` LayerNorm names. Tensor names are BERT's, renamed by the config's encoder family
+(model/families.py). Writes a directory that transformers' AutoModel loads as BertModel or
+MPNetModel.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from mtbert_jax.checkpoints.installed_models import INSTALLED, installed_dir
 from mtbert_jax.errors import CheckpointError, first_line
 from mtbert_jax.model.bert_config import BertConfig
 from mtbert_jax.model.encoder import init_params
+from mtbert_jax.model.families import BERT, EncoderFamily
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -60,20 +64,26 @@ def default_checkpoint_dir() -> Path:
 
 
 def resolve_checkpoint_dir(checkpoint: str | Path | None) -> Path:
-    """'default' (or empty) -> the embedded MiniLM; anything else must be a local directory."""
+    """'default' (or empty) -> the embedded MiniLM; the name of a model `setup.sh --models`
+    installs (all-mpnet-base-v2) -> its directory in the models directory (write ./NAME for a
+    local directory of that name); anything else must be a local directory."""
     if checkpoint in (None, "", "default"):
         return default_checkpoint_dir()
+    if str(checkpoint) in INSTALLED:
+        return installed_dir(str(checkpoint))
     path = Path(checkpoint).expanduser()
     if not path.is_dir():
-        raise CheckpointError(f"{path}: not a directory; expected a Hugging Face BERT directory "
+        raise CheckpointError(f"{path}: not a directory; expected 'default', one of {sorted(INSTALLED)} "
+                              "(bash setup.sh --models) or a Hugging Face BERT or MPNet directory "
                               "(config.json + model.safetensors or pytorch_model.bin)")
     return path
 
 
 # ---------------------------------------------------------------------------- name table
 
-def hf_name(flax_path: tuple[str, ...]) -> str:
-    """('encoder', 'layer_3', ..., 'kernel') -> 'encoder.layer.3....weight'."""
+def hf_name(flax_path: tuple[str, ...], family: EncoderFamily = BERT) -> str:
+    """('encoder', 'layer_3', ..., 'kernel') -> 'encoder.layer.3....weight', as `family` names it
+    (MPNet: 'encoder.layer.3.attention.attn.q.weight' for BERT's '...attention.self.query...')."""
     parts = []
     for part in flax_path[:-1]:
         if part.startswith("layer_") and part[6:].isdigit():
@@ -82,7 +92,7 @@ def hf_name(flax_path: tuple[str, ...]) -> str:
             parts.append(part)
     leaf = flax_path[-1]
     parts.append("bias" if leaf == "bias" else "weight")
-    return ".".join(parts)
+    return family.hf_name(".".join(parts))
 
 
 def _hf_to_flax(leaf: str, tensor: np.ndarray) -> np.ndarray:
@@ -158,30 +168,32 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
             for k, v in state.items()}
 
 
-def _strip_prefix(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """BertFor* models store the encoder under `bert.`; their heads stay under other names."""
-    if any(k.startswith("bert.") for k in tensors):
-        return {(k[5:] if k.startswith("bert.") else k): v for k, v in tensors.items()}
+def _strip_prefix(tensors: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """BertFor* (MPNetFor*) models store the encoder under `bert.` (`mpnet.`); their heads stay
+    under other names."""
+    if any(k.startswith(prefix) for k in tensors):
+        return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in tensors.items()}
     return tensors
 
 
 def load_hf_checkpoint(checkpoint: str | Path | None = None, compute_dtype: str = "float32",
                        ) -> tuple[BertConfig, dict, LoadReport]:
-    """A Hugging Face BERT directory ('default': the embedded MiniLM) -> (config, params, report).
+    """A Hugging Face BERT or MPNet directory ('default': the embedded MiniLM; the name of an
+    installed model) -> (config, params, report).
 
     Raises CheckpointError naming every missing tensor or every shape mismatch.
     """
     directory = resolve_checkpoint_dir(checkpoint)
     config = BertConfig.from_json_file(directory / "config.json").replace(compute_dtype=compute_dtype)
     raw, source = read_hf_tensors(directory)
-    tensors = _strip_prefix(raw)
+    tensors = _strip_prefix(raw, config.family.base_prefix)
     # Shapes only: initialising bert-base just to overwrite it would cost seconds.
     template = traverse_util.flatten_dict(
         jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0))))
 
     params, used, missing, mismatched, initialised, non_finite = {}, set(), [], [], [], []
     for path, init_value in template.items():
-        name = hf_name(path)
+        name = hf_name(path, config.family)
         found = next((n for n in _alternative_names(name) if n in tensors), None)
         if found is None:
             if path[0] == "pooler":  # sentence-embedding checkpoints often drop it
@@ -224,7 +236,7 @@ def export_hf_checkpoint(params: Mapping, config: BertConfig, out_dir: str | Pat
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     flat = traverse_util.flatten_dict(jax.device_get(dict(params)))
-    tensors = {hf_name(path): np.ascontiguousarray(_hf_to_flax(path[-1], np.asarray(v, np.float32)))
+    tensors = {hf_name(path, config.family): np.ascontiguousarray(_hf_to_flax(path[-1], np.asarray(v, np.float32)))
                for path, v in flat.items()}
     (out_dir / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
     save_file(tensors, str(out_dir / SAFETENSORS), metadata={"format": "pt"})

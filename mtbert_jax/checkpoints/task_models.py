@@ -5,7 +5,8 @@ At prediction time (no dropout) a head is its pooling and its linear layers
 (model/multitask.py, model/heads.py), so the class follows from those:
 - BERT's pooler (tanh dense on [CLS]) then one linear layer: a single-sentence task, or a
   cross-encoder pair head without the shared pair layer, under `model.pooling = "pooler"`. That
-  is transformers' BertForSequenceClassification exactly. Its config.json also tells
+  is transformers' BertForSequenceClassification exactly (for MPNet, MPNetForSequenceClassification,
+  whose head is the same tanh dense then linear layer on <s>). Its config.json also tells
   sentence-transformers' CrossEncoder to apply no activation, so that CrossEncoder.predict
   returns the head's output itself: Quora's logit (not its sigmoid) and STS's score (which the
   cross head neither scales nor squashes).
@@ -15,12 +16,13 @@ At prediction time (no dropout) a head is its pooling and its linear layers
   Dense (GELU), and the pooler under it a Dense (tanh) after Pooling("cls").
 - Bi-encoder pair heads (the two sentences encoded apart, then combined) and task adapters
   (which change the encoder inside): no stock class computes them. The shared encoder as a
-  BertModel directory, the task's own tensors (head, shared pair layer, adapters) in
+  BertModel (MPNetModel) directory, the task's own tensors (head, shared pair layer, adapters) in
   head.safetensors and what they mean in head.json, for `torch_task_model.py`, a PyTorch module
   that a user can copy.
 
-Every directory holds the encoder, the tokenizer files (with the run's max_length as the
-length they truncate to) and float32 tensors. Written tensors are kept in `WrittenTaskModel`
+Every directory holds the encoder, named and configured as its family's (model/families.py), the
+tokenizer files (with the run's max_length as the length they truncate to) and float32 tensors.
+The task's own tensors keep BERT's names in every family. Written tensors are kept in `WrittenTaskModel`
 so that the caller can read them back and compare.
 """
 
@@ -40,6 +42,7 @@ from mtbert_jax.checkpoints.hf import SAFETENSORS, TOKENIZER_FILES, hf_name
 from mtbert_jax.errors import CheckpointError
 from mtbert_jax.model.bert_config import BertConfig
 from mtbert_jax.model.config import ModelConfig
+from mtbert_jax.model.families import BERT, EncoderFamily
 from mtbert_jax.tasks import MULTICLASS, REGRESSION, TASKS
 
 SEQUENCE_CLASSIFICATION = "BertForSequenceClassification"
@@ -55,6 +58,12 @@ CLASS_NAMES = {"sst": ("very negative", "negative", "neutral", "positive", "very
 _IDENTITY = "torch.nn.modules.linear.Identity"
 _TANH = "torch.nn.modules.activation.Tanh"  # BERT's pooler
 _GELU = "torch.nn.modules.activation.GELU"  # GELU(): the exact erf form, as model/encoder.py's gelu
+
+
+def format_name(kind: str, family: EncoderFamily) -> str:
+    """What a format is called for an encoder of `family`: the transformers class it loads in."""
+    return {SEQUENCE_CLASSIFICATION: family.sequence_classification,
+            ENCODER_AND_HEAD: f"{family.architecture} + {HEAD_TENSORS}"}.get(kind, kind)
 
 
 def task_model_format(config: ModelConfig, task: str) -> tuple[str, str]:
@@ -105,10 +114,11 @@ def head_layers(params: Mapping, config: ModelConfig, task: str, pooler_included
     return layers
 
 
-def _torch_tensors(tree: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
-    """A flax parameter tree as PyTorch's named tensors: `prefix` + hf_name, [out, in] weights."""
+def _torch_tensors(tree: Mapping, prefix: str = "", family: EncoderFamily = BERT) -> dict[str, np.ndarray]:
+    """A flax parameter tree as PyTorch's named tensors: `prefix` + hf_name in `family`'s names
+    (the encoder's family for the encoder, BERT's for a task's own tensors), [out, in] weights."""
     flat = traverse_util.flatten_dict(jax.device_get(dict(tree)))
-    return {prefix + hf_name(path): np.ascontiguousarray(
+    return {prefix + hf_name(path, family): np.ascontiguousarray(
         (np.asarray(v, np.float32).T if path[-1] == "kernel" else np.asarray(v, np.float32))) for path, v in flat.items()}
 
 
@@ -141,10 +151,10 @@ def _copy_tokenizer(tokenizer_dir: Path, directory: Path, max_length: int) -> No
 
 def _encoder_directory(directory: Path, bert_params: Mapping, bert_config: BertConfig, tokenizer_dir: Path,
                        max_length: int) -> dict[str, np.ndarray]:
-    """A BertModel directory (config.json, model.safetensors, tokenizer); returns the tensors."""
+    """A BertModel (MPNetModel) directory (config.json, model.safetensors, tokenizer); returns the tensors."""
     _copy_tokenizer(tokenizer_dir, directory, max_length)
     _write_json(directory / "config.json", bert_config.to_hf_dict())
-    tensors = _torch_tensors(bert_params)
+    tensors = _torch_tensors(bert_params, family=bert_config.family)
     _save(directory / SAFETENSORS, tensors)
     return tensors
 
@@ -165,11 +175,17 @@ def _label_config(task: str) -> dict:
 def _write_sequence_classification(directory: Path, params: Mapping, bert_config: BertConfig, config: ModelConfig,
                                    task: str, tokenizer_dir: Path, max_length: int) -> dict:
     _copy_tokenizer(tokenizer_dir, directory, max_length)
+    family = bert_config.family
     (head,) = head_layers(params, config, task, pooler_included=True)
-    tensors = _torch_tensors(params["bert"], prefix="bert.") | {"classifier.weight": head.weight,
-                                                                    "classifier.bias": head.bias}
+    pooler = _dense(params["bert"]["pooler"]["dense"], _TANH)
+    # The encoder under the class's prefix; the pooler and the head where the class keeps them
+    # (BERT: bert.pooler.dense and classifier; MPNet: classifier.dense and classifier.out_proj).
+    encoder = {k: v for k, v in params["bert"].items() if k != "pooler"}
+    tensors = _torch_tensors(encoder, prefix=family.base_prefix, family=family)
+    for name, layer in ((family.classifier_pooler, pooler), (family.classifier_head, head)):
+        tensors |= {f"{name}.weight": layer.weight, f"{name}.bias": layer.bias}
     _save(directory / SAFETENSORS, tensors)
-    hf = bert_config.to_hf_dict() | {"architectures": [SEQUENCE_CLASSIFICATION]} | _label_config(task)
+    hf = bert_config.to_hf_dict() | {"architectures": [family.sequence_classification]} | _label_config(task)
     if TASKS[task].is_pair:
         # CrossEncoder's activation on the logits; its default for one output is a sigmoid.
         # sentence-transformers 4+ reads the first key, earlier versions the second.

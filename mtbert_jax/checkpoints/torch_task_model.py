@@ -1,10 +1,11 @@
 """PyTorch for the exported task models that no stock class computes: bi-encoder pair heads and
 task adapters.
 
-`convert.py` writes such a task as a BertModel directory plus head.safetensors (the task's own
-tensors: its head, the shared pair layer, its adapters; torch.nn.Linear's [out, in] layout)
-and head.json (what they mean). `TaskModel` runs the encoder through transformers' BertModel,
-adds the adapters with forward hooks, and computes the head in a few lines, reproducing
+`convert.py` writes such a task as a BertModel (or MPNetModel) directory plus head.safetensors
+(the task's own tensors: its head, the shared pair layer, its adapters; torch.nn.Linear's
+[out, in] layout) and head.json (what they mean). `TaskModel` runs the encoder through
+transformers' AutoModel (BertModel, MPNetModel: their layers have the same parts), adds the
+adapters with forward hooks, and computes the head in a few lines, reproducing
 mtbert-jax's float32 predictions (model/heads.py, model/adapters.py, model/multitask.py). It
 imports torch, transformers and safetensors only: copy this file to use the model without
 mtbert-jax.
@@ -29,7 +30,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, BertModel
+from transformers import AutoModel, AutoTokenizer
 
 COSINE_SCALE = 20.0  # the cosine head's s = 20 cos(W u, W v), and bi_cosine's Quora logit
 SCORE_MAX = 5.0  # STS scores lie in 0..5
@@ -76,7 +77,7 @@ class TaskModel(torch.nn.Module):
         directory = Path(directory)
         self.head_config = json.loads((directory / "head.json").read_text())
         self.tokenizer = AutoTokenizer.from_pretrained(str(directory))
-        self.encoder = BertModel.from_pretrained(str(directory), add_pooling_layer=True).eval()
+        self.encoder = AutoModel.from_pretrained(str(directory), add_pooling_layer=True).eval()
         path = directory / "head.safetensors"
         self.tensors = load_file(str(path)) if path.exists() else {}
         self._bias = None  # the batch's attention bias, for the adapters' attention
@@ -118,7 +119,8 @@ class TaskModel(torch.nn.Module):
         return (scores.softmax(-1) @ project("value")).transpose(1, 2).reshape(batch, seq, size)
 
     def top_layer(self, h: torch.Tensor) -> torch.Tensor:
-        """The task's own post-LayerNorm BERT layer above the encoder."""
+        """The task's own post-LayerNorm BERT layer above the encoder (no relative position bias,
+        also above MPNet)."""
         p, config = "adapters.top_layer", self.encoder.config
 
         def norm(name, x):
@@ -134,7 +136,7 @@ class TaskModel(torch.nn.Module):
 
     def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> torch.Tensor:
         """[n, hidden] vectors of sentences (`[CLS] a [SEP]`) or cross-encoded pairs
-        (`[CLS] a [SEP] b [SEP]`), truncated as in training."""
+        (`[CLS] a [SEP] b [SEP]`; MPNet's `<s> a </s></s> b </s>`), truncated as in training."""
         batch = self.tokenizer(list(texts), None if pairs is None else list(pairs), padding=True, truncation=True,
                                max_length=self.head_config["max_length"], return_tensors="pt")
         self._bias = (1.0 - batch["attention_mask"][:, None, None, :].float()) * MASK_BIAS

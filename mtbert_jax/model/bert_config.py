@@ -1,4 +1,8 @@
-"""The encoder's hyper-parameters, read from a Hugging Face config.json and validated."""
+"""The encoder's hyper-parameters, read from a Hugging Face config.json and validated.
+
+One dataclass for every encoder family (model/families.py): `model_type` names the family, which
+decides how config.json is read and written and what the encoder adds to BERT.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 from mtbert_jax.errors import CheckpointError
+from mtbert_jax.model.families import FAMILIES, EncoderFamily
 
 
 class UnsupportedConfigError(CheckpointError):
@@ -21,7 +26,7 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
-    """Hyper-parameters of a post-LayerNorm BERT encoder (names as in config.json)."""
+    """Hyper-parameters of a post-LayerNorm BERT-family encoder (names as in config.json)."""
 
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -35,12 +40,19 @@ class BertConfig:
     attention_probs_dropout_prob: float = 0.1
     hidden_act: str = "gelu"
     pad_token_id: int = 0
+    # The encoder family (model/families.py): "bert" or "mpnet".
+    model_type: str = "bert"
+    # Buckets of a relative position bias shared by all layers (MPNet: 32; BERT: 0, none).
+    relative_attention_num_buckets: int = 0
     # Not from config.json: the dtype matmuls run in. Parameters, LayerNorm and softmax
     # always stay float32.
     compute_dtype: str = "float32"
 
     def __post_init__(self):
         problems = []
+        if self.model_type not in FAMILIES:
+            raise UnsupportedConfigError(f"unsupported encoder config: model_type={self.model_type!r}, expected "
+                                         f"one of {sorted(FAMILIES)}")
         if self.hidden_act != "gelu":
             problems.append(
                 f"hidden_act={self.hidden_act!r}: only 'gelu' (exact erf GELU, as in BERT) is supported")
@@ -51,14 +63,29 @@ class BertConfig:
         if self.compute_dtype not in _DTYPES:
             problems.append(f"compute_dtype={self.compute_dtype!r}: expected one of {sorted(_DTYPES)}")
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+                     "intermediate_size", "max_position_embeddings"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 problems.append(f"{name}={getattr(self, name)!r}: expected a positive integer")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 problems.append(f"{name}={getattr(self, name)!r}: expected a value in [0, 1)")
+        problems += self.family.check(self)
         if problems:
-            raise UnsupportedConfigError("unsupported BERT config: " + "; ".join(problems))
+            raise UnsupportedConfigError(f"unsupported {self.model_type} config: " + "; ".join(problems))
+
+    @property
+    def family(self) -> EncoderFamily:
+        return FAMILIES[self.model_type]
+
+    @property
+    def position_offset(self) -> int:
+        """The position embedding row of each sequence's first token."""
+        return self.family.position_offset
+
+    @property
+    def max_positions(self) -> int:
+        """The longest sequence the position embeddings hold (MPNet: 2 fewer than its rows)."""
+        return self.max_position_embeddings - self.position_offset
 
     @property
     def head_dim(self) -> int:
@@ -76,20 +103,16 @@ class BertConfig:
     def from_hf_dict(cls, raw: Mapping[str, Any], source: str = "config.json") -> "BertConfig":
         """Builds a config from a parsed config.json, refusing what the encoder cannot run."""
         model_type = raw.get("model_type", "bert")
-        if model_type != "bert":
-            raise UnsupportedConfigError(f"{source}: model_type={model_type!r}, expected 'bert'")
-        position_type = raw.get("position_embedding_type", "absolute")
-        if position_type != "absolute":
-            raise UnsupportedConfigError(
-                f"{source}: position_embedding_type={position_type!r}: only 'absolute' "
-                "position embeddings are supported (no relative_key / relative_key_query)")
-        if raw.get("is_decoder") or raw.get("add_cross_attention"):
-            raise UnsupportedConfigError(f"{source}: decoder / cross-attention BERT is not supported")
-        fields = {f.name for f in dataclasses.fields(cls)} - {"compute_dtype"}
-        values = {k: raw[k] for k in fields if k in raw and raw[k] is not None}
+        if model_type not in FAMILIES:
+            raise UnsupportedConfigError(f"{source}: model_type={model_type!r}, expected one of {sorted(FAMILIES)}")
+        values, problems = FAMILIES[model_type].config_values(raw, source)
+        if problems:
+            raise UnsupportedConfigError(f"{source}: " + "; ".join(problems))
         try:
             return cls(**values)
         except UnsupportedConfigError as e:
+            raise UnsupportedConfigError(f"{source}: {e}") from None
+        except TypeError as e:  # a value of the wrong type, e.g. a string where a number belongs
             raise UnsupportedConfigError(f"{source}: {e}") from None
 
     @classmethod
@@ -98,15 +121,11 @@ class BertConfig:
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no config.json; a Hugging Face BERT directory needs one") from None
+            raise FileNotFoundError(f"{path}: no config.json; a Hugging Face BERT or MPNet directory needs one") from None
         except json.JSONDecodeError as e:
             raise UnsupportedConfigError(f"{path}: not valid JSON ({e})") from None
         return cls.from_hf_dict(raw, source=str(path))
 
     def to_hf_dict(self) -> dict[str, Any]:
-        """The config.json that transformers.BertModel reads back as this encoder."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        out.pop("compute_dtype")
-        out.update(model_type="bert", architectures=["BertModel"],
-                   position_embedding_type="absolute", initializer_range=0.02)
-        return out
+        """The config.json that transformers reads back as this encoder (BertModel, MPNetModel)."""
+        return self.family.hf_config(self)

@@ -6,6 +6,11 @@ written `layer_{i}`, so conversion (see `checkpoints/hf.py`) is a table, not a p
 
 Post-LayerNorm layers (as in the original BERT). Matmuls run in `config.dtype`; parameters,
 LayerNorm and softmax stay float32.
+
+The same modules run every encoder family (model/families.py) as its config says: token-type
+embeddings or none, the row of the first position, and MPNet's relative position bias
+(`encoder/relative_attention_bias`, one [buckets, heads] table shared by all layers, added to
+the scaled attention scores). Parameter names stay BERT's; checkpoints/hf.py renames them.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import jax.numpy as jnp
 from mtbert_jax.model import mixed_precision
 from mtbert_jax.model.bert_config import BertConfig
 from mtbert_jax.model.dropout import Dropout
+from mtbert_jax.model.families import relative_position_buckets
 
 Array = jax.Array
 # Called as residual_fn(layer_index, layer_input) -> [batch, seq, hidden] or None; its output is
@@ -90,31 +96,51 @@ class BertEmbeddings(nn.Module):
     @nn.compact
     def __call__(self, input_ids: Array, token_type_ids: Array, deterministic: bool,
                  example_ids: Optional[Array] = None, position_ids: Optional[Array] = None) -> Array:
-        """[batch, seq] ids -> [batch, seq, hidden] after word + position + type, LayerNorm, dropout.
-        `position_ids` ([batch, seq]; default 0..seq-1) restart per example in packed rows."""
+        """[batch, seq] ids -> [batch, seq, hidden] after word + position (+ type), LayerNorm, dropout.
+        `position_ids` ([batch, seq]; default 0..seq-1) restart per example in packed rows; the
+        family's offset is added to them (MPNet's first position is row 2). Families without
+        token types ignore `token_type_ids`."""
         cfg = self.config
         seq_len = input_ids.shape[-1]
-        if seq_len > cfg.max_position_embeddings:
-            raise ValueError(f"input_ids has sequence length {seq_len}, more than "
-                             f"max_position_embeddings={cfg.max_position_embeddings}")
+        if position_ids is None and seq_len > cfg.max_positions:
+            raise ValueError(f"input_ids has sequence length {seq_len}, more than the "
+                             f"{cfg.max_positions} positions of max_position_embeddings={cfg.max_position_embeddings}")
         def embed(name, num, ids):
             return nn.Embed(num, cfg.hidden_size, embedding_init=_INIT, name=name)(ids)
 
+        positions = jnp.arange(seq_len)[None, :] if position_ids is None else position_ids
         x = (embed("word_embeddings", cfg.vocab_size, input_ids)
-             + embed("position_embeddings", cfg.max_position_embeddings,
-                     jnp.arange(seq_len)[None, :] if position_ids is None else position_ids)
-             + embed("token_type_embeddings", cfg.type_vocab_size, token_type_ids))
+             + embed("position_embeddings", cfg.max_position_embeddings, positions + cfg.position_offset))
+        if cfg.family.token_types:
+            x = x + embed("token_type_embeddings", cfg.type_vocab_size, token_type_ids)
         x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=jnp.float32, name="LayerNorm")(x)
         x = Dropout(cfg.hidden_dropout_prob)(x, deterministic, example_ids)
         return x.astype(cfg.dtype)
+
+
+class RelativePositionBias(nn.Module):
+    """MPNet's relative position bias: [1, heads, seq, seq] float32 from a [buckets, heads]
+    table, by the columns' distance (families.relative_position_buckets). Computed once per
+    forward pass and added to every layer's scaled scores."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, seq_len: int) -> Array:
+        cfg = self.config
+        table = self.param("embedding", _INIT, (cfg.relative_attention_num_buckets, cfg.num_attention_heads))
+        buckets = relative_position_buckets(seq_len, cfg.relative_attention_num_buckets)  # a constant
+        return jnp.take(table, jnp.asarray(buckets), axis=0).transpose(2, 0, 1)[None].astype(jnp.float32)
 
 
 class BertSelfAttention(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, h: Array, bias: Array, deterministic: bool, example_ids: Optional[Array] = None) -> Array:
-        """[batch, seq, hidden] -> [batch, seq, hidden] context, before the output projection."""
+    def __call__(self, h: Array, bias: Array, deterministic: bool, example_ids: Optional[Array] = None,
+                 position_bias: Optional[Array] = None) -> Array:
+        """[batch, seq, hidden] -> [batch, seq, hidden] context, before the output projection.
+        `position_bias` ([1, heads, seq, seq], MPNet's) is added to the scaled scores."""
         cfg = self.config
         batch, seq, _ = h.shape
 
@@ -131,7 +157,10 @@ class BertSelfAttention(nn.Module):
             scores_of = functools.partial(jnp.einsum, "bhqd,bhkd->bhqk")
             context_of = functools.partial(jnp.einsum, "bhqk,bhkd->bhqd")
         # Scaled after the product, as BERT does, in float32 and fused into the softmax's pass.
-        scores = scores_of(query, key) * (1.0 / math.sqrt(cfg.head_dim)) + bias
+        scores = scores_of(query, key) * (1.0 / math.sqrt(cfg.head_dim))
+        if position_bias is not None:  # added apart from the mask's bias: no [batch, heads, seq, seq] copy
+            scores = scores + position_bias
+        scores = scores + bias
         probs = jax.nn.softmax(scores, axis=-1)
         probs = Dropout(cfg.attention_probs_dropout_prob, attention=True)(probs, deterministic, example_ids)
         context = context_of(probs.astype(cfg.dtype), value).astype(cfg.dtype)
@@ -160,8 +189,9 @@ class BertAttention(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, h: Array, bias: Array, deterministic: bool, example_ids: Optional[Array] = None) -> Array:
-        context = BertSelfAttention(self.config, name="self")(h, bias, deterministic, example_ids)
+    def __call__(self, h: Array, bias: Array, deterministic: bool, example_ids: Optional[Array] = None,
+                 position_bias: Optional[Array] = None) -> Array:
+        context = BertSelfAttention(self.config, name="self")(h, bias, deterministic, example_ids, position_bias)
         return BertResidualOutput(self.config, name="output")(context, h, deterministic, example_ids=example_ids)
 
 
@@ -181,14 +211,17 @@ class BertLayer(nn.Module):
     `extra_residual` (computed by the caller from the layer's input h) is added inside the
     final residual sum: out = LN(FFN(A) + A + extra), A = LN(h + MHA(h)). This is where
     Projected Attention Layers plug in, in parallel to the attention and feed-forward blocks.
+    `position_bias`: the encoder's relative position bias (MPNet), None for BERT and for the
+    task-specific top layers above the encoder.
     """
 
     config: BertConfig
 
     @nn.compact
     def __call__(self, h: Array, bias: Array, deterministic: bool,
-                 extra_residual: Optional[Array] = None, example_ids: Optional[Array] = None) -> Array:
-        a = BertAttention(self.config, name="attention")(h, bias, deterministic, example_ids)
+                 extra_residual: Optional[Array] = None, example_ids: Optional[Array] = None,
+                 position_bias: Optional[Array] = None) -> Array:
+        a = BertAttention(self.config, name="attention")(h, bias, deterministic, example_ids, position_bias)
         ffn = BertIntermediate(self.config, name="intermediate")(a)
         return BertResidualOutput(self.config, name="output")(ffn, a, deterministic, extra_residual, example_ids)
 
@@ -199,9 +232,13 @@ class BertEncoder(nn.Module):
     @nn.compact
     def __call__(self, h: Array, bias: Array, deterministic: bool,
                  residual_fn: Optional[ResidualFn] = None, example_ids: Optional[Array] = None) -> Array:
-        for i in range(self.config.num_hidden_layers):
+        cfg = self.config
+        position_bias = None
+        if cfg.relative_attention_num_buckets:
+            position_bias = RelativePositionBias(cfg, name="relative_attention_bias")(h.shape[1])
+        for i in range(cfg.num_hidden_layers):
             extra = residual_fn(i, h) if residual_fn is not None else None
-            h = BertLayer(self.config, name=f"layer_{i}")(h, bias, deterministic, extra, example_ids)
+            h = BertLayer(cfg, name=f"layer_{i}")(h, bias, deterministic, extra, example_ids, position_bias)
         return h
 
 

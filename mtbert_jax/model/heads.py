@@ -57,9 +57,14 @@ def pool_packed(kind: str, sequence: Array, token_example: Array, example_start:
 
 
 def cosine(u: Array, v: Array, eps: float = 1e-8) -> Array:
-    """[batch, d], [batch, d] -> [batch] cosine similarity, float32."""
+    """[batch, d], [batch, d] -> [batch] cosine similarity, float32.
+
+    |u| |v| is taken as the root of the squared norms' product, at least eps: at a zero vector
+    (an empty filler slot, pooled to 0) its gradient is 0, where the norm's is 0/0 = NaN, which
+    the slot's weight of 0 would not cancel."""
     u, v = u.astype(jnp.float32), v.astype(jnp.float32)
-    return (u * v).sum(-1) / jnp.maximum(jnp.linalg.norm(u, axis=-1) * jnp.linalg.norm(v, axis=-1), eps)
+    squared = jnp.sum(u * u, -1) * jnp.sum(v * v, -1)
+    return (u * v).sum(-1) / jnp.sqrt(jnp.maximum(squared, eps * eps))
 
 
 def pair_features(mode: str, u: Array, v: Array) -> Array:

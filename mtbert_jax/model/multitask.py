@@ -161,7 +161,7 @@ class MultiTaskModel(nn.Module):
         """Every task on its batch: what `init` calls so that every head and adapter exists.
 
         The pooler is created even when the pooling does not use it, so the encoder's
-        parameters always match (and export to) a Hugging Face BertModel.
+        parameters always match (and export to) a Hugging Face BertModel (MPNetModel).
         """
         outputs = {task: self(task, batches[task]) for task in self.config.tasks}
         if self.config.pooling != "pooler":

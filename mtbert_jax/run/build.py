@@ -8,7 +8,9 @@ from typing import Optional
 
 import jax
 
+from mtbert_jax.errors import ConfigError
 from mtbert_jax.model.bert_config import BertConfig
+from mtbert_jax.model.families import BERT
 from mtbert_jax.model.mixed_precision import resolve_compute_dtype
 from mtbert_jax.model.multitask import MultiTaskModel, init_model
 from mtbert_jax.run.config import RunConfig
@@ -31,10 +33,29 @@ def concrete_dtype(run: RunConfig, started_with: Optional[str] = None) -> tuple[
 
 def encoder_config(run: RunConfig, checkpoint_config: BertConfig) -> BertConfig:
     """The checkpoint's BertConfig as this run uses it: its compute dtype (concrete) and encoder
-    dropout."""
+    dropout. ConfigError where the run asks what the checkpoint's encoder family cannot do."""
     if run.compute_dtype not in CONCRETE_DTYPES:
         raise ValueError(f"compute_dtype={run.compute_dtype!r}: make it concrete first (concrete_dtype)")
+    check_family(run, checkpoint_config)
     return run.model.encoder_config(checkpoint_config.replace(compute_dtype=run.compute_dtype))
+
+
+def check_family(run: RunConfig, checkpoint_config: BertConfig) -> None:
+    """Refuses, in one line, what `run` asks of an encoder family that cannot do it: longer
+    sequences than its positions hold, and swapping a pair's sentences inside its tokens
+    (data/tokenized.py knows BERT's pair layout only)."""
+    family, checkpoint = checkpoint_config.family, run.checkpoint
+    if run.max_length > checkpoint_config.max_positions:
+        offset = checkpoint_config.position_offset
+        raise ConfigError(f"max_length={run.max_length} is more than the checkpoint's max_position_embeddings="
+                          f"{checkpoint_config.max_position_embeddings}"
+                          + (f" less the {offset} rows before {family.model_type}'s first position" if offset else ""))
+    swapping = [name for name, on in (("schedule.swap_pairs", run.schedule.swap_pairs),
+                                      ("model.symmetric_pairs", run.model.symmetric_pairs)) if on]
+    if swapping and not family.swaps_pairs:
+        raise ConfigError(f"{' and '.join(swapping)} swap a pair's sentences inside its tokens, which is done for "
+                          f"BERT's {BERT.pair_template} only, not {family.model_type}'s {family.pair_template} "
+                          f"(checkpoint {checkpoint!r}); set them to False")
 
 
 def build_model(run: RunConfig, bert_config: BertConfig) -> MultiTaskModel:

@@ -26,6 +26,7 @@ from mtbert_jax.checkpoints.task_models import (
     SENTENCE_TRANSFORMER,
     SEQUENCE_CLASSIFICATION,
     WrittenTaskModel,
+    format_name,
     read_back_difference,
     task_model_format,
     write_task_model,
@@ -60,9 +61,10 @@ class TaskExport:
     directory: Path
     difference: Optional[float]  # PyTorch against the run, None when not checked
     unchecked: str  # why the outputs were not checked in PyTorch ("" when they were)
+    name: str = ""  # the format as the encoder's family calls it (MPNetForSequenceClassification); "": `format`
 
     def summary(self) -> str:
-        said = f"{self.task}: {self.format} in {self.directory}"
+        said = f"{self.task}: {self.name or self.format} in {self.directory}"
         if self.why:
             said += f" ({self.why}; mtbert_jax/checkpoints/torch_task_model.py computes it)"
         if self.unchecked:
@@ -141,8 +143,10 @@ def export_task_model(trained: TrainedModel, task: str, directory: Path, final: 
     final = final or directory
     kind, why = task_model_format(trained.run.model, task)
     source = resolve_checkpoint_dir(trained.run.checkpoint)
-    written = write_task_model(directory, trained.params, BertConfig.from_json_file(source / "config.json"),
-                               trained.run.model, task, source, trained.run.max_length)
+    bert_config = BertConfig.from_json_file(source / "config.json")
+    name = format_name(kind, bert_config.family)
+    written = write_task_model(directory, trained.params, bert_config, trained.run.model, task, source,
+                               trained.run.max_length)
     difference = read_back_difference(written)
     if difference != 0:
         raise CheckpointError(f"{final}: the {task} model's tensors read back differently (max abs "
@@ -151,7 +155,7 @@ def export_task_model(trained: TrainedModel, task: str, directory: Path, final: 
     try:
         got = pytorch_outputs(written, items)
     except ImportError as e:
-        return TaskExport(task, kind, why, final, None, f"{e.name or e} is not installed")
+        return TaskExport(task, kind, why, final, None, f"{e.name or e} is not installed", name)
     except Exception as e:  # noqa: BLE001  whatever the library raises on a directory it cannot load
         raise CheckpointError(f"{final}: {LOADED_WITH[kind]} cannot load the {task} model it is written for "
                               f"({first_line(e)}); nothing was written") from None
@@ -160,7 +164,7 @@ def export_task_model(trained: TrainedModel, task: str, directory: Path, final: 
     if not difference <= TOLERANCE:  # NaN included
         raise CheckpointError(f"{final}: {LOADED_WITH[kind]} computes {task} outputs that differ from the "
                               f"run's by up to {difference:g} (more than {TOLERANCE:g}); nothing was written")
-    return TaskExport(task, kind, why, final, difference, "")
+    return TaskExport(task, kind, why, final, difference, "", name)
 
 
 def export_task_models(workdir: str | Path, which: str, out_dir: str | Path, final_dir: Optional[Path] = None,
