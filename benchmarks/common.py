@@ -20,13 +20,44 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-# Encoder shapes (vocabulary 30,522, 512 positions, 2 token types, as bert-base-uncased).
+# Encoder shapes, as config.json keys: BERT's (model_type absent) have vocabulary 30,522, 512
+# positions, 2 token types, as bert-base-uncased; MPNet's (model_type "mpnet") all-mpnet-base-v2's
+# vocabulary of 30,527, 514 position rows (512 usable: its positions start at row 2), no token
+# types and a 32-bucket relative position bias.
+_MPNET = dict(model_type="mpnet", vocab_size=30527, max_position_embeddings=514, relative_attention_num_buckets=32)
 SHAPES = {
     "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
     "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "mpnet-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                       **_MPNET),
     # Seconds on a CPU: for checking that a script still runs (accelerator_check.py --quick).
     "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
+    "mpnet-tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, **_MPNET),
 }
+_DIMS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+
+
+def model_type(shape_name: str) -> str:
+    """The encoder family of a shape: config.json's model_type ("bert" where the shape says none)."""
+    return SHAPES[shape_name].get("model_type", "bert")
+
+
+def bert_shape_like(shape_name: str) -> str | None:
+    """The BERT shape with the same layers, widths and heads as another family's shape (None for
+    a BERT shape, or where there is none): what PyTorch runs fastest, BertModel with SDPA."""
+    if model_type(shape_name) == "bert":
+        return None
+    dims = {k: SHAPES[shape_name][k] for k in _DIMS}
+    return next((name for name, s in SHAPES.items()
+                 if model_type(name) == "bert" and {k: s[k] for k in _DIMS} == dims), None)
+
+
+def max_sequence(shape_name: str) -> int:
+    """The longest sequence a shape's position embeddings hold (MPNet: 2 fewer than its rows)."""
+    from mtbert_jax.model.families import FAMILIES  # numpy only: no jax in a parent process
+
+    shape = SHAPES[shape_name]
+    return shape.get("max_position_embeddings", 512) - FAMILIES[model_type(shape_name)].position_offset
 
 
 def median_seconds(fn: Callable[[], object], warmup: int, repeats: int) -> tuple[float, list[float]]:

@@ -12,6 +12,7 @@ in wall time and in the CPU time of the thread that runs it.
 python benchmarks/host_overhead.py                  # 400 steps, the first 100 left out
 python benchmarks/host_overhead.py --steps 1000 --warmup 200
 python benchmarks/host_overhead.py --checkpoint DIR  # its vocabulary, where the embedded MiniLM is not installed
+python benchmarks/host_overhead.py --watching all   # TensorBoard and W&B offline on (default: TensorBoard, as a run)
 
 Phases: `batch assembly` and `transfer` run in the prefetch thread, overlapped with the step;
 `dispatch` (enqueueing the compiled step) and `logging` (fetching the pending metrics, the NaN
@@ -49,7 +50,7 @@ def _timed(owner, name: str, phase: str, log: dict) -> None:
     setattr(owner, name, wrapper)
 
 
-def run(steps: int, warmup: int, batch: int, checkpoint: str = "default") -> dict:
+def run(steps: int, warmup: int, batch: int, checkpoint: str = "default", watching: str = "default") -> dict:
     import jax
 
     from configs import default
@@ -100,6 +101,9 @@ def run(steps: int, warmup: int, batch: int, checkpoint: str = "default") -> dic
         # One sequence length (16 tokens, one bucket, padded batches): one compilation per task,
         # so that the steady state is reached early; the host's work does not depend on the length.
         c.max_length, c.bucket_step, c.packing = 16, 16, False
+        # What a watched run adds: TensorBoard events (on in every run unless turned off), W&B.
+        c.tensorboard = watching != "off"
+        c.wandb = "offline" if watching == "all" else "disabled"
         start = time.perf_counter()
         train_and_evaluate(c, tmp / "run")
         total = time.perf_counter() - start
@@ -121,7 +125,7 @@ def run(steps: int, warmup: int, batch: int, checkpoint: str = "default") -> dic
     main_ms = sum(r["ms_per_step"] for r in rows if r["thread"] == "main")
     # The main thread's whole CPU time between the first and the last steady dispatch.
     main_cpu_ms = (dispatch[-1][3] - dispatch[warmup][3]) / steady_steps * 1e3
-    return {"steps": steps, "warmup": warmup, "batch": batch, "vocab_size": config.vocab_size,
+    return {"steps": steps, "warmup": warmup, "batch": batch, "vocab_size": config.vocab_size, "watching": watching,
             "median_ms_per_step": per_step_ms, "mean_ms_per_step": mean_step_ms,
             "main_thread_ms_per_step": main_ms, "main_thread_cpu_ms_per_step": main_cpu_ms,
             "phases": rows, "total_seconds": total, "machine": common.machine()}
@@ -133,14 +137,16 @@ def main():
     parser.add_argument("--warmup", type=int, default=100, help="steps left out (compilation)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--checkpoint", default="default", help="whose vocabulary to cut (default: the embedded MiniLM)")
+    parser.add_argument("--watching", choices=["off", "default", "all"], default="default",
+                        help="off: no TensorBoard; default: TensorBoard (as a run); all: TensorBoard and W&B offline")
     parser.add_argument("--side", help=argparse.SUPPRESS)
     args = parser.parse_args()
     result = common.run_side(__file__, ["--side", "ours", "--steps", str(args.steps), "--warmup",
                                         str(args.warmup), "--batch", str(args.batch), "--checkpoint",
-                                        args.checkpoint]) if args.side is None else None
+                                        args.checkpoint, "--watching", args.watching]) if args.side is None else None
     if args.side == "ours":
         import json
-        print(json.dumps(run(args.steps, args.warmup, args.batch, args.checkpoint)))
+        print(json.dumps(run(args.steps, args.warmup, args.batch, args.checkpoint, args.watching)))
         return
     machine = result.pop("machine")
     print(f"steady state over steps {args.warmup}-{args.steps}: {result['median_ms_per_step']:.2f} ms per step "

@@ -6,10 +6,17 @@ output, batch 32 (or --batches) of random token ids. Ours is mtbert_jax's own St
 (pmapped loss-and-grad, then the optax chain) on an SST model; the reference is transformers' BertModel + nn.Linear +
 torch.optim.AdamW, same shapes, same weight decay, no clipping on either side.
 
+An MPNet shape (mpnet-base: all-mpnet-base-v2's, random weights) runs our encoder of the MPNet
+family (relative position bias, positions from row 2) against transformers' MPNetModel, with
+the same head, loss and optimizer; MPNetModel has eager attention only (transformers refuses
+"sdpa" for it). Such a row also measures PyTorch at its best on the same layer shapes,
+BertModel with SDPA at the BERT shape of the same sizes (bert-base), as `torch_best`.
+
 python benchmarks/train_step.py                                   # minilm and bert-base, seq 64 and 128
 python benchmarks/train_step.py --shapes minilm --seqs 64 --steps 10
 python benchmarks/train_step.py --dtype bfloat16                  # accelerators: bf16 matmuls (torch autocast)
 python benchmarks/train_step.py --shapes bert-base --seqs 128 --batches 32 256
+python benchmarks/train_step.py --shapes mpnet-base --seqs 64 128 --dtype bfloat16  # vs MPNetModel and BertModel
 python benchmarks/train_step.py --no-torch                        # ours only, on a machine without PyTorch
 
 The plain-matmul limit is a 2048^3 (CPU) or 8192^3 (accelerator) matmul measured in the same
@@ -40,7 +47,11 @@ def run_ours(shape_name: str, seq: int, steps: int, dtype: str, batch_size: int)
     from mtbert_jax.training.step import StepRunner, TrainState
 
     tasks = ("sst",)
-    bert_config = BertConfig(**common.SHAPES[shape_name], compute_dtype=dtype)
+    # Read as a config.json is, so that the family fills in what it implies (MPNet: no token
+    # types, pad id 1, positions from row 2).
+    bert_config = BertConfig.from_hf_dict(common.SHAPES[shape_name]).replace(compute_dtype=dtype)
+    if seq > bert_config.max_positions:
+        raise ValueError(f"{shape_name}: seq {seq} is longer than its {bert_config.max_positions} positions")
     model, params = init_model(bert_config, ModelConfig(tasks=tasks, pooling="pooler"), jax.random.PRNGKey(0))
     optimizer = Optimizer(OptimizerConfig(max_grad_norm=0.0), params, tasks, 1000, 1)
     runner = StepRunner(model, optimizer, tasks, {}, total_steps=1000)
@@ -64,13 +75,19 @@ def run_torch(shape_name: str, seq: int, steps: int, dtype: str, batch_size: int
     import contextlib
 
     import torch
-    from transformers import BertConfig, BertModel
+    import transformers
 
     torch.manual_seed(0)
     device = common.torch_device()
-    shape = common.SHAPES[shape_name]
-    config = BertConfig(**shape, hidden_dropout_prob=DROPOUT, attention_probs_dropout_prob=DROPOUT)
-    model = BertModel(config).to(device).train()
+    shape = dict(common.SHAPES[shape_name])
+    model_type = shape.pop("model_type", "bert")
+    # Each family's default attention: BertModel SDPA, MPNetModel eager (its only one; it takes no
+    # token types and makes its position ids from the input ids, from row 2).
+    config_class, model_class = {"bert": ("BertConfig", "BertModel"),
+                                 "mpnet": ("MPNetConfig", "MPNetModel")}[model_type]
+    config = getattr(transformers, config_class)(**shape, hidden_dropout_prob=DROPOUT,
+                                                 attention_probs_dropout_prob=DROPOUT)
+    model = getattr(transformers, model_class)(config).to(device).train()
     head = torch.nn.Linear(shape["hidden_size"], CLASSES).to(device)
     optimizer = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=1e-5,
                                   weight_decay=0.01)
@@ -93,7 +110,7 @@ def run_torch(shape_name: str, seq: int, steps: int, dtype: str, batch_size: int
 
     seconds, times = common.median_seconds(step, 2, steps)
     return {"step_seconds": seconds, "times": times, "peak_rss_mib": common.peak_rss_mib(),
-            "attention": model.config._attn_implementation}
+            "attention": model.config._attn_implementation, "model": type(model).__name__}
 
 
 def run_matmul(dtype: str, with_torch: bool = True) -> dict:
@@ -109,8 +126,11 @@ def run_matmul(dtype: str, with_torch: bool = True) -> dict:
             "machine": common.machine()}
 
 
-def compare(shape: str, seq: int, batch: int, ours: dict, ref: dict | None, limit: dict, peak: float | None) -> dict:
-    """One row of the table from both sides' step times (ref None: PyTorch not run, its fields None)."""
+def compare(shape: str, seq: int, batch: int, ours: dict, ref: dict | None, limit: dict, peak: float | None,
+            best: dict | None = None, best_shape: str | None = None) -> dict:
+    """One row of the table from both sides' step times (ref None: PyTorch not run, its fields None).
+    best: PyTorch at its best on the same layer shapes (BertModel with SDPA at `best_shape`) for a
+    shape of another family; None for a BERT shape (ref is that already), its fields None."""
     from mtbert_jax.training import flops as model_flops
 
     flops = model_flops.train_step_flops(common.SHAPES[shape], batch, seq)
@@ -119,17 +139,28 @@ def compare(shape: str, seq: int, batch: int, ours: dict, ref: dict | None, limi
            "ours_gflops": flops / ours["step_seconds"] / 1e9,
            "ours_rss_mib": ours["peak_rss_mib"], "ours_step_times": ours["times"], "matmul_flops": flops,
            "torch_examples_per_second": None, "torch_gflops": None, "ratio": None, "torch_rss_mib": None,
-           "torch_step_times": None, "torch_attention": None, "torch_fraction_of_matmul": None}
+           "torch_step_times": None, "torch_attention": None, "torch_model": None, "torch_fraction_of_matmul": None,
+           "torch_best_shape": None, "torch_best_model": None, "torch_best_attention": None,
+           "torch_best_examples_per_second": None, "torch_best_gflops": None, "ratio_best": None,
+           "torch_best_rss_mib": None, "torch_best_step_times": None}
     row["ours_fraction_of_matmul"] = row["ours_gflops"] / limit["jax_gflops"]
     if ref is not None:
         row |= {"torch_examples_per_second": batch / ref["step_seconds"],
                 "ratio": ref["step_seconds"] / ours["step_seconds"],
                 "torch_gflops": flops / ref["step_seconds"] / 1e9, "torch_rss_mib": ref["peak_rss_mib"],
-                "torch_step_times": ref["times"], "torch_attention": ref["attention"]}
+                "torch_step_times": ref["times"], "torch_attention": ref["attention"], "torch_model": ref["model"]}
         row["torch_fraction_of_matmul"] = row["torch_gflops"] / limit["torch_gflops"]
+    if best is not None:
+        row |= {"torch_best_shape": best_shape, "torch_best_model": best["model"],
+                "torch_best_attention": best["attention"],
+                "torch_best_examples_per_second": batch / best["step_seconds"],
+                "torch_best_gflops": flops / best["step_seconds"] / 1e9,
+                "ratio_best": best["step_seconds"] / ours["step_seconds"],
+                "torch_best_rss_mib": best["peak_rss_mib"], "torch_best_step_times": best["times"]}
     if peak:
         row["ours_mfu"] = row["ours_gflops"] * 1e9 / peak
         row["torch_mfu"] = row["torch_gflops"] * 1e9 / peak if ref is not None else None
+        row["torch_best_mfu"] = row["torch_best_gflops"] * 1e9 / peak if best is not None else None
     return row
 
 
@@ -139,13 +170,17 @@ def main():
     parser.add_argument("--seqs", nargs="+", type=int, default=[64, 128])
     parser.add_argument("--batches", nargs="+", type=int, default=[32], help="records per step")
     parser.add_argument("--steps", type=int, default=5, help="measured steps per side (after 2 warm-up)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--dtype", "--dtypes", dest="dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="matmul dtype, one per run (PyTorch under autocast in bfloat16)")
     parser.add_argument("--no-torch", action="store_true", help="ours only (a machine without PyTorch)")
     parser.add_argument("--side", help=argparse.SUPPRESS)  # internal: run one side, print JSON
     parser.add_argument("--shape", help=argparse.SUPPRESS)
     parser.add_argument("--seq", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    for shape in args.shapes if not args.side else ():
+        if max(args.seqs) > common.max_sequence(shape):
+            parser.error(f"--seqs {max(args.seqs)}: {shape} holds {common.max_sequence(shape)} positions")
     if args.side:
         import json
 
@@ -168,7 +203,12 @@ def main():
                              "--dtype", args.dtype]
                 ours = common.run_side(__file__, ["--side", "ours", *side_args])
                 ref = None if args.no_torch else common.run_side(__file__, ["--side", "torch", *side_args])
-                rows.append(compare(shape, seq, batch, ours, ref, limit, peak))
+                best_shape = common.bert_shape_like(shape)
+                best = None
+                if best_shape and not args.no_torch:
+                    best_args = ["--shape", best_shape, *side_args[2:]]
+                    best = common.run_side(__file__, ["--side", "torch", *best_args])
+                rows.append(compare(shape, seq, batch, ours, ref, limit, peak, best, best_shape if best else None))
                 print(f"  measured {shape} seq {seq} batch {batch}", file=sys.stderr)
     print(f"plain {size}^3 {args.dtype} matmul: jax {limit['jax_gflops']:.0f} GFLOP/s, "
           + (f"torch {limit['torch_gflops']:.0f} GFLOP/s" if not args.no_torch else "PyTorch not run")
@@ -176,12 +216,22 @@ def main():
     columns = [("shape", "shape", "s"), ("seq", "seq", "d"), ("batch", "batch", "d"),
                ("ours_examples_per_second", "ours ex/s", ".1f"),
                ("torch_examples_per_second", "torch ex/s", ".1f"), ("ratio", "ours/torch", ".2f"),
+               *([("torch_best_examples_per_second", "torch_best ex/s", ".1f"),
+                  ("ratio_best", "ours/torch_best", ".2f")] if any(r["ratio_best"] for r in rows) else []),
                ("ours_gflops", "ours GFLOP/s", ".0f"), ("torch_gflops", "torch GFLOP/s", ".0f"),
                ("ours_fraction_of_matmul", "ours/matmul", ".2f"),
                ("torch_fraction_of_matmul", "torch/matmul", ".2f"),
                ("ours_rss_mib", "ours RSS MiB", ".0f"), ("torch_rss_mib", "torch RSS MiB", ".0f")]
     if peak:
-        columns += [("ours_mfu", "ours MFU", ".3f"), ("torch_mfu", "torch MFU", ".3f")]
+        columns += [("ours_mfu", "ours MFU", ".3f"), ("torch_mfu", "torch MFU", ".3f"),
+                    *([("torch_best_mfu", "torch_best MFU", ".3f")] if any(r["ratio_best"] for r in rows) else [])]
+    if not args.no_torch:
+        models = {}  # in the order met: "shape: Model (attention)"
+        for r in rows:
+            models.setdefault(r["shape"], f"{r['shape']}: {r['torch_model']} ({r['torch_attention']})"
+                              + (f", torch_best {r['torch_best_model']} ({r['torch_best_attention']}) at "
+                                 f"{r['torch_best_shape']}" if r["torch_best_model"] else ""))
+        print("torch: " + "; ".join(models.values()))
     common.print_table(columns, rows)
     machine = limit.pop("machine")
     common.print_json("train_step", {"dtype": args.dtype, "steps": args.steps, "matmul_limit": limit,
