@@ -452,6 +452,7 @@ class Trainer:
         checkpoint saved after it (best/ too when it is a new best): a run killed between the
         two evaluates again on restart. Raises EarlyStopped once early_stopping_patience
         evaluations in a row have not improved on the best by more than the minimum delta."""
+        started = time.perf_counter()
         results = self.dev_metrics(self.state.evaluated)  # not the optimizer's moments
         # With a weight average, the trained parameters' own score too: the average's gain,
         # measured in the same run (the average does not change training).
@@ -476,6 +477,7 @@ class Trainer:
         if unaveraged is not None:
             self.log(f"{where}: dev without the weight average {describe(unaveraged)}; "
                      f"overall {record['dev_unaveraged_overall']:.4f}")
+        self.window.pause(time.perf_counter() - started)  # mid-epoch: not the steps' time
         self.save(score if improved else None)  # best/ is written only for a new best
         if self.stopped_early:
             raise EarlyStopped(f"early stopping: {patience} dev evaluation(s) without improving on "
