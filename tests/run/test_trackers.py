@@ -98,8 +98,7 @@ def test_tensorboard_events_read_back(tmp_path):
 KILLED_RUN = """
 import os, signal, sys
 from pathlib import Path
-sys.path.insert(0, sys.argv[2])
-from test_trackers import train_record
+from test_trackers import train_record  # this file's folder is on PYTHONPATH
 from mtbert_jax.run.trackers import TensorBoardTracker
 
 tracker = TensorBoardTracker(Path(sys.argv[1]), tasks=("sst", "sts"))
@@ -111,8 +110,8 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 def test_a_run_killed_and_resumed_shows_each_step_once(tmp_path):
     logdir = tmp_path / "tensorboard"
-    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, str(logdir), os.path.dirname(__file__)],
-                            capture_output=True, text=True)
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, str(logdir)], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": os.path.dirname(__file__)})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
 
     resumed = TensorBoardTracker(logdir, resume_step=20, tasks=TASKS, log=pytest.fail)
