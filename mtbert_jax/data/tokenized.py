@@ -24,7 +24,9 @@ from mtbert_jax.tasks import TASKS
 
 CACHE_DIR_ENV = "MTBERT_CACHE_DIR"
 PAIR_ENCODINGS = ("cross", "bi")
-_CACHE_VERSION = 2  # 2: files carry their key and digest (mtbert_jax/caches.py)
+# 2: files carry their key and digest (mtbert_jax/caches.py); 3: and the pair separators, which
+# version-2 files lack (the version is part of the key: they are tokenized again, once).
+_CACHE_VERSION = 3
 
 
 @dataclasses.dataclass
@@ -59,10 +61,15 @@ class Segments:
         tokens = np.repeat(self.offsets[keep] - offsets[:-1], lengths) + np.arange(offsets[-1])
         return Segments(self.ids[tokens], self.types[tokens], offsets)
 
-    def swapped_pairs(self, which: Optional[np.ndarray] = None) -> "Segments":
-        """Cross-encoded pairs with their sentences swapped: [CLS] a [SEP] b [SEP] becomes
-        [CLS] b [SEP] a [SEP], token types following (the same tokens, truncation included).
-        `which` [n] bool: swap only those sequences (None: all); every sequence keeps its length.
+    def swapped_pairs(self, which: Optional[np.ndarray] = None, separators: int = 1) -> "Segments":
+        """Cross-encoded pairs with their sentences swapped: `<first> a <separators> b <last>`
+        becomes `<first> b <separators> a <last>` (BERT, 1 separator: [CLS] a [SEP] b [SEP];
+        MPNet, 2: <s> a </s></s> b </s>), token types following (the same tokens, truncation
+        included). `which` [n] bool: swap only those sequences (None: all); every sequence keeps
+        its length.
+
+        Token types mark a pair's parts as BERT's do in every family (checkpoints/tokenizer.py):
+        0 up to a's separator, 1 from there on, so the second part is `<separators - 1> b <last>`.
 
         Quora and STS are symmetric relations but a cross-encoder is not: `model.symmetric_pairs`
         averages both orders, `schedule.swap_pairs` trains on both. Swapped sequences must hold
@@ -72,18 +79,20 @@ class Segments:
         first = np.add.reduceat(self.types == 0, self.offsets[:-1]) if len(self) else np.zeros(0, np.int64)
         first = np.where(lengths > 0, first, 0)  # reduceat reads one element for empty sequences
         second = lengths - first
-        not_pairs = which & ((first < 2) | (second < 1))
+        not_pairs = which & ((first < 2) | (second < separators))
         if not_pairs.any():
             bad = int(np.flatnonzero(not_pairs)[0])
-            raise ValueError(f"sequence {bad} is not a cross-encoded pair (token types "
-                             f"{self.get(bad)[1].tolist()}); only pairs can be swapped")
+            raise ValueError(f"sequence {bad} is not a cross-encoded pair with {separators} separator(s) (token "
+                             f"types {self.get(bad)[1].tolist()}); only pairs can be swapped")
         la, lb, swap = (np.repeat(x, lengths) for x in (first, second, which))
+        a, b = la - 2, lb - separators  # the sentences' own tokens
         j = np.arange(self.offsets[-1]) - np.repeat(self.offsets[:-1], lengths)  # position in its sequence
-        # New position j -> old position: [CLS], b's tokens, the [SEP] after a, a's tokens, the last [SEP].
-        old = np.select([j == 0, j < lb, j == lb, j < la + lb - 1],
-                        [0, la + j - 1, la - 1, j - lb], default=la + lb - 1)
+        # New position j -> old position: the first token, b's tokens, the separators (a's, then
+        # the ones opening b), a's tokens, the last token.
+        old = np.select([j == 0, j <= b, j <= b + separators, j <= b + separators + a],
+                        [0, la + separators - 2 + j, la - 2 + j - b, j - b - separators], default=la + lb - 1)
         tokens = np.repeat(self.offsets[:-1], lengths) + np.where(swap, old, j)
-        types = np.where(swap, j > lb, self.types).astype(self.types.dtype)
+        types = np.where(swap, j >= b + 2, self.types).astype(self.types.dtype)
         return Segments(self.ids[tokens], types, self.offsets.copy())
 
     def get(self, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -104,6 +113,9 @@ class TaskData:
     skipped: list[tuple[int, str]]  # (line, reason) of records skipped while reading
     # Distillation: the teachers' probabilities or scores per record ([n] or [n, classes]).
     targets: Optional[np.ndarray] = None
+    # Separator tokens between a cross-encoded pair's sentences, as the tokenizer's encoder family
+    # lays pairs out (BERT 1, MPNet 2): what swapping them inside the tokens needs.
+    pair_separators: int = 1
 
     def __len__(self) -> int:
         return len(self.record_ids)
@@ -129,7 +141,7 @@ class TaskData:
         if not TASKS[self.task].is_pair:
             raise ValueError(f"{self.task} is not a pair task: there is nothing to swap")
         if len(self.segments) == 1:
-            return dataclasses.replace(self, segments=(self.segments[0].swapped_pairs(which),))
+            return dataclasses.replace(self, segments=(self.segments[0].swapped_pairs(which, self.pair_separators),))
         if which is not None:
             raise ValueError("bi-encoded pairs are swapped all together, not record by record")
         return dataclasses.replace(self, segments=self.segments[::-1])
@@ -191,7 +203,8 @@ def load_task_data(task: str, split: str, data_dir: str | Path, tokenizer: BertT
             raise DataError(f"{path}: no {task} records after the header{skipped}")
         segments, num_truncated = tokenize_records(records, tokenizer, max_length, pair_encoding)
         return _as_arrays(TaskData(task, split, np.asarray(records.record_ids, dtype=str), records.labels,
-                                   segments, num_truncated, records.skipped))
+                                   segments, num_truncated, records.skipped,
+                                   pair_separators=tokenizer.family.pair_separators))
 
     return _from_arrays(cached_arrays(cache_file, key, tokenize), task, split)
 
@@ -199,7 +212,8 @@ def load_task_data(task: str, split: str, data_dir: str | Path, tokenizer: BertT
 def _as_arrays(data: TaskData) -> dict[str, np.ndarray]:
     arrays = {"record_ids": data.record_ids, "num_truncated": np.int64(data.num_truncated),
               "skipped_lines": np.asarray([s[0] for s in data.skipped], np.int64),
-              "skipped_reasons": np.asarray([s[1] for s in data.skipped], dtype=str)}
+              "skipped_reasons": np.asarray([s[1] for s in data.skipped], dtype=str),
+              "pair_separators": np.int64(data.pair_separators)}
     if data.labels is not None:
         arrays["labels"] = data.labels
     for k, seg in enumerate(data.segments):
@@ -213,4 +227,5 @@ def _from_arrays(z: dict[str, np.ndarray], task: str, split: str) -> TaskData:
         k = len(segments)
         segments.append(Segments(z[f"ids_{k}"], z[f"types_{k}"], z[f"offsets_{k}"]))
     return TaskData(task, split, z["record_ids"], z.get("labels"), tuple(segments), int(z["num_truncated"]),
-                    list(zip(z["skipped_lines"].tolist(), z["skipped_reasons"].tolist())))
+                    list(zip(z["skipped_lines"].tolist(), z["skipped_reasons"].tolist())),
+                    pair_separators=int(z["pair_separators"]))

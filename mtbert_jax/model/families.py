@@ -54,11 +54,15 @@ class EncoderFamily:
     tokenizer_class: str
     # How a sentence pair is laid out, with A and B for the two sentences' tokens (messages, checks).
     pair_template: str
+    # Separator tokens between a pair's two sentences (BERT's one [SEP], MPNet's </s></s>): what
+    # swapping a pair's sentences inside its tokens (data/tokenized.py) needs to know of the layout.
+    pair_separators: int
     # The tokenizer gives token types 0/1 itself; otherwise the tokenizer marks them as BERT's are
     # (1 from the second sentence's first token, separators before it included).
     tokenizer_types: bool = True
-    # schedule.swap_pairs and model.symmetric_pairs swap a pair's sentences inside its tokens,
-    # which data/tokenized.py does for BERT's layout only.
+    # schedule.swap_pairs and model.symmetric_pairs swap a pair's sentences inside its tokens
+    # (data/tokenized.py), which needs the layout `<first> A <separators> B <last>`; a family laid
+    # out otherwise says False and run/build.py refuses them.
     swaps_pairs: bool = True
 
     def hf_name(self, bert_name: str) -> str:
@@ -115,6 +119,7 @@ class Bert(EncoderFamily):
     hf_config_constants = {"position_embedding_type": "absolute", "initializer_range": 0.02}
     tokenizer_class = "BertTokenizerFast"
     pair_template = "[CLS] A [SEP] B [SEP]"
+    pair_separators = 1
 
     def config_values(self, raw, source):
         values, problems = super().config_values(raw, source)
@@ -153,8 +158,8 @@ class MPNet(EncoderFamily):
     # tokenizer.json) makes `<s> A </s></s> B </s>`, with no token types.
     tokenizer_class = "MPNetTokenizerFast"
     pair_template = "<s> A </s></s> B </s>"
+    pair_separators = 2
     tokenizer_types = False
-    swaps_pairs = False
 
     def config_values(self, raw, source):
         values, problems = super().config_values(raw, source)

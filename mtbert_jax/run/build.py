@@ -10,7 +10,6 @@ import jax
 
 from mtbert_jax.errors import ConfigError
 from mtbert_jax.model.bert_config import BertConfig
-from mtbert_jax.model.families import BERT
 from mtbert_jax.model.mixed_precision import resolve_compute_dtype
 from mtbert_jax.model.multitask import MultiTaskModel, init_model
 from mtbert_jax.run.config import RunConfig
@@ -42,8 +41,8 @@ def encoder_config(run: RunConfig, checkpoint_config: BertConfig) -> BertConfig:
 
 def check_family(run: RunConfig, checkpoint_config: BertConfig) -> None:
     """Refuses, in one line, what `run` asks of an encoder family that cannot do it: longer
-    sequences than its positions hold, and swapping a pair's sentences inside its tokens
-    (data/tokenized.py knows BERT's pair layout only)."""
+    sequences than its positions hold, and swapping a pair's sentences inside its tokens where
+    the family says it cannot (`EncoderFamily.swaps_pairs`; BERT and MPNet both can)."""
     family, checkpoint = checkpoint_config.family, run.checkpoint
     if run.max_length > checkpoint_config.max_positions:
         offset = checkpoint_config.position_offset
@@ -53,9 +52,9 @@ def check_family(run: RunConfig, checkpoint_config: BertConfig) -> None:
     swapping = [name for name, on in (("schedule.swap_pairs", run.schedule.swap_pairs),
                                       ("model.symmetric_pairs", run.model.symmetric_pairs)) if on]
     if swapping and not family.swaps_pairs:
-        raise ConfigError(f"{' and '.join(swapping)} swap a pair's sentences inside its tokens, which is done for "
-                          f"BERT's {BERT.pair_template} only, not {family.model_type}'s {family.pair_template} "
-                          f"(checkpoint {checkpoint!r}); set them to False")
+        raise ConfigError(f"{' and '.join(swapping)} swap a pair's sentences inside its tokens, which is not done "
+                          f"for {family.model_type}'s {family.pair_template} (checkpoint {checkpoint!r}); "
+                          "set them to False")
 
 
 def build_model(run: RunConfig, bert_config: BertConfig) -> MultiTaskModel:

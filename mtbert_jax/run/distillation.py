@@ -5,6 +5,12 @@ The teachers (objective.distillation.teachers: one run, or several averaged as a
 score every training record before the first step; a resumed run reads the same targets back
 from TARGETS_FILE instead of scoring again. Each target is what `TaskKind.probabilities` gives:
 SST's class probabilities, Quora's probability, STS's score, averaged over the teachers.
+
+Each teacher reads the records as it was trained to: a teacher of another architecture or
+vocabulary (an MPNet run teaching a MiniLM student), another max_length or pair encoding scores
+its own tokenization of the student's training file (through the tokenized-data cache), aligned
+record by record with what the student trains on. A teacher that reads exactly as the student
+does scores the student's own tokens.
 """
 
 from __future__ import annotations
@@ -18,11 +24,15 @@ from typing import Callable
 import numpy as np
 
 from mtbert_jax.caches import cached_arrays
-from mtbert_jax.data.tokenized import TaskData
-from mtbert_jax.errors import ConfigError
+from mtbert_jax.checkpoints.hf import resolve_checkpoint_dir
+from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
+from mtbert_jax.data.task_files import resolve_data_dir, task_file_paths
+from mtbert_jax.data.tokenized import TaskData, load_task_data
+from mtbert_jax.errors import ConfigError, DataError
 from mtbert_jax.evaluation.predict import predict
 from mtbert_jax.run.config import RunConfig
 from mtbert_jax.run.evaluate import load_members
+from mtbert_jax.run.trained import TrainedModel
 from mtbert_jax.tasks import TASKS
 
 TARGETS_FILE = "teacher_targets.npz"
@@ -38,28 +48,78 @@ def _describe(run: RunConfig) -> str:
     return json.dumps({"teachers": [str(Path(t).resolve()) for t in d.teachers], "checkpoint": d.checkpoint})
 
 
-def teacher_targets(run: RunConfig, train: dict[str, TaskData], batch_size: int) -> dict[str, np.ndarray]:
-    """{task: [records] or [records, classes] float32}: the teachers' mean probabilities (scores)."""
+def teacher_targets(run: RunConfig, train: dict[str, TaskData], batch_size: int,
+                    log: Callable = print) -> dict[str, np.ndarray]:
+    """{task: [records] or [records, classes] float32}: the teachers' mean probabilities (scores)
+    of the records in `train`, in their order."""
     d = run.objective.distillation
     members = load_members(list(d.teachers), d.checkpoint)
     for workdir, teacher in zip(d.teachers, members):
         missing = [t for t in run.model.tasks if t not in teacher.run.model.tasks]
         if missing:
             raise ConfigError(f"objective.distillation.teachers: {workdir} has no {', '.join(missing)} head")
-        for task in run.model.tasks:  # the teacher reads the student's tokens: they must be its own
-            if teacher.run.max_length != run.max_length or \
-                    teacher.run.model.pair_encoding(task) != run.model.pair_encoding(task):
-                raise ConfigError(f"objective.distillation.teachers: {workdir} reads {task} with max_length="
-                                  f"{teacher.run.max_length} and a {teacher.run.model.pair_encoding(task)}-encoded "
-                                  f"pair; the student with {run.max_length} and "
-                                  f"{run.model.pair_encoding(task)}: they must agree")
+    student = BertTextTokenizer(resolve_checkpoint_dir(run.checkpoint)).fingerprint
     targets = {}
     for task, data in train.items():
         kind = TASKS[task].kind
-        each = [kind.probabilities(predict(m.predict_fn, m.params, data, batch_size, m.layout,
-                                           m.run.model.symmetric_pairs)) for m in members]
+        readings: dict[tuple, TaskData] = {}  # teachers that read alike (seeds of one recipe) share one
+        each = []
+        for workdir, m in zip(d.teachers, members):
+            records = _as_read_by(m, workdir, run, task, data, student, readings, log)
+            each.append(kind.probabilities(predict(m.predict_fn, m.params, records, batch_size, m.layout,
+                                                   m.run.model.symmetric_pairs)))
         targets[task] = (sum(each) / len(each)).astype(np.float32)
     return targets
+
+
+def _reading(tokenizer_fingerprint: str, run: RunConfig, task: str) -> tuple:
+    """What decides a run's tokens for `task`: vocabulary and pair layout, length, pair encoding."""
+    return tokenizer_fingerprint, run.max_length, run.model.pair_encoding(task)
+
+
+def _as_read_by(teacher: TrainedModel, workdir: str, run: RunConfig, task: str, data: TaskData,
+                student_fingerprint: str, readings: dict, log: Callable) -> TaskData:
+    """The student's training records `data` as `teacher` reads them: the student's own tokens
+    when it reads alike, else its own tokenization of the student's training file, aligned with
+    `data` record by record."""
+    reading = _reading(teacher.tokenizer.fingerprint, teacher.run, task)
+    if reading == _reading(student_fingerprint, run, task):
+        return data
+    if reading not in readings:
+        data_dir = resolve_data_dir(run.data_dir or None)
+        path = task_file_paths(data_dir, [task], "train")[task]
+        pairs = f", {reading[2]}-encoded pairs" if TASKS[task].is_pair else ""
+        log(f"distillation: {workdir} reads {task} its own way ({teacher.tokenizer.family.model_type} tokenizer, "
+            f"max_length={teacher.run.max_length}{pairs}): scoring its tokenization of {path}")
+        own = load_task_data(task, "train", data_dir, teacher.tokenizer, teacher.run.max_length, reading[2],
+                             cache_dir=run.cache_dir or None)
+        readings[reading] = own.subset(aligned_positions(own, data, path))
+    return readings[reading]
+
+
+def aligned_positions(whole: TaskData, part: TaskData, path: Path) -> np.ndarray:
+    """[len(part)] the index in `whole` (a training file's records, in file order) of each record
+    of `part`, the records a student trains on: the file's records in file order, cut
+    (max_train_records), filtered (objective.training_subset) or whole.
+
+    Records are matched by id and label, each to the first match after the previous record's, so
+    that an id repeated in the file is matched by its position among the repeats. DataError when
+    a record of `part` has no match: it was not read from this file."""
+    if len(whole) == len(part) and np.array_equal(whole.record_ids, part.record_ids):
+        return np.arange(len(part))
+    ids, part_ids = whole.record_ids.tolist(), part.record_ids.tolist()
+    labelled = whole.labels is not None and part.labels is not None
+    labels = whole.labels.tolist() if labelled else [None] * len(whole)
+    part_labels = part.labels.tolist() if labelled else [None] * len(part)
+    positions, j = np.empty(len(part), np.int64), 0
+    for i, key in enumerate(zip(part_ids, part_labels)):
+        while j < len(ids) and (ids[j], labels[j]) != key:
+            j += 1
+        if j == len(ids):
+            raise DataError(f"{path}: the student's training record {i} (id {key[0]!r}) is not there in the "
+                            f"student's order, so a teacher that reads {part.task} its own way cannot score it")
+        positions[i], j = j, j + 1
+    return positions
 
 
 def with_teacher_targets(run: RunConfig, train: dict[str, TaskData], workdir: Path, batch_size: int,
@@ -75,7 +135,7 @@ def with_teacher_targets(run: RunConfig, train: dict[str, TaskData], workdir: Pa
     def score() -> dict[str, np.ndarray]:
         log(f"distillation: scoring {sum(len(d) for d in train.values())} training records with "
             f"{len(run.objective.distillation.teachers)} teacher run(s) (once)")
-        return {f"{t}/targets": a for t, a in teacher_targets(run, train, batch_size).items()}
+        return {f"{t}/targets": a for t, a in teacher_targets(run, train, batch_size, log).items()}
 
     targets = cached_arrays(path, key, score, store=write, warn=lambda m: log(f"warning: {m}"))
     return {t: dataclasses.replace(d, targets=targets[f"{t}/targets"]) for t, d in train.items()}

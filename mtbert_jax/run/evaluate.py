@@ -45,7 +45,8 @@ def tokenized(trained: TrainedModel, records: TaskRecords, shared: Optional[dict
     if shared is not None and key in shared:
         return shared[key]
     segments, truncated = tokenize_records(records, trained.tokenizer, trained.run.max_length, encoding)
-    data = TaskData(records.task, "eval", np.asarray(records.record_ids), records.labels, segments, truncated, [])
+    data = TaskData(records.task, "eval", np.asarray(records.record_ids), records.labels, segments, truncated, [],
+                    pair_separators=trained.tokenizer.family.pair_separators)
     if shared is not None:
         shared[key] = data
     return data

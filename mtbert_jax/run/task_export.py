@@ -34,7 +34,9 @@ from mtbert_jax.checkpoints.task_models import (
 from mtbert_jax.errors import CheckpointError, first_line
 from mtbert_jax.model.bert_config import BertConfig
 from mtbert_jax.run.build import build_model, encoder_config
+from mtbert_jax.run.compare import default_config
 from mtbert_jax.run.evaluate import predict_records, text_records
+from mtbert_jax.run.model_card import model_card, recorded_dev_metrics
 from mtbert_jax.run.trained import TrainedModel, load_trained
 from mtbert_jax.tasks import TASKS
 
@@ -169,9 +171,10 @@ def export_task_model(trained: TrainedModel, task: str, directory: Path, final: 
 
 def export_task_models(workdir: str | Path, which: str, out_dir: str | Path, final_dir: Optional[Path] = None,
                        ) -> tuple[list[TaskExport], list[str]]:
-    """Every task of the run at `workdir` (checkpoint `which`) under out_dir/<task>/, checked:
-    (what was written, notes on how the run's predictions relate to the exports). `final_dir`:
-    where out_dir will be renamed to, for messages."""
+    """Every task of the run at `workdir` (checkpoint `which`) under out_dir/<task>/, checked,
+    with its README.md model card (run/model_card.py): (what was written, notes on how the run's
+    predictions relate to the exports). `final_dir`: where out_dir will be renamed to, for
+    messages and the cards' paths."""
     trained = load_trained(workdir, which)
     notes = []
     if trained.run.compute_dtype != "float32":
@@ -180,7 +183,14 @@ def export_task_models(workdir: str | Path, which: str, out_dir: str | Path, fin
     if trained.run.model.symmetric_pairs:
         notes.append("the run averages both orders of a pair (model.symmetric_pairs): the exports score a pair as "
                      "given; average the outputs of (a, b) and (b, a) for the run's prediction")
-    trained = in_float32(trained)
     final_dir = Path(final_dir or out_dir)
-    exports = [export_task_model(trained, task, Path(out_dir) / task, final_dir / task) for task in trained.run.model.tasks]
+    checked = in_float32(trained)
+    exports = [export_task_model(checked, task, Path(out_dir) / task, final_dir / task) for task in checked.run.model.tasks]
+    # The cards describe the run as trained (its own dtype), not the float32 forward checked above.
+    dev, dev_source = recorded_dev_metrics(Path(workdir), trained.step, trained.run.model.symmetric_pairs)
+    default = default_config()
+    for export in exports:
+        card = model_card(trained.run, export.task, export, workdir, which, trained.step, dev, dev_source, default,
+                          notes, trained.model.bert_config)
+        (Path(out_dir) / export.task / "README.md").write_text(card, encoding="utf-8")
     return exports, notes

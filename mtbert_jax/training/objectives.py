@@ -63,8 +63,8 @@ class DistillationConfig:
     (mtbert_jax/run/distillation.py): SST's and CFIMDB's class distribution (softened by the
     temperature), Quora's probability, STS's score. These defaults are the run's."""
 
-    # The teachers' workdirs (runs of the student's tasks, same max_length and pair encoding);
-    # none: no distillation.
+    # The teachers' workdirs (runs of the student's tasks, each reading them its own way: any
+    # architecture, tokenizer, max_length, pair encoding); none: no distillation.
     teachers: Sequence[str] = ()
     # Which checkpoint of each teacher: best, latest or a step.
     checkpoint: str = "best"

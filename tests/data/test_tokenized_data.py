@@ -105,30 +105,55 @@ def test_subset_is_the_records_in_the_given_order():
     assert len(segments.subset(np.array([], np.int64))) == 0
 
 
-def test_swapped_pairs_are_the_tokenizer_s_pairs_in_the_other_order(tokenizer):
-    first = ["A man plays a guitar.", "Two dogs run.", "How do I learn Python fast?"]
-    second = ["A person plays music.", "", "best way"]
-    forward = tokenizer.tokenize(first, second, 64)
-    backward = tokenizer.tokenize(second, first, 64)
-    swapped = Segments.from_lists(forward.input_ids, forward.token_type_ids).swapped_pairs()
+@pytest.fixture(scope="module", params=["bert", "mpnet"])
+def pair_tokenizer(request, tokenizer, minilm_dir, tmp_path_factory):
+    """Each family's own pair layout: MiniLM's [CLS] a [SEP] b [SEP], a tiny MPNet's <s> a </s></s> b </s>."""
+    if request.param == "bert":
+        return tokenizer
+    pytest.importorskip("torch")
+    from mpnet_checkpoints import save_torch_mpnet
+
+    from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
+
+    return BertTextTokenizer(save_torch_mpnet(tmp_path_factory.mktemp("mpnet") / "model", minilm_dir / "vocab.txt"))
+
+
+def test_swapped_pairs_are_the_tokenizer_s_pairs_in_the_other_order(pair_tokenizer):
+    first = ["A man plays a guitar.", "Two dogs run.", "How do I learn Python fast?", ""]
+    second = ["A person plays music.", "", "best way", "Why?"]
+    forward = pair_tokenizer.tokenize(first, second, 64)
+    backward = pair_tokenizer.tokenize(second, first, 64)
+    separators = pair_tokenizer.family.pair_separators
+    swapped = Segments.from_lists(forward.input_ids, forward.token_type_ids).swapped_pairs(separators=separators)
     expected = Segments.from_lists(backward.input_ids, backward.token_type_ids)
     np.testing.assert_array_equal(swapped.offsets, expected.offsets)
-    np.testing.assert_array_equal(swapped.ids, expected.ids)  # the empty partner included
+    np.testing.assert_array_equal(swapped.ids, expected.ids)  # the empty partners included
     np.testing.assert_array_equal(swapped.types, expected.types)
-    twice = swapped.swapped_pairs()
+    twice = swapped.swapped_pairs(separators=separators)
     np.testing.assert_array_equal(twice.ids, np.concatenate(forward.input_ids))
+    # Only some: the others stay as they were.
+    some = Segments.from_lists(forward.input_ids, forward.token_type_ids).swapped_pairs(
+        np.array([False, True, False, True]), separators)
+    for i in range(4):
+        np.testing.assert_array_equal(some.get(i)[0], (backward if i % 2 else forward).input_ids[i])
 
 
-def test_swapping_keeps_truncated_pairs_whole_and_refuses_single_sentences(sts_dir, tokenizer, tmp_path):
+def test_swapping_keeps_truncated_pairs_whole_and_refuses_single_sentences(sts_dir, pair_tokenizer, tmp_path):
+    tokenizer = pair_tokenizer
     cross = load_task_data("sts", "dev", sts_dir, tokenizer, 16, "cross", cache_dir=tmp_path / "c")
+    assert cross.pair_separators == tokenizer.family.pair_separators  # as the family lays pairs out ...
+    again = load_task_data("sts", "dev", sts_dir, tokenizer, 16, "cross", cache_dir=tmp_path / "c")
+    assert again.pair_separators == cross.pair_separators  # ... read back from the cache
+    assert cross.subset(np.array([2, 0])).pair_separators == cross.pair_separators
     swapped = cross.swapped()
     ids, types = swapped.segments[0].get(2)  # "very " * 40 + "long." was cut to fit 16 tokens
     short = tokenizer.tokenize(["Short."], None, 16).input_ids[0]
     assert ids[:len(short)].tolist() == short.tolist() and len(ids) == 16
     assert types.tolist() == [0] * len(short) + [1] * (16 - len(short))
     assert sorted(ids.tolist()) == sorted(cross.segments[0].get(2)[0].tolist())
+    np.testing.assert_array_equal(swapped.swapped().segments[0].ids, cross.segments[0].ids)
     bi = load_task_data("sts", "dev", sts_dir, tokenizer, 16, "bi", cache_dir=tmp_path / "c")
     assert bi.swapped().segments == bi.segments[::-1]
     single = Segments.from_lists([np.array([101, 7, 102])], [np.zeros(3, np.int8)])
     with pytest.raises(ValueError, match="sequence 0 is not a cross-encoded pair"):
-        single.swapped_pairs()
+        single.swapped_pairs(separators=tokenizer.family.pair_separators)

@@ -1,5 +1,6 @@
-"""Distillation: the soft losses by hand, the objective's mix, and a student trained from a
-teacher run whose outputs are computed once and kept."""
+"""Distillation: the soft losses by hand, the objective's mix, and students trained from teacher
+runs whose outputs are computed once and kept, teachers of another max_length, pair encoding or
+architecture and tokenizer (MPNet) scoring their own reading of the training records."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import pytest
 
 from conftest import tiny_training_config
 from mtbert_jax.batch import LABELS, TARGETS
-from mtbert_jax.errors import ConfigError
+from mtbert_jax.data.tokenized import Segments, TaskData
+from mtbert_jax.errors import ConfigError, DataError
 from mtbert_jax.model.config import ModelConfig
 from mtbert_jax.model.multitask import init_model
-from mtbert_jax.run.distillation import TARGETS_FILE
+from mtbert_jax.run.distillation import TARGETS_FILE, aligned_positions
 from mtbert_jax.run.evaluate import load_trained, predict_file
 from mtbert_jax.run.loop import train_and_evaluate
 from mtbert_jax.synthetic import synthetic_batch, tiny_bert_config
@@ -84,6 +86,7 @@ def test_a_student_learns_from_targets_computed_once(teacher, tiny_checkpoint, t
     train_and_evaluate(config, tmp_path / "student")
     out = capsys.readouterr().out
     assert "scoring" in out and "teacher run(s) (once)" in out
+    assert "its own way" not in out  # a teacher that reads as the student scores the student's own tokens
     # The kept targets are the teacher's own probabilities (scores) of each training record, in file order.
     trained = load_trained(teacher)
     with np.load(tmp_path / "student" / TARGETS_FILE) as saved:
@@ -113,8 +116,70 @@ def test_a_student_learns_from_targets_computed_once(teacher, tiny_checkpoint, t
         assert all(np.array_equal(saved[k], v) for k, v in before.items())
 
 
-def test_a_teacher_that_reads_differently_is_refused(teacher, tiny_checkpoint, tiny_data_dir, tmp_path):
+def teacher_scores(teacher, data_dir, task, records=None) -> np.ndarray:
+    """The teacher's own probabilities (scores) of a training file's records, as evaluate.py
+    predicts them (its own tokenizer, max_length and pair encoding), the first `records`."""
+    outputs, _ = predict_file(load_trained(teacher), task, data_dir / TASKS[task].file_name("train"), 16)
+    return TASKS[task].kind.probabilities(outputs)[:records]
+
+
+def test_a_teacher_that_reads_differently_scores_its_own_reading(teacher, tiny_checkpoint, tiny_data_dir, tmp_path,
+                                                                 capsys):
+    """The student reads shorter sequences and Quora's pairs apart, and trains on the first 40
+    records: the teacher (max_length 32, cross-encoded) scores its own tokens of those records."""
     config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache", num_epochs=1,
-                                  max_length=24, objective__distillation__teachers=(str(teacher),))
-    with pytest.raises(ConfigError, match="max_length=32"):
-        train_and_evaluate(config, tmp_path / "student")
+                                  max_length=24, max_train_records=40,
+                                  model__pair_heads={"quora": "bi_concat", "sts": "cross"},
+                                  objective__distillation__teachers=(str(teacher),))
+    train_and_evaluate(config, tmp_path / "student")
+    out = capsys.readouterr().out
+    assert f"{teacher} reads sst its own way (bert tokenizer, max_length=32)" in out
+    for task in ("quora", "sts"):
+        assert f"{teacher} reads {task} its own way (bert tokenizer, max_length=32, cross-encoded pairs)" in out
+    with np.load(tmp_path / "student" / TARGETS_FILE) as saved:
+        for task in ("sst", "quora", "sts"):
+            assert saved[f"{task}/targets"].shape[0] == 40
+            np.testing.assert_allclose(saved[f"{task}/targets"], teacher_scores(teacher, tiny_data_dir, task, 40),
+                                       atol=1e-5, err_msg=task)
+
+
+def _records(ids: list[str], labels: list[int]) -> TaskData:
+    segments = Segments.from_lists([np.array([101, 7 + i, 102]) for i in range(len(ids))],
+                                   [np.zeros(3, np.int8)] * len(ids))
+    return TaskData("quora", "train", np.asarray(ids), np.asarray(labels, np.int32), (segments,), 0, [])
+
+
+def test_a_teacher_s_reading_is_aligned_by_record_id_and_position(tmp_path):
+    whole = _records(["a", "b", "a", "c", "a"], [0, 1, 1, 0, 1])
+    # MNRL's positives of the file (an "a" repeated, its second and third occurrences kept) ...
+    assert aligned_positions(whole, whole.subset(np.array([1, 2, 4])), tmp_path).tolist() == [1, 2, 4]
+    # ... a cut to the first records, and the file itself.
+    assert aligned_positions(whole, whole.subset(np.arange(3)), tmp_path).tolist() == [0, 1, 2]
+    assert aligned_positions(whole, whole, tmp_path).tolist() == list(range(5))
+    with pytest.raises(DataError, match=r"the student's training record 1 \(id 'z'\) is not there"):
+        aligned_positions(whole, _records(["a", "z"], [0, 0]), tmp_path)
+    with pytest.raises(DataError, match=r"record 1 \(id 'a'\)"):  # out of the file's order
+        aligned_positions(whole, whole.subset(np.array([3, 0])), tmp_path)
+
+
+def test_an_mpnet_teacher_distils_into_a_bert_student(tiny_checkpoint, tiny_data_dir, minilm_dir, tmp_path, capsys):
+    """Another architecture and tokenizer: the MPNet teacher scores its own `<s> a </s></s> b </s>`
+    tokens of the training file, once, and the BERT student trains against them."""
+    pytest.importorskip("torch")
+    from mpnet_checkpoints import save_torch_mpnet
+    from test_task_export import trained_model, write_workdir
+
+    # A run's workdir as training leaves it (its heads drawn at random: no need to spend a training on it).
+    mpnet = save_torch_mpnet(tmp_path / "mpnet", minilm_dir / "vocab.txt")
+    teacher = write_workdir(tmp_path / "teacher", trained_model(mpnet, tiny_data_dir))
+    config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache", num_epochs=1, max_steps=4,
+                                  objective__distillation__teachers=(str(teacher),),
+                                  objective__distillation__weight=0.7)
+    result = train_and_evaluate(config, tmp_path / "student")
+    assert result["step"] == 4 and np.isfinite(result["best_score"])
+    out = capsys.readouterr().out
+    assert f"{teacher} reads quora its own way (mpnet tokenizer, max_length=32, cross-encoded pairs)" in out
+    with np.load(tmp_path / "student" / TARGETS_FILE) as saved:
+        for task in ("sst", "quora", "sts"):
+            np.testing.assert_allclose(saved[f"{task}/targets"], teacher_scores(teacher, tiny_data_dir, task),
+                                       atol=1e-5, err_msg=task)

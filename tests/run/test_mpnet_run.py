@@ -1,6 +1,7 @@
 """MPNet through the whole project: a tiny random MPNet trains, evaluates and exports its task
-models (checked against the run's predictions to 1e-4); what the family cannot do is refused in
-one line. (Every pooling, head, adapter and objective on MPNet: tests/model/test_mpnet_multitask.py.)"""
+models (checked against the run's predictions to 1e-4, each with its model card), swaps its pairs'
+sentences (schedule.swap_pairs, model.symmetric_pairs); a max_length past its positions is refused
+in one line. (Every pooling, head, adapter and objective on MPNet: tests/model/test_mpnet_multitask.py.)"""
 
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ transformers = pytest.importorskip("transformers")
 sentence_transformers = pytest.importorskip("sentence_transformers")
 
 from mpnet_checkpoints import save_torch_mpnet  # noqa: E402
-from test_task_export import trained_model, write_workdir  # noqa: E402
+from test_task_export import assert_card, trained_model, write_workdir  # noqa: E402
 
 from conftest import tiny_training_config  # noqa: E402
 from mtbert_jax.data.task_files import read_task_file  # noqa: E402
 from mtbert_jax.errors import CheckpointError, ConfigError  # noqa: E402
 from mtbert_jax.run import convert  # noqa: E402
-from mtbert_jax.run.evaluate import evaluate_run, load_trained, predict_file  # noqa: E402
+from mtbert_jax.run.evaluate import evaluate_run, load_trained, predict_file, predict_records, text_records  # noqa: E402
 from mtbert_jax.run.loop import train_and_evaluate  # noqa: E402
 from mtbert_jax.run.task_export import in_float32, run_outputs  # noqa: E402
 from mtbert_jax.tasks import TASKS  # noqa: E402
@@ -48,6 +49,13 @@ def test_a_trained_mpnet_run_evaluates_and_exports(mpnet_dir, tiny_data_dir, tmp
     said = capsys.readouterr().out
     for task in ("sst", "quora", "sts"):
         assert f"{task}: SentenceTransformer in {out / task}; outputs equal the run's float32 predictions" in said
+        # Its card: evaluate.py's metrics of the exported step, the flags that made it an MPNet run.
+        card = assert_card(out / task, task, (f"evaluate.py's {run / 'eval' / 'metrics.json'}",
+                                              f"--config.checkpoint={mpnet_dir}",
+                                              "encoder: MPNetModel, 2 layers, hidden 32"))
+        for name, value in metrics["dev"][task].items():
+            if isinstance(value, float):
+                assert f"| {task} {name} | {value:.4f} |" in card
     assert type(transformers.AutoModel.from_pretrained(str(out))).__name__ == "MPNetModel"  # the encoder alone
     # The exports against evaluate.py's predictions of the dev records, as a user loads them.
     trained = in_float32(load_trained(run))
@@ -88,26 +96,33 @@ def test_other_heads_export_as_mpnet_classes(mpnet_dir, tiny_data_dir, tmp_path,
         np.testing.assert_allclose(got, run_outputs(trained, "quora", pairs), atol=TOLERANCE, rtol=0)
 
 
-@pytest.mark.parametrize("field, value, said", [
-    ("schedule__swap_pairs", True, "schedule.swap_pairs swap a pair's sentences inside its tokens, which is done for "
-                                   "BERT's [CLS] A [SEP] B [SEP] only, not mpnet's <s> A </s></s> B </s>"),
-    ("model__symmetric_pairs", True, "model.symmetric_pairs swap"),
-    ("max_length", 513, "max_length=513 is more than the checkpoint's max_position_embeddings=514 less the 2 rows "
-                        "before mpnet's first position"),
-])
-def test_what_mpnet_cannot_do_is_refused_in_one_line(mpnet_dir, tiny_data_dir, tmp_path, field, value, said):
-    config = tiny_training_config(mpnet_dir, tiny_data_dir, tmp_path / "cache", **{field: value})
+def test_a_longer_max_length_than_mpnet_s_positions_is_refused_in_one_line(mpnet_dir, tiny_data_dir, tmp_path):
+    config = tiny_training_config(mpnet_dir, tiny_data_dir, tmp_path / "cache", max_length=513)
     with pytest.raises(ConfigError) as refused:
         train_and_evaluate(config, tmp_path / "run")
+    said = ("max_length=513 is more than the checkpoint's max_position_embeddings=514 less the 2 rows before mpnet's "
+            "first position")
     assert said in str(refused.value) and "\n" not in str(refused.value)
     assert not (tmp_path / "run").exists()
 
 
-def test_scoring_both_pair_orders_of_an_mpnet_run_is_refused(mpnet_dir, tiny_data_dir, tmp_path):
-    """evaluate.py --pair-orders both on an MPNet run."""
-    workdir = write_workdir(tmp_path / "run", trained_model(mpnet_dir, tiny_data_dir))
-    with pytest.raises(ConfigError, match="model.symmetric_pairs swap"):
-        load_trained(workdir, symmetric_pairs=True)
+def test_an_mpnet_run_trains_and_scores_pairs_in_both_orders(mpnet_dir, tiny_data_dir, tmp_path):
+    """schedule.swap_pairs and model.symmetric_pairs on `<s> a </s></s> b </s>`: the run trains and
+    evaluates, and its prediction of a pair is the mean of its predictions of (a, b) and (b, a),
+    each tokenized by MPNet's own tokenizer."""
+    config = tiny_training_config(mpnet_dir, tiny_data_dir, tmp_path / "cache", num_epochs=1, max_steps=4,
+                                  schedule__swap_pairs=True, model__symmetric_pairs=True)
+    run = tmp_path / "run"
+    assert np.isfinite(train_and_evaluate(config, run)["best_score"])
+    metrics = evaluate_run(run)
+    assert metrics["symmetric_pairs"] is True and set(metrics["dev"]) >= {"quora", "sts"}
+    trained = load_trained(run)
+    for task in ("quora", "sts"):
+        pairs = list(zip(*read_task_file(tiny_data_dir / TASKS[task].file_name("dev"), task).texts))[:8]
+        forward, backward = run_outputs(trained, task, pairs), run_outputs(trained, task, [(b, a) for a, b in pairs])
+        assert not np.allclose(forward, backward, atol=1e-4), task  # the orders differ: the mean means something
+        both = predict_records(trained, text_records(task, pairs), 8)
+        np.testing.assert_allclose(both, (forward + backward) / 2, atol=1e-5, rtol=0, err_msg=task)
 
 
 def test_an_mpnet_checkpoint_that_is_not_installed_names_the_command(tiny_data_dir, tmp_path, monkeypatch):

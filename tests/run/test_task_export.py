@@ -1,5 +1,6 @@
 """convert.py's task models: each head loads in stock PyTorch classes (or torch_task_model.py)
-and reproduces the run's own predictions on real records to 1e-4."""
+and reproduces the run's own predictions on real records to 1e-4; each directory has its model
+card."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ from mtbert_jax.model.config import ModelConfig
 from mtbert_jax.run import convert
 from mtbert_jax.run.build import build_model, concrete_dtype, encoder_config, parameter_shapes
 from mtbert_jax.run.checkpointing import Checkpoints
+from mtbert_jax.run.compare import default_config
 from mtbert_jax.run.config import RunConfig
 from mtbert_jax.run.evaluate import predict_file
-from mtbert_jax.run.task_export import export_task_model, in_float32
+from mtbert_jax.run.model_card import model_card
+from mtbert_jax.run.task_export import TaskExport, export_task_model, in_float32
 from mtbert_jax.run.trained import TrainedModel
 from mtbert_jax.tasks import TASKS
 
@@ -56,14 +59,37 @@ def trained_model(checkpoint: Path, data_dir: Path, seed: int = 0, **changes) ->
     return TrainedModel(run, build_model(run, bert_config), params, BertTextTokenizer(checkpoint), 1)
 
 
-def write_workdir(workdir: Path, trained: TrainedModel) -> Path:
-    """The run's checkpoint as train.py saves it."""
+def write_workdir(workdir: Path, trained: TrainedModel, dev: dict | None = None) -> Path:
+    """The run's checkpoint as train.py saves it; `dev` ({task: metrics}): its dev record in
+    metrics.jsonl too, as the training log keeps it."""
     train = {"params": trained.params, "opt_state": (np.zeros(1, np.float32),), "step": np.int32(1)}
     checkpoints = Checkpoints(workdir)
     checkpoints.save(1, {"train": train, "loader": {"epoch": np.int32(1)}},
                      {"config": dataclasses.asdict(trained.run), "step": 1}, score=0.5)
     checkpoints.close()
+    if dev is not None:
+        records = [{"step": 1, "loss": 1.0}, {"step": 1, "epoch": 1, "dev": dev, "dev_overall": 0.5}]
+        (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return workdir
+
+
+DEV = {"sst": {"accuracy": 0.3125}, "cfimdb": {"accuracy": 0.875}, "quora": {"accuracy": 0.6875},
+       "sts": {"pearson": 0.4375, "spearman": 0.40625}}
+
+
+def assert_card(directory: Path, task: str, said: tuple[str, ...]) -> str:
+    """The task directory's README.md: front matter, the task, its outputs and what the test says
+    it must hold (metrics, flags, the class)."""
+    card = (directory / "README.md").read_text()
+    assert card.startswith("---\n") and "\ntags:\n- mtbert-jax\n" in card, card
+    assert f"\n# {task}: fine-tuned from " in card and "python train.py --config configs/default.py --workdir" in card
+    assert "max abs difference" in card and "## Loading" in card
+    meaning = {"sst": "0 very negative, 1 negative, 2 neutral, 3 positive, 4 very positive",
+               "cfimdb": "0 negative, 1 positive", "quora": "labels 0 (not a paraphrase) and 1 (a paraphrase)",
+               "sts": "0-5 scale"}[task]
+    for text in (meaning, *said):
+        assert text in card, f"{task}: {text!r} not in\n{card}"
+    return card
 
 
 def as_given_in_float32(trained: TrainedModel) -> TrainedModel:
@@ -113,11 +139,20 @@ def test_pooler_heads_are_bert_sequence_classifiers_and_cross_encoders(tiny_chec
     trained = trained_model(tiny_checkpoint, tiny_data_dir, model__pooling="pooler",
                             model__tasks=("sst", "cfimdb", "quora", "sts"))
     out = tmp_path / "hf"
-    said = run_convert(write_workdir(tmp_path / "run", trained), out, capsys)
+    said = run_convert(write_workdir(tmp_path / "run", trained, DEV), out, capsys)
     trained = as_given_in_float32(trained)
     assert BertModel.from_pretrained(out).config.architectures == ["BertModel"]  # DIR itself: the encoder, as before
     for task in ("sst", "cfimdb", "quora", "sts"):
         assert f"{task}: BertForSequenceClassification in {out / task}; outputs equal" in said
+        # The card: the training log's dev record of the exported step, the flags that differ
+        # from configs/default.py (a tuple once per value), the class that loads it.
+        metrics = [f"| {task} {k} | {v:.4f} |" for k, v in DEV[task].items()]
+        assert_card(out / task, task, (
+            *metrics, "| the run's overall score (all its tasks) | 0.5000 |", "dev record of step 1",
+            "--config.model.pooling=pooler", "--config.model.tasks=sst \\\n    --config.model.tasks=cfimdb",
+            "--config.max_length=32", "CrossEncoder" if TASKS[task].is_pair else "AutoModelForSequenceClassification",
+            "Written as: BertForSequenceClassification; encoder: BertModel, 2 layers, hidden 32.",
+            "see the base checkpoint's own licence"))
         model = AutoModelForSequenceClassification.from_pretrained(out / task).eval()
         tokenizer = AutoTokenizer.from_pretrained(out / task)
         expected = expected_outputs(trained, task, dev_files[task])
@@ -152,6 +187,9 @@ def test_mean_pooling_heads_are_sentence_transformers(mean_run, dev_files, tmp_p
     assert "average the outputs of (a, b) and (b, a)" in said
     for task in ("sst", "quora", "sts"):
         assert f"{task}: SentenceTransformer in {out / task}; outputs equal" in said
+        assert_card(out / task, task, ("Not recorded: the run has no training log", "SentenceTransformer(",
+                                       "--config.compute_dtype=bfloat16", "--config.model.symmetric_pairs=True",
+                                       "average the outputs of (a, b) and (b, a)"))
         modules = json.loads((out / task / "modules.json").read_text())
         assert [m["path"] for m in modules] == ["", "1_Pooling", "2_Dense"]
         model = sentence_transformers.SentenceTransformer(str(out / task), device="cpu")
@@ -223,6 +261,45 @@ def test_encoder_only_writes_the_encoder_as_before(mean_run, tmp_path, capsys):
     assert convert.main(["--checkpoint", str(workdir), "--out", str(tmp_path / "hf"), "--encoder-only"]) == 0
     assert "SentenceTransformer" not in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "hf").iterdir() if p.is_dir()) == []
+
+
+def test_a_card_names_a_known_base_checkpoint_and_its_licence(tmp_path):
+    """The embedded MiniLM and the installed MPNet are Apache-2.0; the default config needs no flags."""
+    from configs.default import get_config
+
+    run = RunConfig.from_dict(get_config())
+    export = TaskExport("quora", task_models.SEQUENCE_CLASSIFICATION, "", tmp_path / "quora", 2e-7, "",
+                        "BertForSequenceClassification")
+    card = model_card(run, "quora", export, "runs/x", "best", 7, None, "no record", default_config())
+    assert "license: apache-2.0\nbase_model: sentence-transformers/all-MiniLM-L6-v2\n" in card
+    assert "licence Apache-2.0" in card and "its best checkpoint (step 7)" in card
+    assert "--workdir runs/x\n```" in card and "--config." not in card
+    assert "max abs difference 2e-07" in card
+    mpnet = dataclasses.replace(run, checkpoint="all-mpnet-base-v2", max_length=64)
+    card = model_card(mpnet, "quora", export, "runs/x", "300", 300, None, "no record", default_config())
+    assert "base_model: sentence-transformers/all-mpnet-base-v2" in card and "the checkpoint of step 300" in card
+    assert "--config.checkpoint=all-mpnet-base-v2 \\\n    --config.max_length=64" in card
+
+
+def test_a_card_s_metrics_are_those_of_the_exported_step(tmp_path):
+    """evaluate.py's metrics of that step first, else the training log's dev record of it (a line
+    cut by a kill passed over); another step's are not the exported model's."""
+    from mtbert_jax.run.model_card import recorded_dev_metrics
+
+    lines = [{"step": 4, "dev": {"sst": {"accuracy": 0.5}}, "dev_overall": 0.5},
+             {"step": 8, "dev": {"sst": {"accuracy": 0.625}}, "dev_overall": 0.625}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 9, "de')
+    assert recorded_dev_metrics(tmp_path, 4)[0] == {"sst": {"accuracy": 0.5}, "overall": 0.5}
+    assert recorded_dev_metrics(tmp_path, 6) == (None, f"{tmp_path / 'metrics.jsonl'} holds no dev record of step 6")
+    (tmp_path / "eval").mkdir()
+    evaluated = {"workdir": str(tmp_path), "step": 8, "symmetric_pairs": False,
+                 "dev": {"sst": {"accuracy": 0.75, "macro_f1": 0.25}}}
+    (tmp_path / "eval" / "metrics.json").write_text(json.dumps(evaluated))
+    metrics, source = recorded_dev_metrics(tmp_path, 8)
+    assert metrics == evaluated["dev"] and "evaluate.py" in source
+    assert recorded_dev_metrics(tmp_path, 4)[0]["sst"] == {"accuracy": 0.5}
+    # Pairs scored otherwise than the run scores them (evaluate.py --pair-orders both): not its metrics.
+    assert recorded_dev_metrics(tmp_path, 8, symmetric_pairs=True)[0]["sst"] == {"accuracy": 0.625}
 
 
 @pytest.mark.parametrize("changes, expected", [
