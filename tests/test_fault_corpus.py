@@ -259,7 +259,7 @@ def test_exports_never_overwrite(corpus, tmp_path):
     full.mkdir()
     (full / "mine.txt").write_text("keep me")
     _check(_evaluate(corpus, "--export-hf", str(full)), full, f"--out {full}: exists and is not empty")
-    _check(_evaluate(corpus, "--export-hf", str(corpus["run"])), corpus["run"], "exists and is not empty")
+    _check(_evaluate(corpus, "--export-hf", str(corpus["run"])), corpus["run"], "inside the run")
 
 
 def test_the_resume_check_survives_a_deleted_config_json(corpus, tmp_path):

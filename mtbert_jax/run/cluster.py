@@ -170,6 +170,8 @@ def join() -> bool:
         raise PeerLost(f"process {me}: could not join the job{where} ({first_line(e)})") from None
     finally:
         joined.set()
+    if preemption.is_installed():  # a command line: take SIGTERM back from jax's preemption notifier
+        preemption.install()
     from jax._src import distributed as jax_distributed  # the client jax.distributed made
 
     _monitor = _Monitor(jax.process_index(), jax.process_count(), peer_timeout)

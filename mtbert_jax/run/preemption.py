@@ -86,12 +86,19 @@ _handler = _Handler()
 
 
 def install() -> None:
-    """Catches STOP_SIGNALS for the rest of the process (a command line's first act)."""
+    """Catches STOP_SIGNALS for the rest of the process (a command line's first act). Called
+    again after jax.distributed.initialize, whose preemption notifier replaces the SIGTERM
+    handler at the C level (Python's own record of it does not change)."""
     if threading.current_thread() is not threading.main_thread():  # Python handles signals there only
         return
     for sig in STOP_SIGNALS:
         signal.signal(sig, _handler)
-    _handler.installed, _handler.received = True, None
+    _handler.installed = True
+
+
+def is_installed() -> bool:
+    """Whether this process catches STOP_SIGNALS for good (a command line)."""
+    return _handler.installed
 
 
 def on_hard_exit(undo: Callable[[], None]) -> Callable[[], None]:
