@@ -27,6 +27,7 @@ itself off; training goes on.
 from __future__ import annotations
 
 import abc
+import contextlib
 import copy
 import functools
 import json
@@ -38,7 +39,7 @@ import string
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -151,7 +152,13 @@ def _git(root: Path, *args: str) -> Optional[str]:
 
 class Tracker(abc.ABC):
     """Where metrics records go besides metrics.jsonl. Every method is safe to call on a tracker
-    that is off (another process than the first, a backend that failed): it does nothing."""
+    that is off (another process than the first, a backend that failed): it does nothing.
+
+    A backend's failure is said in one line (`name`: what failed; `consequence`), after which
+    the tracker is off and training goes on."""
+
+    name = "tracker"
+    consequence = "training goes on without it"
 
     @abc.abstractmethod
     def log(self, record: Mapping[str, Any], step: int) -> None:
@@ -170,6 +177,22 @@ class Tracker(abc.ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _turn_off(self) -> None:
+        """Forgets the backend: every later call does nothing."""
+
+    def _fail(self, what: str, error: BaseException) -> None:
+        self.log_line(f"{self.name}: {what} failed ({first_line(error)}); {self.consequence}")
+        self._turn_off()
+
+    @contextlib.contextmanager
+    def _backend_call(self, what: str) -> Iterator[None]:
+        """Runs a call into the backend's library: any exception it raises (a service gone, a
+        full disk, a bug of the library) is `_fail`."""
+        try:
+            yield
+        except Exception as e:
+            self._fail(what, e)
 
 
 class _StepFilter:
@@ -199,6 +222,8 @@ class TensorBoardTracker(Tracker):
     restart) neither overwrite nor misorder each other's files.
     """
 
+    name, consequence = "TensorBoard", "training goes on without TensorBoard"
+
     def __init__(self, logdir: Path, resume_step: int = 0, enabled: bool = True, tasks: Sequence[str] = (),
                  log: Log = print):
         self.logdir, self.tasks, self.log_line = Path(logdir), tuple(tasks), log
@@ -208,33 +233,28 @@ class TensorBoardTracker(Tracker):
         try:
             from tensorboardX.event_file_writer import EventsWriter
             from tensorboardX.proto.event_pb2 import Event, SessionLog
-
+        except ImportError:
+            self.log_line("TensorBoard: tensorboardX is not installed (pip install -r requirements.txt); "
+                          "no TensorBoard events are written")
+            return
+        with self._backend_call(f"opening the event file in {self.logdir}"):
             self.logdir.mkdir(parents=True, exist_ok=True)
             self.writer = EventsWriter(str(self.logdir / "events"), f".{time.time_ns()}.{os.getpid()}")
             # TensorBoard's purge: values a killed process logged after this step are hidden.
             self.writer.write_event(Event(step=resume_step + 1, wall_time=time.time(),
                                           session_log=SessionLog(status=SessionLog.START)))
             self.writer.flush()
-        except ImportError:
-            self.log_line("TensorBoard: tensorboardX is not installed (pip install -r requirements.txt); "
-                          "no TensorBoard events are written")
-        except Exception as e:
-            self._fail("opening the event file", e)
 
-    def _fail(self, what: str, error: BaseException) -> None:
-        self.log_line(f"TensorBoard: {what} in {self.logdir} failed ({first_line(error)}); "
-                      "training goes on without TensorBoard")
+    def _turn_off(self) -> None:
         self.writer = None
 
     def _write(self, step: int, values: Iterable, what: str) -> None:
         from tensorboardX.proto.event_pb2 import Event
         from tensorboardX.proto.summary_pb2 import Summary
 
-        try:
+        with self._backend_call(f"{what} in {self.logdir}"):
             self.writer.write_event(Event(step=step, wall_time=time.time(), summary=Summary(value=list(values))))
             self.writer.flush()
-        except Exception as e:
-            self._fail(what, e)
 
     def log(self, record: Mapping[str, Any], step: int) -> None:
         if self.writer is None:
@@ -263,10 +283,8 @@ class TensorBoardTracker(Tracker):
 
     def close(self) -> None:
         if self.writer is not None:
-            try:
+            with self._backend_call(f"closing the event file in {self.logdir}"):
                 self.writer.close()
-            except Exception as e:
-                self._fail("closing the event file", e)
             self.writer = None
 
 
@@ -297,6 +315,8 @@ class WandbTracker(Tracker):
     added to wandb.init's (tags, group, entity, settings).
     """
 
+    name, consequence = "W&B", "training goes on without W&B"
+
     def __init__(self, workdir: Path, mode: str, project: str = "", name: str = "", resume_step: int = 0,
                  enabled: bool = True, tasks: Sequence[str] = (), log: Log = print,
                  init_kwargs: Optional[Mapping[str, Any]] = None):
@@ -312,17 +332,14 @@ class WandbTracker(Tracker):
             self.log_line("W&B: wandb is not installed (pip install -r requirements-wandb.txt); "
                           "training goes on without W&B")
             return
-        try:
+        with self._backend_call("starting the run"):
             self.run = wandb.init(project=project or None, name=name or None, id=wandb_run_id(self.workdir),
                                   resume="allow", mode=mode, dir=str(self.workdir), **(init_kwargs or {}))
             # A resumed W&B run has the history of the killed process, past the checkpoint too:
             # its steps are not logged again (W&B would refuse them, a warning each).
             self.filter.floor = max(resume_step, int(self.run.starting_step) - 1)
-        except Exception as e:
-            self._fail("starting the run", e)
 
-    def _fail(self, what: str, error: BaseException) -> None:
-        self.log_line(f"W&B: {what} failed ({first_line(error)}); training goes on without W&B")
+    def _turn_off(self) -> None:
         self.run = None
 
     @property
@@ -336,27 +353,22 @@ class WandbTracker(Tracker):
         fresh = self.filter.new(flatten_record(record, self.tasks), step)
         if not fresh:
             return
-        try:
+        with self._backend_call(f"logging step {step}"):
             # A training record and the dev record of the same step share one W&B row.
             self.run.log(fresh, step=step)
-        except Exception as e:
-            self._fail(f"logging step {step}", e)
 
     def log_config(self, config: Mapping[str, Any]) -> None:
         if self.run is None:
             return
-        try:  # a resumed run may have changed its length (max_steps, num_epochs): values may change
+        with self._backend_call("recording the config"):
+            # A resumed run may have changed its length (max_steps, num_epochs): values may change.
             self.run.config.update({**config, "provenance": provenance()}, allow_val_change=True)
-        except Exception as e:
-            self._fail("recording the config", e)
 
     def close(self) -> None:
         if self.run is None:
             return
-        try:
+        with self._backend_call("finishing the run"):
             self.run.finish()
-        except Exception as e:
-            self._fail("finishing the run", e)
         self.run = None
 
 
