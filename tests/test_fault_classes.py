@@ -179,9 +179,9 @@ def test_a_damaged_dev_output_cache_is_said_and_computed_again(runs, tmp_path, c
 
 def _metrics_without_time(workdir: Path) -> list[dict]:
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    from mtbert_jax.run.metrics_log import WALL_CLOCK_FIELDS
+    from mtbert_jax.run.metrics_log import MEASURED_FIELDS
 
-    return [{k: v for k, v in r.items() if k not in WALL_CLOCK_FIELDS} for r in records]
+    return [{k: v for k, v in r.items() if k not in MEASURED_FIELDS} for r in records]
 
 
 def test_the_cache_mechanism_names_every_kind_of_damage(tmp_path):

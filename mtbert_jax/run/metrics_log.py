@@ -4,6 +4,8 @@ TensorBoard, W&B), and the per-step numbers averaged over each logging window.""
 from __future__ import annotations
 
 import json
+import resource
+import sys
 import time
 from pathlib import Path
 from typing import Mapping
@@ -12,10 +14,25 @@ import numpy as np
 
 from mtbert_jax.run import atomic
 
-# A record's wall-clock measurements: the only fields in which a resumed run's log may differ
-# from an uninterrupted one's.
-WALL_CLOCK_FIELDS = ("run_seconds", "examples_per_second", "step_seconds", "tokens_per_second", "model_tflops",
-                     "mfu")
+# A record's measurements of the machine (time, memory): the only fields in which a resumed
+# run's log may differ from an uninterrupted one's.
+MEASURED_FIELDS = ("run_seconds", "examples_per_second", "step_seconds", "tokens_per_second", "model_tflops",
+                   "mfu", "peak_host_mib", "peak_device_mib")
+
+
+def peak_memory_mib() -> dict[str, float]:
+    """This process's peak memory so far, in MiB: `peak_host_mib`, the resident set's
+    high-water mark (getrusage; on a CPU backend the model's memory too), and on an accelerator
+    `peak_device_mib`, the largest peak among this process's devices (as the runtime reports it;
+    a CPU backend reports none)."""
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    peaks = {"peak_host_mib": round(maxrss / (2**20 if sys.platform == "darwin" else 2**10), 1)}
+    import jax
+
+    device_peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in jax.local_devices()]
+    if any(peak is not None for peak in device_peaks):
+        peaks["peak_device_mib"] = round(max(p for p in device_peaks if p is not None) / 2**20, 1)
+    return peaks
 
 
 class MetricsLog:
@@ -107,7 +124,7 @@ class LogWindow:
                   "grad_norm": np.asarray(metrics["grad_norm"]).tolist(),
                   "lr": {k.split("/", 1)[1]: float(v) for k, v in sorted(metrics.items()) if k.startswith("lr/")},
                   "param_norm": float(metrics["param_norm"]), "update_norm": float(metrics["update_norm"]),
-                  "padding_efficiency": padding_efficiency}
+                  "padding_efficiency": padding_efficiency, **peak_memory_mib()}
         if "pcgrad_conflicts" in metrics:
             record["pcgrad_conflicts"] = int(metrics["pcgrad_conflicts"])
             record["pcgrad_cosines"] = np.asarray(metrics["pcgrad_cosines"]).round(4).tolist()

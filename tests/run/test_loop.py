@@ -20,7 +20,7 @@ from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
 from mtbert_jax.errors import ConfigError, TrainingError
 from mtbert_jax.run.config import RunConfig
 from mtbert_jax.run.loop import load_run_data, train_and_evaluate
-from mtbert_jax.run.metrics_log import WALL_CLOCK_FIELDS
+from mtbert_jax.run.metrics_log import MEASURED_FIELDS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -208,7 +208,7 @@ def _final_params(workdir: Path) -> dict:
 
 def _logged(workdir: Path) -> list[dict]:
     """The metrics log without its wall-clock measurements (examples/s, run_seconds)."""
-    return [{k: v for k, v in r.items() if k not in WALL_CLOCK_FIELDS} for r in _metrics(workdir)]
+    return [{k: v for k, v in r.items() if k not in MEASURED_FIELDS} for r in _metrics(workdir)]
 
 
 def _assert_same_run(workdir: Path, reference: Path) -> None:

@@ -1,5 +1,5 @@
 """metrics.jsonl: a resumed run drops the records past its checkpoint and goes on counting the
-run's wall-clock time from the last record it kept."""
+run's wall-clock time from the last record it kept; peak memory by process and device."""
 
 from __future__ import annotations
 
@@ -34,3 +34,23 @@ def test_run_seconds_go_on_from_the_records_a_resumed_run_keeps(tmp_path):
 def test_processes_other_than_the_first_write_nothing(tmp_path):
     MetricsLog(tmp_path / "metrics.jsonl", 0, False).write({"step": 1})
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_peak_memory_names_the_largest_device_peak_where_devices_report_one(monkeypatch):
+    import jax
+
+    from mtbert_jax.run import metrics_log
+
+    class Device:
+        def __init__(self, stats):
+            self.stats = stats
+
+        def memory_stats(self):
+            return self.stats
+
+    host = metrics_log.peak_memory_mib()
+    assert set(host) == {"peak_host_mib"} and host["peak_host_mib"] > 100  # a CPU backend: the host's alone
+    monkeypatch.setattr(jax, "local_devices", lambda: [Device({"peak_bytes_in_use": 3 * 2**20}),
+                                                       Device({"peak_bytes_in_use": 5 * 2**20}), Device(None)])
+    peaks = metrics_log.peak_memory_mib()
+    assert peaks["peak_device_mib"] == 5.0 and peaks["peak_host_mib"] >= host["peak_host_mib"]

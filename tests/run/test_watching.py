@@ -77,11 +77,14 @@ def test_tensorboard_holds_every_metric_and_the_config(watched):
     assert not (watched["off"] / "tensorboard").exists()
 
 
-def test_the_log_has_step_time_tokens_and_flops_but_no_mfu_on_a_cpu(watched):
+def test_the_log_has_step_time_tokens_flops_and_peak_memory_but_no_mfu_on_a_cpu(watched):
     logged = [r for r in _metrics(watched["on"]) if "loss" in r]
     for record in logged:
         assert record["step_seconds"] > 0 and record["tokens_per_second"] > 0 and record["model_tflops"] > 0
         assert "mfu" not in record  # no datasheet peak for a CPU: no made-up figure
+        assert "peak_device_mib" not in record  # a CPU backend reports no device memory
+    peaks = [r["peak_host_mib"] for r in logged]
+    assert peaks[0] > 100 and peaks == sorted(peaks)  # jax alone holds more; a high-water mark
 
 
 def test_dev_every_n_steps_and_best_among_all_evaluations(watched):
