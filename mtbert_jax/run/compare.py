@@ -11,8 +11,8 @@ probability, the STS score) from the checkpoints of their last dev evaluations: 
 members' own numbers come from. Their outputs are computed once (minutes on a CPU) and kept in
 each run's eval/dev-outputs-stepN.npz. A soup (soup.py) is a configuration of its own.
 
-A run's numbers are those of its last dev evaluation (the end of its last epoch, the model a
-finished run ends with). A run with weight averaging on (optimizer.ema_decay) also counts as a
+A run's numbers are those of its last dev evaluation (the model a finished run ends with: its
+last epoch's, or the one it stopped early at; its dev record says `final`). A run with weight averaging on (optimizer.ema_decay) also counts as a
 run of its configuration without it, "NAME (unaveraged)": the average does not change training,
 and each dev record also scores the parameters trained. Unfinished runs are listed apart with
 how far they got and are not in the means; directories that cannot be read are named with the
@@ -105,7 +105,10 @@ def read_run(workdir: Path) -> Run:
     if last_dev is None:
         raise NotEvaluatedYet(f"no dev evaluation yet (logged up to step {last_step})")
     epochs = config["num_epochs"] + config["frozen_epochs"]
-    finished = last_dev["epoch"] >= epochs or (config["max_steps"] > 0 and last_dev["step"] >= config["max_steps"])
+    if "final" in last_dev:  # the loop says whether the run ended with this evaluation
+        finished = bool(last_dev["final"])
+    else:  # a log from before dev records said so (dev at epoch ends only)
+        finished = last_dev["epoch"] >= epochs or (config["max_steps"] > 0 and last_dev["step"] >= config["max_steps"])
     unaveraged = ((last_dev["dev_unaveraged"], float(last_dev["dev_unaveraged_overall"]))
                   if "dev_unaveraged" in last_dev else None)
     return Run(workdir, config, last_dev["dev"], float(last_dev["dev_overall"]), int(last_dev["epoch"]),

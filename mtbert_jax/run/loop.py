@@ -137,7 +137,7 @@ def _train(run: RunConfig, workdir: Path, data: Optional[RunData], checkpoint_di
         try:
             while more_to_train():
                 epoch = trainer.train_epoch()
-                trainer.end_epoch(epoch)  # its dev record and checkpoint: nothing more to save
+                trainer.evaluate(epoch, epoch_end=True)  # its dev record and checkpoint: nothing more to save
                 if more_to_train() and (name := trainer.stop.agreed(trainer.step, now=True)):
                     raise Preempted(trainer.step, name)
         except Preempted:
@@ -451,15 +451,15 @@ class Trainer:
             self.window.add_losses(losses)
         return fetched[-1]
 
-    def end_epoch(self, epoch: int) -> None:
-        """The dev record of the epoch just trained, and a checkpoint that may become the best."""
-        self.evaluate(epoch)
-
-    def evaluate(self, epoch: int) -> None:
+    def evaluate(self, epoch: int, epoch_end: bool = False) -> None:
         """A dev evaluation (at an epoch's end, or every eval_every_steps), its record, and a
         checkpoint saved after it (best/ too when it is a new best): a run killed between the
         two evaluates again on restart. Raises EarlyStopped once early_stopping_patience
-        evaluations in a row have not improved on the best by more than the minimum delta."""
+        evaluations in a row have not improved on the best by more than the minimum delta.
+
+        The record's `final` says whether the run ends with it (its last epoch or max_steps
+        reached, or stopped early: then `stopped_early` too), so that a reader of the log
+        (compare.py) tells a finished run from one in its last epoch."""
         started = time.perf_counter()
         results = self.dev_metrics(self.state.evaluated)  # not the optimizer's moments
         # With a weight average, the trained parameters' own score too: the average's gain,
@@ -474,7 +474,12 @@ class Trainer:
             self.evals_without_improvement += 1
         patience = self.run.early_stopping_patience
         self.stopped_early = bool(patience) and self.evals_without_improvement >= patience
-        record = {"step": self.step, "epoch": epoch + 1, "dev": results, "dev_overall": score}
+        last = epoch_end and (epoch + 1 >= self.run.num_epochs + self.run.frozen_epochs
+                              or self.step >= self.stages.last_step)
+        record = {"step": self.step, "epoch": epoch + 1, "dev": results, "dev_overall": score,
+                  "final": last or self.stopped_early}
+        if self.stopped_early:
+            record["stopped_early"] = True
         if unaveraged is not None:
             record |= {"dev_unaveraged": unaveraged, "dev_unaveraged_overall": overall_score(unaveraged)}
         self.metrics_log.write(record)

@@ -59,9 +59,9 @@ PACKAGES = ("mtbert-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", 
 def flatten_record(record: Mapping[str, Any], tasks: Sequence[str] = ()) -> dict[str, float]:
     """{tag: value} of every number in a metrics record, the key path joined by "/".
 
-    "step" is left out (it is the x axis), and so are strings and None. A list is named by task
-    where it has one entry per task of `tasks` (grad_norm, in the order the step stacks the tasks:
-    the stages' task order) and by index otherwise; a square matrix of task pairs
+    "step" is left out (it is the x axis), and so are strings, None and flags (a dev record's
+    `final`). A list is named by task where it has one entry per task of `tasks` (grad_norm, in
+    the order the step stacks the tasks: the stages' task order) and by index otherwise; a square matrix of task pairs
     (pcgrad_cosines, symmetric with ones on its diagonal) gives its upper triangle, "sst-sts".
     """
     flat: dict[str, float] = {}
@@ -86,7 +86,7 @@ def flatten_record(record: Mapping[str, Any], tasks: Sequence[str] = ()) -> dict
             else:
                 for name, inner in zip(names(len(value)), value):
                     visit(f"{tag}/{name}", inner)
-        elif isinstance(value, (bool, int, float)) or _is_numpy_number(value):
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) or _is_numpy_number(value):
             flat[tag] = float(value)
 
     for key, value in record.items():

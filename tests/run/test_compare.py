@@ -107,3 +107,20 @@ def test_an_averaged_run_also_counts_as_its_configuration_without_the_average(tm
     assert "mean_ema: num_epochs=2, optimizer.ema_decay=0.999" in out
     assert compare.group_name([tmp_path / "mean_ema_s0 (unaveraged)", tmp_path / "mean_ema_s3 (unaveraged)"]) == \
         "mean_ema (unaveraged)"
+
+
+def test_a_run_in_its_last_epoch_is_unfinished_and_one_stopped_early_is_finished(tmp_path):
+    """Dev records every N steps carry the epoch they are in: the loop's `final` decides."""
+    def with_dev(name, step, epoch, final, **flags):
+        workdir = _run(tmp_path, name, overall_by_epoch=(0.7, 0.72))
+        dev = {"sst": {"accuracy": 0.5}, "quora": {"accuracy": 0.8}, "sts": {"pearson": 0.8, "spearman": 0.0}}
+        with open(workdir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "epoch": epoch, "dev": dev, "dev_overall": 0.73, "final": final,
+                                **flags}) + "\n")
+        return compare.read_run(workdir)
+
+    assert not with_dev("mid_last_epoch", 250, 3, False).finished  # 3 epochs, dev at step 250 of 300
+    assert with_dev("stopped", 250, 3, True, stopped_early=True).finished
+    assert with_dev("ended", 300, 3, True).finished
+    # A log from before dev records said so: its last epoch's record ends the run.
+    assert compare.read_run(_run(tmp_path, "older")).finished

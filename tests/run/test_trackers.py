@@ -41,13 +41,13 @@ def train_record(step: int, loss: float = 1.0) -> dict:
                "lr/task": np.float32(1e-3), "param_norm": np.float32(40.0), "update_norm": np.float32(0.25),
                "pcgrad_conflicts": np.int32(1), "pcgrad_cosines": np.array([[1.0, -0.25], [-0.25, 1.0]], np.float32)}
     record = window.record(step, 1, metrics, 0.875)
-    return record | {"step_seconds": 0.5, "tokens_per_second": 1000.0, "model_tflops": 0.01}
+    return record | {"step_seconds": 0.5, "tokens_per_second": 1000.0, "model_tflops": 0.01, "peak_host_mib": 512.0}
 
 
 def dev_record(step: int, overall: float = 0.6) -> dict:
-    """An epoch's dev record (Trainer.end_epoch)."""
+    """An epoch's dev record (Trainer.evaluate)."""
     return {"step": step, "epoch": 1, "dev": {"sst": {"accuracy": 0.5}, "sts": {"pearson": 0.8, "spearman": 0.7}},
-            "dev_overall": overall}
+            "dev_overall": overall, "final": False}
 
 
 def test_records_flatten_to_scalar_tags():
@@ -57,7 +57,7 @@ def test_records_flatten_to_scalar_tags():
         "epoch": 1.0, "loss/sst": 2.0, "loss/sts": 3.0, "grad_norm/sst": 0.5, "grad_norm/sts": 1.5,
         "lr/encoder": 2e-5, "lr/task": 1e-3, "param_norm": 40.0, "update_norm": 0.25, "padding_efficiency": 0.875,
         "pcgrad_conflicts": 1.0, "pcgrad_cosines/sst-sts": -0.25, "step_seconds": 0.5, "tokens_per_second": 1000.0,
-        "model_tflops": 0.01})
+        "model_tflops": 0.01, "peak_host_mib": 512.0})
     assert flatten_record(dev_record(10)) == {"epoch": 1.0, "dev/sst/accuracy": 0.5, "dev/sts/pearson": 0.8,
                                               "dev/sts/spearman": 0.7, "dev/overall": 0.6}
     # GSE's nested record, the unaveraged dev record; without task names, lists go by index.

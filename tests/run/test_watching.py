@@ -92,6 +92,7 @@ def test_dev_every_n_steps_and_best_among_all_evaluations(watched):
     holds the step with the highest overall of all of them; the run ends with one summary line."""
     dev = [r for r in _metrics(watched["on"]) if "dev" in r]
     assert [r["step"] for r in dev] == [4, 6, 8, 12]
+    assert [r["final"] for r in dev] == [False, False, False, True]  # the run ends with the last alone
     best = max(dev, key=lambda r: r["dev_overall"])
     assert sorted(int(p.name) for p in (watched["on"] / "best").glob("*") if p.name.isdigit()) == [best["step"]]
     last = watched["stdout"].strip().splitlines()[-1]
@@ -117,6 +118,8 @@ def test_early_stopping_saves_says_so_exits_0_and_stays_stopped(watched, tmp_pat
     assert "early stopping: 1 dev evaluation(s) without improving" in first.stdout
     dev = [r["step"] for r in _metrics(workdir) if "dev" in r]
     assert dev == [4, 6]
+    last = [r for r in _metrics(workdir) if "dev" in r][-1]
+    assert last["final"] and last["stopped_early"]  # compare.py counts it finished
     assert sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())[-1] == 6
     params = _final_params(workdir)
     again = _train(watched["config"], workdir, *flags)
