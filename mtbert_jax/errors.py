@@ -74,27 +74,28 @@ def silenced_after_failure():
         yield
         return
     kept = _to_devnull()
-    try:
-        yield
-    except BaseException:
-        _error_fd = kept[1]  # silenced for good: exit_on_error writes the error line here
-        raise
+    _error_fd = kept[1]  # an exit meanwhile (a second Ctrl-C, a lost peer) still says its line
+    yield  # a failure leaves the output silenced for good: exit_on_error writes to _error_fd
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
+    _error_fd = None
     for fd, original in zip((1, 2), kept):
         os.dup2(original, fd)
         os.close(original)
 
 
-def exit_on_error(message: str, status: int = 2) -> None:
+def exit_on_error(message: str, status: int = 2, fresh_line: bool = False) -> None:
     """Writes `error: message` as the one line a user sees and ends the process with `status`
-    at once (no interpreter shutdown, during which those threads print as well)."""
+    at once (no interpreter shutdown, during which those threads print as well). The line goes
+    to the user's stderr even while an orbax restore has it silenced. `fresh_line`: start it
+    on a new line (a progress bar may be mid-line)."""
     global _error_fd
     import os
 
     if _error_fd is None:
         _error_fd = _to_devnull()[1]
-    os.write(_error_fd, f"error: {message}\n".encode())
+    start = "\n" if fresh_line else ""
+    os.write(_error_fd, f"{start}error: {message}\n".encode())
     os._exit(status)
 
 

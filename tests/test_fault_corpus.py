@@ -381,3 +381,16 @@ def test_a_changed_length_on_resume_is_said(corpus, tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming with max_steps 2 -> 3: the learning-rate schedules are fitted to the new length" in result.stdout
+
+
+def test_an_immediate_exit_while_output_is_silenced_still_says_its_line():
+    """A second Ctrl-C or a lost peer during an orbax restore (stdout and stderr at /dev/null):
+    the one line still reaches the user's stderr, and nothing the restore printed does."""
+    code = ("from mtbert_jax import errors\nfrom mtbert_jax.run import preemption\n"
+            "errors.mark_command_line()\n"
+            "with errors.silenced_after_failure():\n"
+            "    print('restore noise', flush=True)\n"
+            "    preemption.hard_exit('SIGINT again: stopped at once', 130)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 130 and "restore noise" not in result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == ["error: SIGINT again: stopped at once"]

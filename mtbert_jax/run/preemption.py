@@ -22,10 +22,11 @@ epoch's end), so all processes see it at the same step.
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from typing import Callable, Optional
+
+from mtbert_jax import errors
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 # EX_TEMPFAIL (sysexits.h): a temporary failure, to be retried; SLURM --requeue and Kubernetes
@@ -109,14 +110,14 @@ def on_hard_exit(undo: Callable[[], None]) -> Callable[[], None]:
 
 
 def hard_exit(message: str, status: int) -> None:
-    """Ends the process now with `error: message` on stderr (no interpreter shutdown, no traceback)."""
+    """Ends the process now with `error: message` on stderr (no interpreter shutdown, no
+    traceback), after the undo hooks (`on_hard_exit`: a workdir's lock)."""
     for undo in list(_handler.at_hard_exit):
         try:
             undo()
         except OSError:
             pass  # best effort: the process is ending
-    os.write(2, f"\nerror: {message}\n".encode())  # a new line: a progress bar may be mid-line
-    os._exit(status)
+    errors.exit_on_error(message, status, fresh_line=True)
 
 
 class StopSignals:
