@@ -5,8 +5,7 @@ python train.py --config configs/mpnet.py --workdir runs/mpnet
 python train.py --config configs/mpnet.py:quick --workdir runs/mpnet_quick   # 20 steps
 
 Mean pooling, as all-mpnet-base-v2 was trained (its pretrained pooler is untrained), and
-cross-encoder pair heads (`<s> A </s></s> B </s>`). Pair swapping (schedule.swap_pairs,
-model.symmetric_pairs) is refused on MPNet's pair layout.
+cross-encoder pair heads (`<s> A </s></s> B </s>`).
 """
 
 from configs import default

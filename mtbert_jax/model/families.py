@@ -52,7 +52,9 @@ class EncoderFamily:
     # The transformers tokenizer class built from a checkpoint directory's files (tokenizer.json or
     # vocab.txt); the class, not the files, decides how a pair is laid out.
     tokenizer_class: str
-    # How a sentence pair is laid out, with A and B for the two sentences' tokens (messages, checks).
+    # How a sentence pair is laid out, with A and B for the two sentences' tokens. Both families'
+    # layouts are `<first> A <separators> B <last>`, which swapping a pair's sentences inside its
+    # tokens (schedule.swap_pairs, model.symmetric_pairs; data/tokenized.py) relies on.
     pair_template: str
     # Separator tokens between a pair's two sentences (BERT's one [SEP], MPNet's </s></s>): what
     # swapping a pair's sentences inside its tokens (data/tokenized.py) needs to know of the layout.
@@ -60,10 +62,6 @@ class EncoderFamily:
     # The tokenizer gives token types 0/1 itself; otherwise the tokenizer marks them as BERT's are
     # (1 from the second sentence's first token, separators before it included).
     tokenizer_types: bool = True
-    # schedule.swap_pairs and model.symmetric_pairs swap a pair's sentences inside its tokens
-    # (data/tokenized.py), which needs the layout `<first> A <separators> B <last>`; a family laid
-    # out otherwise says False and run/build.py refuses them.
-    swaps_pairs: bool = True
 
     def hf_name(self, bert_name: str) -> str:
         """A tensor's Hugging Face name in this family from its name in BERT."""

@@ -41,20 +41,13 @@ def encoder_config(run: RunConfig, checkpoint_config: BertConfig) -> BertConfig:
 
 def check_family(run: RunConfig, checkpoint_config: BertConfig) -> None:
     """Refuses, in one line, what `run` asks of an encoder family that cannot do it: longer
-    sequences than its positions hold, and swapping a pair's sentences inside its tokens where
-    the family says it cannot (`EncoderFamily.swaps_pairs`; BERT and MPNet both can)."""
-    family, checkpoint = checkpoint_config.family, run.checkpoint
+    sequences than its positions hold."""
+    family = checkpoint_config.family
     if run.max_length > checkpoint_config.max_positions:
         offset = checkpoint_config.position_offset
         raise ConfigError(f"max_length={run.max_length} is more than the checkpoint's max_position_embeddings="
                           f"{checkpoint_config.max_position_embeddings}"
                           + (f" less the {offset} rows before {family.model_type}'s first position" if offset else ""))
-    swapping = [name for name, on in (("schedule.swap_pairs", run.schedule.swap_pairs),
-                                      ("model.symmetric_pairs", run.model.symmetric_pairs)) if on]
-    if swapping and not family.swaps_pairs:
-        raise ConfigError(f"{' and '.join(swapping)} swap a pair's sentences inside its tokens, which is not done "
-                          f"for {family.model_type}'s {family.pair_template} (checkpoint {checkpoint!r}); "
-                          "set them to False")
 
 
 def build_model(run: RunConfig, bert_config: BertConfig) -> MultiTaskModel:

@@ -13,7 +13,7 @@ of a peer's `kill -9` blocks in a collective until gloo or the coordination serv
   one line naming the silent process;
 - a collective that fails because a peer died ends in one line too (`describe_lost_peer`).
 
-Every such end has status 69 (command.CLUSTER_EXIT_STATUS) and releases the workdir lock; the
+Every such end has status 69 (CLUSTER_EXIT_STATUS) and releases the workdir lock; the
 same command on every process then resumes from the last checkpoint. jax's own timeouts are
 set beyond these, so the project's line comes first.
 """
@@ -33,7 +33,7 @@ from mtbert_jax.run import preemption
 JOIN_TIMEOUT_ENV, PEER_TIMEOUT_ENV = "MTBERT_JOIN_TIMEOUT", "MTBERT_PEER_TIMEOUT"
 DEFAULT_JOIN_TIMEOUT, DEFAULT_PEER_TIMEOUT = 300.0, 120.0
 _ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
-_EXIT_STATUS = 69  # command.CLUSTER_EXIT_STATUS (command imports this module)
+CLUSTER_EXIT_STATUS = 69  # EX_UNAVAILABLE (sysexits.h): a peer, not the input, failed
 _KEY = "mtbert/heartbeat/{}"
 _RESTART = "run the same command on every process to resume from the last checkpoint"
 
@@ -126,12 +126,12 @@ class _Monitor:
                 if now - self.coordinator_ok > self.peer_timeout:
                     preemption.hard_exit(
                         f"process {self.me}: the job's coordinator (process 0) has not answered for "
-                        f"{self.peer_timeout:.0f} s ({first_line(e)}); stopping; {_RESTART}", _EXIT_STATUS)
+                        f"{self.peer_timeout:.0f} s ({first_line(e)}); stopping; {_RESTART}", CLUSTER_EXIT_STATUS)
             for p, seen in self.last_seen.items():
                 if now - seen > self.peer_timeout:
                     preemption.hard_exit(
                         f"process {self.me}: process {p} has sent no heartbeat for {self.peer_timeout:.0f} s "
-                        f"(it died or hangs); stopping; {_RESTART}", _EXIT_STATUS)
+                        f"(it died or hangs); stopping; {_RESTART}", CLUSTER_EXIT_STATUS)
             time.sleep(interval)
 
 
@@ -155,7 +155,7 @@ def join() -> bool:
             count = f"all {env['processes']} processes" if env else "every process of the SLURM job"
             preemption.hard_exit(
                 f"process {me}: the job did not form within {join_timeout:.0f} s: {count} must start, with the "
-                f"same JAX_COORDINATOR_ADDRESS{where} (set {JOIN_TIMEOUT_ENV} to wait longer)", _EXIT_STATUS)
+                f"same JAX_COORDINATOR_ADDRESS{where} (set {JOIN_TIMEOUT_ENV} to wait longer)", CLUSTER_EXIT_STATUS)
 
     threading.Thread(target=watch_joining, name="mtbert-join-watchdog", daemon=True).start()
     # jax's own limits lie beyond ours: the project's one line comes before jax's abort.
@@ -184,9 +184,10 @@ def describe_lost_peer(error: BaseException) -> Optional[str]:
     """One line for an error of a multi-process job whose peer died under it, naming the peers
     whose heartbeats stopped; None when no peer stopped (the error is something else).
 
-    The error's own text is read only for jax's runtime errors: some errors raised from a
-    collective whose peer is gone block in str() (seen with jax 0.10.2's allgather)."""
-    if jax.process_count() == 1 or _monitor is None:
+    The error's own text is read only for jax's runtime errors: str() of an error raised from a
+    collective whose peer is gone may block (a ValueError of process_allgather does). Nothing here
+    starts a jax backend: a command that never joined a cluster has no monitor."""
+    if _monitor is None or jax.process_count() == 1:
         return None
     silent = _monitor.stopped_beating()
     if not silent:

@@ -23,8 +23,6 @@ from typing import Callable
 from mtbert_jax.errors import MtbertError, exit_on_error, mark_command_line, user_message
 from mtbert_jax.run import preemption
 
-CLUSTER_EXIT_STATUS = 69  # EX_UNAVAILABLE (sysexits.h): a peer, not the input, failed
-
 
 def start() -> None:
     """Marks this process as a command line and catches SIGTERM, SIGUSR1 and SIGINT from now on."""
@@ -48,14 +46,14 @@ def ending(body: Callable[[], int], resumable: bool = False) -> int:
                 else ": nothing written")
         return _fail(f"stopped by {e.signal_name}{what}", preemption.exit_status(e.signal_name, resumable))
     except cluster.PeerLost as e:
-        return _fail(str(e), CLUSTER_EXIT_STATUS)
+        return _fail(str(e), cluster.CLUSTER_EXIT_STATUS)
     except (MtbertError, OSError) as e:
         return _fail(user_message(e), 2)
     except Exception as e:
         lost = cluster.describe_lost_peer(e)  # a collective that failed because a process died
         if lost is None:
             raise
-        return _fail(lost, CLUSTER_EXIT_STATUS)
+        return _fail(lost, cluster.CLUSTER_EXIT_STATUS)
 
 
 def _fail(message: str, status: int) -> int:
