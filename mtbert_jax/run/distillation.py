@@ -129,13 +129,15 @@ def with_teacher_targets(run: RunConfig, train: dict[str, TaskData], workdir: Pa
     and (`write`: the process that writes the workdir) kept there (mtbert_jax/caches.py)."""
     path = Path(workdir) / TARGETS_FILE
     key = json.dumps({"teachers": _describe(run), "records": {t: _records_key(d) for t, d in sorted(train.items())}})
-    if path.exists():
-        log(f"distillation: reading the teachers' targets from {path}")
+    scored = []
 
     def score() -> dict[str, np.ndarray]:
+        scored.append(True)
         log(f"distillation: scoring {sum(len(d) for d in train.values())} training records with "
             f"{len(run.objective.distillation.teachers)} teacher run(s) (once)")
         return {f"{t}/targets": a for t, a in teacher_targets(run, train, batch_size, log).items()}
 
     targets = cached_arrays(path, key, score, store=write, warn=lambda m: log(f"warning: {m}"))
+    if not scored:
+        log(f"distillation: the teachers' targets read from {path}")
     return {t: dataclasses.replace(d, targets=targets[f"{t}/targets"]) for t, d in train.items()}

@@ -381,7 +381,8 @@ class Trainer:
         stage_end = self.stages.ends[self.stage]
         bar = tqdm(total=self.loader.steps_in_epoch(), initial=self.loader.step, disable=not self.is_main,
                    desc=f"epoch {epoch + 1}/{self.run.num_epochs + self.run.frozen_epochs}", unit="step")
-        # Resumed mid-epoch: the losses and examples since the last log record, as saved.
+        # Resumed mid-epoch: the losses since the last log record, as saved (examples/s counts
+        # only what this process trains).
         self.window, self.pending = LogWindow.from_state(self.saved_window), []
         self.saved_window = None
         # `index` (record positions) only puts evaluation outputs back in file order: not sent.

