@@ -15,40 +15,40 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mtbert_jax.errors import ConfigError
+
 config_flags.DEFINE_config_file("config", "configs/default.py", "Training configuration file.")
 flags.DEFINE_string("workdir", "runs/default", "Directory for checkpoints, metrics and plots.")
 
 
 def parse_flags(argv):
-    """absl's parsing, with a bad --config file, preset or override answered in one line (exit 2)."""
+    """absl's parsing, with a bad --config file, preset or override raised as a ConfigError
+    (command.ending answers it in one line, exit 2)."""
     config_file = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
     if config_file is None and "--config" in argv[1:-1]:
         config_file = argv[argv.index("--config") + 1]
     if config_file is not None and not Path(config_file.split(":", 1)[0]).is_file():
         # ml_collections would defer the failure to the first use of the config, as a traceback.
-        print(f"error: --config {config_file}: no such file", file=sys.stderr)
-        sys.exit(2)
+        raise ConfigError(f"--config {config_file}: no such file")
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
         text = [line.strip() for line in str(e).splitlines() if line.strip()]
         if config_file and "config file" in str(e):  # the file's own error is its traceback's last line
             problem = "no such file" if "No such file" in text[-1] else text[-1]
-            print(f"error: --config {config_file}: {problem}", file=sys.stderr)
-            sys.exit(2)
+            raise ConfigError(f"--config {config_file}: {problem}") from None
         _refuse_override(argv, e)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         _refuse_override(argv, e)
 
 
 def _refuse_override(argv, e):
-    """A bad --config.FIELD=VALUE: one line naming it, exit 2."""
+    """A bad --config.FIELD=VALUE: a ConfigError naming it (one line, exit 2)."""
     overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
     problem = str(e).strip("\"'") if isinstance(e, (AttributeError, KeyError)) else str(e)
     if isinstance(e, (AttributeError, KeyError)):
         problem = f"no config field {problem!r} (see configs/default.py)"
-    print(f"error: {' '.join(overrides) or 'flags'}: {problem}", file=sys.stderr)
-    sys.exit(2)
+    raise ConfigError(f"{' '.join(overrides) or 'flags'}: {problem}") from None
 
 
 def main(argv) -> int:
