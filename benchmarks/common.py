@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -73,7 +72,9 @@ def median_seconds(fn: Callable[[], object], warmup: int, repeats: int) -> tuple
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from mtbert_jax.run.metrics_log import peak_host_mib
+
+    return peak_host_mib()
 
 
 def torch_device() -> str:

@@ -20,13 +20,18 @@ MEASURED_FIELDS = ("run_seconds", "examples_per_second", "step_seconds", "tokens
                    "mfu", "peak_host_mib", "peak_device_mib")
 
 
+def peak_host_mib() -> float:
+    """This process's peak resident memory so far, in MiB (getrusage's high-water mark)."""
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
 def peak_memory_mib() -> dict[str, float]:
     """This process's peak memory so far, in MiB: `peak_host_mib`, the resident set's
     high-water mark (getrusage; on a CPU backend the model's memory too), and on an accelerator
     `peak_device_mib`, the largest peak among this process's devices (as the runtime reports it;
     a CPU backend reports none)."""
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    peaks = {"peak_host_mib": round(maxrss / (2**20 if sys.platform == "darwin" else 2**10), 1)}
+    peaks = {"peak_host_mib": round(peak_host_mib(), 1)}
     import jax
 
     device_peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in jax.local_devices()]
