@@ -41,6 +41,12 @@ _WATCHING = {"eval_every_steps": 0, "early_stopping_patience": 0, "early_stoppin
 WANDB_MODES = ("disabled", "offline", "online")
 
 
+def check_wandb_mode(mode: str) -> None:
+    """ConfigError unless `mode` is one of WANDB_MODES (the config's `wandb` field)."""
+    if mode not in WANDB_MODES:
+        raise ConfigError(f"wandb={mode!r}: expected one of {list(WANDB_MODES)}")
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     checkpoint: str
@@ -104,8 +110,7 @@ class RunConfig:
         if self.profile_num_steps and self.profile_start_step < 1:
             raise ConfigError(f"profile_start_step={self.profile_start_step}: steps count from 1 (the profile window "
                               f"traces steps profile_start_step .. + profile_num_steps - 1)")
-        if self.wandb not in WANDB_MODES:
-            raise ConfigError(f"wandb={self.wandb!r}: expected one of {list(WANDB_MODES)}")
+        check_wandb_mode(self.wandb)
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ConfigError(f"compute_dtype={self.compute_dtype!r}: expected one of {list(COMPUTE_DTYPES)}")
 

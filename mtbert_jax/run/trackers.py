@@ -43,9 +43,9 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 
 import numpy as np
 
-from mtbert_jax.errors import ConfigError, first_line
+from mtbert_jax.errors import first_line
 from mtbert_jax.run import atomic
-from mtbert_jax.run.config import WANDB_MODES
+from mtbert_jax.run.config import check_wandb_mode
 
 Log = Callable[[str], None]
 WANDB_RUN_ID_FILE = "wandb_run_id"  # in the workdir: a resumed run continues the same W&B run
@@ -320,8 +320,7 @@ class WandbTracker(Tracker):
     def __init__(self, workdir: Path, mode: str, project: str = "", name: str = "", resume_step: int = 0,
                  enabled: bool = True, tasks: Sequence[str] = (), log: Log = print,
                  init_kwargs: Optional[Mapping[str, Any]] = None):
-        if mode not in WANDB_MODES:
-            raise ConfigError(f"wandb={mode!r}: expected one of {list(WANDB_MODES)}")
+        check_wandb_mode(mode)
         self.workdir, self.tasks, self.log_line, self.run = Path(workdir), tuple(tasks), log, None
         self.filter = _StepFilter(resume_step)
         if not enabled or mode == "disabled":
@@ -397,8 +396,7 @@ def make_trackers(workdir: Path, resume_step: int, *, tensorboard: bool = True, 
     """The run's trackers: TensorBoard in WORKDIR/tensorboard when `tensorboard`, W&B in mode
     `wandb` ("disabled", "offline", "online"); all off where not `enabled` (every process but
     the first of a multi-process run). `tasks`: the step's task order, naming grad_norm's entries."""
-    if wandb not in WANDB_MODES:
-        raise ConfigError(f"wandb={wandb!r}: expected one of {list(WANDB_MODES)}")
+    check_wandb_mode(wandb)
     trackers: list[Tracker] = []
     if tensorboard and enabled:
         trackers.append(TensorBoardTracker(Path(workdir) / "tensorboard", resume_step, enabled, tasks, log))
