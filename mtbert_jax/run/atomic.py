@@ -3,10 +3,12 @@ half-written file where the user had a complete one."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from mtbert_jax.errors import ConfigError
 
@@ -45,13 +47,47 @@ def check_output_directory(out: Path, runs: Sequence[Path] = (), replaceable: bo
         raise ConfigError(f"--out {out}: exists and is not empty; nothing was written (give a new directory)")
 
 
-def move_into(staging: Path, out: Path) -> None:
+@contextlib.contextmanager
+def staged_directory(out: Path) -> Iterator[Path]:
+    """A new directory beside `out` (the same file system, named by this process) in which a
+    command writes its whole output before putting it in place (`replace_directory`,
+    `move_into`); removed when the block ends, whatever ended it, so that a refused or
+    interrupted command leaves `out` as it was."""
+    out = Path(out)
+    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)  # a killed process's of the same id
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def replace_directory(staging: Path, out: Path) -> None:
+    """Renames a finished `staging` directory to `out`, which is absent or empty (as
+    check_output_directory requires)."""
+    out = Path(out)
+    if out.exists():
+        out.rmdir()
+    os.replace(staging, out)
+
+
+def move_into(staging: Path, out: Path, own: Sequence[str] = ()) -> None:
     """Moves every file of a finished `staging` directory to the same place under `out`
     (replacing older ones), metrics.json last: a reader sees the new metrics only with the new
-    files beside them."""
-    files = sorted((p for p in Path(staging).rglob("*") if p.is_file()), key=lambda p: p.name == "metrics.json")
+    files beside them. In `out`'s subdirectories `own` (the command's alone), files of an earlier
+    output that the new one lacks are removed before the new metrics arrive: predictions or plots
+    of another checkpoint never sit beside them."""
+    staging, out = Path(staging), Path(out)
+    files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == "metrics.json")
+    new = {p.relative_to(staging) for p in files}
     for path in files:
-        target = Path(out) / path.relative_to(staging)
+        if path.name == "metrics.json":
+            for directory in own:
+                for stale in [p for p in (out / directory).rglob("*") if p.is_file()]:
+                    if stale.relative_to(out) not in new:
+                        stale.unlink()
+        target = out / path.relative_to(staging)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, target)
 

@@ -17,8 +17,6 @@ outputs compared with the run's predictions; `--encoder-only` skips them.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -67,10 +65,11 @@ def main(argv: list[str] | None = None) -> int:
 def _convert(args: argparse.Namespace) -> int:
     exports, notes = [], []
     out = Path(args.out)
-    partial = out.with_name(f".{out.name}.partial")
     is_workdir = (Path(args.checkpoint) / "checkpoints").is_dir()
     atomic.check_output_directory(out, [Path(args.checkpoint)] if is_workdir else [])
-    try:
+    # Written whole under another name, read back and compared, then renamed into place; refused
+    # or interrupted, nothing half-written is left.
+    with atomic.staged_directory(out) as partial:
         if is_workdir:
             run_config, trained, step = restore_trained(args.checkpoint, args.which)
             source = resolve_checkpoint_dir(run_config["checkpoint"])
@@ -83,8 +82,6 @@ def _convert(args: argparse.Namespace) -> int:
             print(report.summary())
         params = jax.device_get(params)
         _check_finite(params, args.checkpoint)
-        # Written whole under another name, read back and compared, then renamed into place.
-        shutil.rmtree(partial, ignore_errors=True)
         export_hf_checkpoint(params, config, partial, tokenizer_dir=source)
         _, reread, _ = load_hf_checkpoint(partial)
         difference = _max_difference(params, reread)
@@ -94,12 +91,7 @@ def _convert(args: argparse.Namespace) -> int:
         if is_workdir and not args.encoder_only:
             from mtbert_jax.run.task_export import export_task_models  # loads the model: only for a workdir
             exports, notes = export_task_models(args.checkpoint, args.which, partial, final_dir=out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        os.replace(partial, out)
-    finally:  # refused or interrupted: nothing half-written is left
-        shutil.rmtree(partial, ignore_errors=True)
+        atomic.replace_directory(partial, out)
     n = sum(np.size(x) for x in jax.tree_util.tree_leaves(params))
     print(f"wrote {out}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
           f"{n:,} parameters; read back, max abs difference {difference:g}")

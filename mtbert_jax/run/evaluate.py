@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -210,18 +208,16 @@ def evaluate_run(workdir: str | Path | Sequence[str | Path], which: str = "best"
     check_task_files(task_files, splits, members[0].run.model.tasks)
     # Everything is written in a staging directory beside out_dir and moved in when all is done:
     # a refused or interrupted evaluation leaves out_dir as it was (or absent).
-    staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-    try:
-        (staging / "predictions").mkdir(parents=True)
+    with atomic.staged_directory(out_dir) as staging:
+        (staging / "predictions").mkdir()
         (staging / "plots").mkdir()
         results = _evaluate_splits(members, workdirs, which, splits, task_files, staging, batch_size, chunk_size,
                                    weights)
         atomic.write_text(staging / "metrics.json", json.dumps(results, indent=2) + "\n")
         if len(workdirs) == 1 and (workdirs[0] / "metrics.jsonl").exists():
             plot_training_curves(workdirs[0] / "metrics.jsonl", staging / "plots")
-        atomic.move_into(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        # eval/ also keeps compare.py's cached dev outputs: only these two are evaluate's own.
+        atomic.move_into(staging, out_dir, own=("predictions", "plots"))
     return results
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -143,23 +141,17 @@ def _write_workdir(out: Path, base: tuple[dict, dict, int], soup: dict, summary:
     if train.get("average") is not None:
         train["average"] = soup
     epochs = config["num_epochs"] + config["frozen_epochs"]
-    partial = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
+    with atomic.staged_directory(out) as partial:
         atomic.write_text(partial / "config.json", json.dumps(config, indent=2) + "\n")
         checkpoints = Checkpoints(partial)
         checkpoints.save(step, {"train": train, "loader": state["loader"]},
                          {**meta, "best_score": summary["dev_overall"]}, summary["dev_overall"])
         checkpoints.close()
-        record = {"step": step, "epoch": epochs, "dev": summary["dev"], "dev_overall": summary["dev_overall"]}
+        record = {"step": step, "epoch": epochs, "dev": summary["dev"], "dev_overall": summary["dev_overall"],
+                  "final": True}
         atomic.write_text(partial / "metrics.jsonl", json.dumps(record) + "\n")
         atomic.write_text(partial / SOUP_FILE, json.dumps(summary, indent=2) + "\n")
-        if out.exists():
-            out.rmdir()  # checked empty above
-        os.replace(partial, out)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+        atomic.replace_directory(partial, out)
 
 
 def soup_kind(workdir: Path) -> Optional[str]:

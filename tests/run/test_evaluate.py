@@ -77,6 +77,20 @@ def test_end_to_end_with_predictions_reports_and_plots(trained_run, tiny_data_di
     assert metrics["dev"]["overall"] == pytest.approx(best["dev_overall"], abs=1e-6)
 
 
+def test_a_new_evaluation_replaces_the_earlier_ones_predictions_and_keeps_the_cached_outputs(trained_run, tmp_path):
+    """The same run evaluated again into the same --out, dev only this time: the earlier test
+    predictions (of what may be another checkpoint) go; files that are not evaluate's stay."""
+    out = tmp_path / "out"
+    assert evaluate.main(["--workdir", str(trained_run), "--split", "both", "--out", str(out)]) == 0
+    assert (out / "predictions" / "sst-test-output.csv").exists()
+    (out / "dev-outputs-step1.npz").write_bytes(b"compare's cache")
+    assert evaluate.main(["--workdir", str(trained_run), "--split", "dev", "--out", str(out)]) == 0
+    predictions = sorted(p.name for p in (out / "predictions").iterdir())
+    assert predictions and not [p for p in predictions if "-test-" in p], predictions
+    assert (out / "dev-outputs-step1.npz").read_bytes() == b"compare's cache"
+    assert not list(tmp_path.glob(".out*"))  # no staging left
+
+
 def test_any_file_in_the_format_and_a_bad_record(trained_run, tiny_data_dir, tmp_path, capsys):
     mine = tmp_path / "mine.csv"
     shutil.copyfile(tiny_data_dir / "sts-dev.csv", mine)
