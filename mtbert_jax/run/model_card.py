@@ -22,6 +22,7 @@ from mtbert_jax.checkpoints.task_models import (
     SEQUENCE_CLASSIFICATION,
 )
 from mtbert_jax.model.bert_config import BertConfig
+from mtbert_jax.run import atomic
 from mtbert_jax.run.config import RunConfig, dotted_leaves
 from mtbert_jax.tasks import BINARY, MULTICLASS, TASKS
 
@@ -64,19 +65,17 @@ def recorded_dev_metrics(workdir: Path, step: int, symmetric_pairs: bool = False
             return evaluated["dev"], f"evaluate.py's {workdir / 'eval' / 'metrics.json'}"
     except (OSError, ValueError, AttributeError):
         pass  # no evaluation, or not of this run: the training log's record
-    found = None
-    try:
-        for line in (workdir / "metrics.jsonl").read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a line cut by a kill; the others still count
-            if isinstance(record, dict) and record.get("step") == step and "dev" in record:
-                found = {**record["dev"], "overall": record.get("dev_overall")}
+    log = workdir / "metrics.jsonl"
+    try:  # the log's complete lines (a last line cut by a kill is left out)
+        records = [json.loads(line) for line in atomic.json_lines(log.read_text())]
     except FileNotFoundError:
-        return None, f"the run has no training log {workdir / 'metrics.jsonl'}"
+        return None, f"the run has no training log {log}"
     except OSError as e:
-        return None, f"{workdir / 'metrics.jsonl'} cannot be read ({e.strerror or e})"
+        return None, f"{log} cannot be read ({e.strerror or e})"
+    except ValueError as e:
+        return None, f"{log} is not a metrics log ({e})"
+    found = next(({**r["dev"], "overall": r.get("dev_overall")} for r in reversed(records)
+                  if isinstance(r, dict) and r.get("step") == step and "dev" in r), None)
     if found is None:
         return None, f"{workdir / 'metrics.jsonl'} holds no dev record of step {step}"
     return found, f"the training log {workdir / 'metrics.jsonl'}, the dev record of step {step}"
