@@ -535,7 +535,7 @@ class Trainer:
 
     def summary(self) -> str:
         """The run's last line: where its best parameters are, how long it took, what to run next."""
-        seconds = self.metrics_log.earlier_seconds + time.perf_counter() - self.started
+        seconds = self.metrics_log.run_seconds()
         hours, rest = divmod(int(seconds), 3600)
         best = self.checkpoints.best_step()
         kept = "no dev evaluation yet" if best is None else f"best/ holds step {best} (dev overall {self.best_score:.4f})"

@@ -64,10 +64,14 @@ class MetricsLog:
             return []
         return [json.loads(line) for line in atomic.json_lines(self.path.read_text())]
 
+    def run_seconds(self) -> float:
+        """The run's wall-clock time so far: this process's and its earlier processes' (as logged)."""
+        return self.earlier_seconds + time.perf_counter() - self.started
+
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        record = {**record, "run_seconds": round(self.earlier_seconds + time.perf_counter() - self.started, 3)}
+        record = {**record, "run_seconds": round(self.run_seconds(), 3)}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.trackers is not None:
