@@ -24,8 +24,9 @@ from mtbert_jax.tasks import TASKS
 
 CACHE_DIR_ENV = "MTBERT_CACHE_DIR"
 PAIR_ENCODINGS = ("cross", "bi")
-# 2: files carry their key and digest (mtbert_jax/caches.py); 3: and the pair separators, which
-# version-2 files lack (the version is part of the key: they are tokenized again, once).
+# Part of every cache key: raised whenever what a cache file holds changes (today: the arrays with
+# their key and digest, mtbert_jax/caches.py, and each pair's separators), so that older files
+# are tokenized again, once, instead of misread.
 _CACHE_VERSION = 3
 
 
