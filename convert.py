@@ -6,7 +6,12 @@ read back and compared before success is reported (mtbert_jax/run/convert.py).
 
 import sys
 
-from mtbert_jax.run.convert import command
+if __name__ == "__main__":
+    from mtbert_jax.run import command
+
+    command.start()  # before the heavy imports: a signal while they run ends in one line too
+
+from mtbert_jax.run.convert import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(command())
+    sys.exit(main())
