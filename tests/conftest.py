@@ -14,6 +14,8 @@ from mtbert_jax.synthetic import TINY_BERT
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded, ever
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# A command run as a subprocess: without the malloc re-exec, which would drop a test's hooks.
+COMMAND_ENV = {**os.environ, "MTBERT_MALLOC_TUNABLES": "0"}
 
 @pytest.fixture(autouse=True)
 def _not_a_command_line():

@@ -13,7 +13,6 @@ The multi-process classes are in tests/run/test_multiprocess.py (they share one 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,10 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import tiny_training_config
+from conftest import COMMAND_ENV, tiny_training_config
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "MTBERT_MALLOC_TUNABLES": "0"}
 COMMANDS = ("train.py", "evaluate.py", "soup.py", "convert.py", "compare.py")
 
 # Runs a command with a signal sent to itself at a chosen call: MODULE FUNCTION before|after
@@ -64,13 +62,13 @@ def runs(tiny_checkpoint, tiny_data_dir, tmp_path_factory):
     config_file = _write_config(root / "tiny.py", **config.to_dict())
     for seed in (0, 1):
         subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(config_file), "--workdir",
-                        str(root / f"run{seed}"), f"--config.seed={seed}"], check=True, cwd=ROOT, env=ENV,
+                        str(root / f"run{seed}"), f"--config.seed={seed}"], check=True, cwd=ROOT, env=COMMAND_ENV,
                        capture_output=True)
     return {"root": root, "config": config_file, "a": root / "run0", "b": root / "run1", "data": tiny_data_dir}
 
 
 def _run(argv: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *argv], cwd=ROOT, env=env or ENV, capture_output=True, text=True,
+    return subprocess.run([sys.executable, *argv], cwd=ROOT, env=env or COMMAND_ENV, capture_output=True, text=True,
                           timeout=600)
 
 

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_training_config, write_tsv
+from conftest import COMMAND_ENV, tiny_training_config, write_tsv
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "MTBERT_MALLOC_TUNABLES": "0"}
 
 
 def _hashes(workdir: Path) -> dict:
@@ -39,7 +38,7 @@ def corpus(tiny_checkpoint, tiny_data_dir, tmp_path_factory):
     config.write_text("import json\n\nimport ml_collections\n\n\ndef get_config():\n"
                       f"    return ml_collections.ConfigDict(json.loads({values!r}))\n")
     subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(config), "--workdir", str(root / "run")],
-                   check=True, cwd=ROOT, env=ENV, capture_output=True)
+                   check=True, cwd=ROOT, env=COMMAND_ENV, capture_output=True)
     return {"root": root, "config": config, "run": root / "run", "data": tiny_data_dir}
 
 
@@ -55,7 +54,7 @@ def _check(command: list[str], workdir: Path, expected: str, without_dac: bool =
     `without_dac`: run as a user whom file permissions bind (see _without_dac)."""
     before = _hashes(workdir)
     argv = _without_dac(command) if without_dac else [sys.executable, *command]
-    result = subprocess.run(argv, cwd=ROOT, env=ENV, capture_output=True, text=True)
+    result = subprocess.run(argv, cwd=ROOT, env=COMMAND_ENV, capture_output=True, text=True)
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
@@ -149,7 +148,7 @@ def test_convert_on_a_bin_that_is_not_a_state_dict(corpus, tmp_path, content, ex
     _check([str(ROOT / "convert.py"), "--checkpoint", str(bad), "--out", str(tmp_path / "out")], bad,
            "pytorch_model.bin: expected a state dict of tensors")
     assert expected in subprocess.run([sys.executable, str(ROOT / "convert.py"), "--checkpoint", str(bad), "--out",
-                                       str(tmp_path / "out")], cwd=ROOT, env=ENV, capture_output=True, text=True).stderr
+                                       str(tmp_path / "out")], cwd=ROOT, env=COMMAND_ENV, capture_output=True, text=True).stderr
 
 
 def test_evaluate_py_on_a_damaged_checkpoint(corpus, tmp_path):
@@ -169,7 +168,7 @@ def test_train_py_never_saves_non_finite_parameters(corpus, tmp_path):
     result = subprocess.run([sys.executable, *_train(corpus, workdir, "--config.max_steps=3", "--config.checkpoint_every_steps=1",
                                                       "--config.optimizer.encoder_lr=1e30", "--config.optimizer.task_lr=1e30",
                                                       "--config.optimizer.max_grad_norm=0", "--config.optimizer.warmup_fraction=0")],
-                            cwd=ROOT, env=ENV, capture_output=True, text=True)
+                            cwd=ROOT, env=COMMAND_ENV, capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr, result.stderr[-3000:]
     lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.strip()]
     assert lines[-1].startswith("error: ") and sum(line.startswith("error") for line in lines) == 1, lines[-3:]
@@ -235,7 +234,7 @@ def test_read_only_and_unreadable_places_are_one_line(corpus, tmp_path):
 def test_a_refused_evaluation_keeps_the_earlier_outputs(corpus, tmp_path):
     out = tmp_path / "eval"
     done = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--workdir", str(corpus["run"]), "--out", str(out)],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True)
+                          cwd=ROOT, env=COMMAND_ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert len((out / "predictions" / "sst-dev-output.csv").read_text().splitlines()) > 1
     bad = write_tsv(tmp_path / "bad.csv", ["\tid\tsentence1\tsentence2\tsimilarity", "0\ta\tb\tc\t9.0"])
@@ -296,7 +295,7 @@ def test_a_pickled_bin_is_refused_in_one_line(corpus, tmp_path):
     shutil.copy(_hf_copy(tmp_path) / "config.json", bad / "config.json")
     torch.save({"when": datetime.datetime(2026, 1, 1)}, bad / "pytorch_model.bin")  # unpickling would run code
     result = subprocess.run([sys.executable, str(ROOT / "convert.py"), "--checkpoint", str(bad), "--out",
-                             str(tmp_path / "out")], cwd=ROOT, env=ENV, capture_output=True, text=True)
+                             str(tmp_path / "out")], cwd=ROOT, env=COMMAND_ENV, capture_output=True, text=True)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "pytorch_model.bin: torch.load(weights_only=True) refused" in result.stderr
 
@@ -327,7 +326,7 @@ def test_a_damaged_latest_checkpoint_is_set_aside_by_its_digest(corpus, tmp_path
     steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
     shutil.copytree(run / "checkpoints" / str(steps[-1]), run / "checkpoints" / str(steps[-1] + 1))  # a newer copy
     _flip_a_byte(run / "checkpoints" / str(steps[-1] + 1))
-    result = subprocess.run([sys.executable, *_train(corpus, run)], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, *_train(corpus, run)], cwd=ROOT, env=COMMAND_ENV, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"checkpoint at step {steps[-1] + 1} is unreadable" in result.stdout and "changed since" in result.stdout
     assert f"resumed from {run / 'checkpoints'} at step {steps[-1]}" in result.stdout
@@ -339,7 +338,7 @@ def test_the_integrity_check_never_imports_from_the_current_directory(corpus, tm
     here = tmp_path / "here"
     here.mkdir()
     (here / "numpy.py").write_text("raise SystemExit('a numpy.py where the user stands ran')\n")
-    result = subprocess.run([sys.executable, *_train(corpus, run)], cwd=here, env=ENV, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, *_train(corpus, run)], cwd=here, env=COMMAND_ENV, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "resumed from" in result.stdout and not (run / "checkpoints-unreadable").exists()
 
@@ -351,7 +350,7 @@ def test_a_full_disk_is_one_line_and_again_on_rerun(corpus, tmp_path):
         pytest.skip("needs to mount a small tmpfs (root in a sandbox that allows it)")
     try:
         for _ in range(2):  # the rerun finds the failed save's leftovers
-            result = subprocess.run([sys.executable, *_train(corpus, small / "run")], cwd=ROOT, env=ENV,
+            result = subprocess.run([sys.executable, *_train(corpus, small / "run")], cwd=ROOT, env=COMMAND_ENV,
                                     capture_output=True, text=True)
             assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr, result.stderr[-3000:]
             _one_error_line(result.stderr, "could not save the checkpoint at step 2 (no space left on the device)")
@@ -365,7 +364,7 @@ def test_duplicate_ids_and_overlong_records_are_said(corpus, tmp_path):
     long = " ".join(["word"] * 10_000)
     dev = write_tsv(tmp_path / "sts.csv", ["\tid\tsentence1\tsentence2\tsimilarity", f"0\ta\t{long}\tb\t1.0",
                                            "1\ta\tc\td\t2.0", "2\tb\te\tf\t3.0"])
-    result = subprocess.run([sys.executable, *_evaluate(corpus, "--task-file", f"dev:sts={dev}")], cwd=ROOT, env=ENV,
+    result = subprocess.run([sys.executable, *_evaluate(corpus, "--task-file", f"dev:sts={dev}")], cwd=ROOT, env=COMMAND_ENV,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "sts.csv: 1 record(s) repeat an earlier id" in result.stdout
@@ -377,7 +376,7 @@ def test_duplicate_ids_and_overlong_records_are_said(corpus, tmp_path):
 def test_a_changed_length_on_resume_is_said(corpus, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(corpus["run"], run)
-    result = subprocess.run([sys.executable, *_train(corpus, run, "--config.max_steps=3")], cwd=ROOT, env=ENV,
+    result = subprocess.run([sys.executable, *_train(corpus, run, "--config.max_steps=3")], cwd=ROOT, env=COMMAND_ENV,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming with max_steps 2 -> 3: the learning-rate schedules are fitted to the new length" in result.stdout

@@ -15,7 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import tiny_training_config
+from conftest import COMMAND_ENV, tiny_training_config
 from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
 from mtbert_jax.errors import ConfigError, TrainingError
 from mtbert_jax.run.config import RunConfig
@@ -146,7 +146,7 @@ def test_auto_dtype_is_chosen_once_and_kept_on_resume(tiny_checkpoint, tiny_data
 def test_an_unknown_config_field_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "default.py"),
                              "--workdir", str(tmp_path / "run"), "--config.foo=1"], cwd=ROOT, capture_output=True,
-                            text=True, env={**os.environ, "MTBERT_MALLOC_TUNABLES": "0"})
+                            text=True, env=COMMAND_ENV)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: --config.foo: no config field 'foo' (see configs/default.py)"
     assert not (tmp_path / "run").exists()
@@ -441,7 +441,7 @@ def _whole_run_and_wrapper(tmp_path, tiny_checkpoint, tiny_data_dir, wrapper_tex
     that keeps a wrapper's patches (no malloc re-exec) and the wrapper script around train.py."""
     config = _write_config(tmp_path / "tiny.py", tiny_checkpoint, tiny_data_dir, tmp_path / "cache",
                            schedule__kind="all_tasks_until_largest", num_epochs=2, **changes)
-    env = {**os.environ, "MTBERT_MALLOC_TUNABLES": "0"}
+    env = COMMAND_ENV
     subprocess.run(_train_command(config, tmp_path / "whole"), check=True, env=env, cwd=ROOT, capture_output=True)
     wrapper = tmp_path / "wrapper.py"
     wrapper.write_text(wrapper_text)

@@ -5,7 +5,6 @@ summary line; each resumed exactly after kill -9."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +13,8 @@ import numpy as np
 import pytest
 from test_loop import ROOT, _assert_same_run, _final_params, _metrics, _train_command, _write_config
 
+from conftest import COMMAND_ENV
 from mtbert_jax.run import tensorboard_events
-
-ENV = {**os.environ, "MTBERT_MALLOC_TUNABLES": "0"}
 
 # kill -9 of train.py itself while its step $KILL_AT is in flight (no chance to clean up).
 KILLED_AT_STEP = """
@@ -41,7 +39,7 @@ def _train(config: Path, workdir: Path, *flags: str, wrapper: Path | None = None
     command = _train_command(config, workdir) + list(flags)
     if wrapper is not None:
         command = [sys.executable, str(wrapper), *command[1:]]
-    return subprocess.run(command, cwd=ROOT, env={**ENV, **env}, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, cwd=ROOT, env={**COMMAND_ENV, **env}, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
