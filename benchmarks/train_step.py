@@ -81,13 +81,13 @@ def run_torch(shape_name: str, seq: int, steps: int, dtype: str, batch_size: int
     device = common.torch_device()
     shape = dict(common.SHAPES[shape_name])
     model_type = shape.pop("model_type", "bert")
-    # Each family's default attention: BertModel SDPA, MPNetModel eager (its only one; it takes no
-    # token types and makes its position ids from the input ids, from row 2).
-    config_class, model_class = {"bert": ("BertConfig", "BertModel"),
-                                 "mpnet": ("MPNetConfig", "MPNetModel")}[model_type]
-    config = getattr(transformers, config_class)(**shape, hidden_dropout_prob=DROPOUT,
-                                                 attention_probs_dropout_prob=DROPOUT)
-    model = getattr(transformers, model_class)(config).to(device).train()
+    # Each family's bare encoder with its default attention: BertModel SDPA, MPNetModel eager (its
+    # only one; it takes no token types and makes its position ids from the input ids, from row 2).
+    from mtbert_jax.model.families import FAMILIES
+
+    model_class = getattr(transformers, FAMILIES[model_type].architecture)
+    config = model_class.config_class(**shape, hidden_dropout_prob=DROPOUT, attention_probs_dropout_prob=DROPOUT)
+    model = model_class(config).to(device).train()
     head = torch.nn.Linear(shape["hidden_size"], CLASSES).to(device)
     optimizer = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=1e-5,
                                   weight_decay=0.01)
