@@ -1,4 +1,5 @@
-"""Training end to end on a tiny model: losses fall, checkpoints, exact resume, data parallel."""
+"""Training end to end on a tiny model: losses fall, checkpoints, exact resume, stop signals
+(data parallel: test_data_parallel_runs.py)."""
 
 from __future__ import annotations
 
@@ -306,66 +307,6 @@ def test_a_run_killed_during_its_final_evaluation_finishes_on_restart(tiny_check
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     scores = json.loads((workdir / "eval" / "metrics.json").read_text())
     assert scores["dev"]["overall"] == pytest.approx(best["dev_overall"], abs=1e-6)
-
-
-def _data_parallel(devices: int, path: Path, accumulation: int = 1, mnrl: bool = False,
-                   packing: bool = False) -> dict:
-    subprocess.run([sys.executable, str(ROOT / "tests" / "training" / "data_parallel_steps.py"),
-                    str(devices), str(path), str(accumulation), "mnrl" if mnrl else "plain",
-                    "packed" if packing else "padded"], check=True, cwd=ROOT, env=dict(os.environ))
-    return dict(np.load(path))
-
-
-@pytest.mark.parametrize("mnrl", [False, True], ids=["plain", "mnrl"])
-def test_four_devices_take_the_same_steps_as_one(tmp_path, mnrl):
-    """MNRL included: its in-batch negatives span the four devices' rows."""
-    one, four = _data_parallel(1, tmp_path / "one.npz", mnrl=mnrl), _data_parallel(4, tmp_path / "four.npz", mnrl=mnrl)
-    for name in one:
-        np.testing.assert_allclose(four[name], one[name], atol=1e-5, err_msg=name)
-
-
-@pytest.mark.parametrize("mnrl", [False, True], ids=["plain", "mnrl"])
-def test_gradient_accumulation_equals_the_full_batch(tmp_path, mnrl):
-    """MNRL included: its gradient cache makes two micro-batches one batch of negatives."""
-    full = _data_parallel(1, tmp_path / "k1.npz", mnrl=mnrl)
-    accumulated = _data_parallel(1, tmp_path / "k2.npz", 2, mnrl=mnrl)
-    for name in full:
-        np.testing.assert_allclose(accumulated[name], full[name], atol=1e-5, err_msg=name)
-
-
-def test_packed_steps_on_four_devices_and_micro_batches_equal_padded_steps_on_one(tmp_path):
-    """Dropout and MNRL on: each device's and micro-batch's share is packed on its own, and the
-    steps equal those of the padded batches on one device."""
-    padded = _data_parallel(1, tmp_path / "padded.npz", mnrl=True)
-    for devices, accumulation in ((4, 1), (2, 2)):
-        packed = _data_parallel(devices, tmp_path / f"packed{devices}.npz", accumulation, mnrl=True, packing=True)
-        for name in padded:
-            np.testing.assert_allclose(packed[name], padded[name], atol=1e-5, err_msg=f"{devices}x{accumulation} {name}")
-
-
-@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
-def test_two_processes_on_localhost_agree(tmp_path, packing):
-    """jax.distributed across two processes (CPU, gloo): each feeds half of every batch (packed:
-    each process's half packed on its own); both equal one padded device."""
-    import socket
-
-    with socket.socket() as s:  # a free port on the loopback interface
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ)
-    script = str(ROOT / "tests" / "training" / "two_process_steps.py")
-    processes = [subprocess.Popen([sys.executable, script, str(i), "2", str(port), str(tmp_path / f"p{i}.npz"),
-                                   "packed" if packing else "padded"],
-                                  env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for i in range(2)]
-    for p in processes:
-        output, _ = p.communicate(timeout=300)
-        assert p.returncode == 0, output[-3000:]
-    first, second = (dict(np.load(tmp_path / f"p{i}.npz")) for i in range(2))
-    one = _data_parallel(1, tmp_path / "one.npz")
-    for name in first:
-        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
-        np.testing.assert_allclose(first[name], one[name], atol=1e-5, err_msg=name)
 
 
 def _to_earlier_names(config: dict) -> dict:
