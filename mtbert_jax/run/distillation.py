@@ -67,7 +67,8 @@ def teacher_targets(run: RunConfig, train: dict[str, TaskData], batch_size: int,
         for workdir, m in zip(d.teachers, members):
             records = _as_read_by(m, workdir, run, task, data, student, readings, log)
             each.append(kind.probabilities(predict(m.predict_fn, m.params, records, batch_size, m.layout,
-                                                   m.run.model.symmetric_pairs)))
+                                                   m.run.model.symmetric_pairs,
+                                                   progress=f"distillation: {workdir} scores {task}")))
         targets[task] = (sum(each) / len(each)).astype(np.float32)
     return targets
 

@@ -51,12 +51,13 @@ def tokenized(trained: TrainedModel, records: TaskRecords, shared: Optional[dict
 
 
 def predict_records(trained: TrainedModel, records: TaskRecords, batch_size: int,
-                    symmetric_pairs: Optional[bool] = None, shared: Optional[dict] = None) -> np.ndarray:
+                    symmetric_pairs: Optional[bool] = None, shared: Optional[dict] = None,
+                    progress: str = "") -> np.ndarray:
     """Head outputs for `records` in their order; pairs in both orders as the run does
-    (`symmetric_pairs` None) or as said."""
+    (`symmetric_pairs` None) or as said. `progress`: a progress bar so described (none: empty)."""
     symmetric = trained.run.model.symmetric_pairs if symmetric_pairs is None else symmetric_pairs
     return predict(trained.predict_fn, trained.params, tokenized(trained, records, shared), batch_size,
-                   trained.layout, symmetric)
+                   trained.layout, symmetric, progress=progress)
 
 
 def text_records(task: str, items: Sequence[tuple[str, ...]]) -> TaskRecords:
@@ -82,7 +83,9 @@ def predict_file(models: Models, task: str, path: Path, batch_size: int,
             prediction_file.write_header(handle, task)
         for chunk in iter_task_file(path, task, lenient=False, chunk_size=chunk_size):
             shared: dict = {}
-            out = kind.average([predict_records(m, chunk, batch_size, shared=shared) for m in members], weights)
+            out = kind.average([predict_records(m, chunk, batch_size, shared=shared, progress=f"{task}: {path.name}"
+                                                + (f", run {i + 1} of {len(members)}" if len(members) > 1 else ""))
+                                for i, m in enumerate(members)], weights)
             cut += tokenized(members[0], chunk, shared).num_truncated  # said for the first member's max_length
             # 8 bytes a record: memory stays within the outputs' own growth.
             id_hashes.append(np.fromiter((hash(i) for i in chunk.record_ids), np.int64, len(chunk.record_ids)))

@@ -122,7 +122,7 @@ def _train(run: RunConfig, workdir: Path, data: Optional[RunData], checkpoint_di
 
     def dev_metrics(params) -> dict:
         return dataset_metrics(dev_predict, distributed.unreplicate(params), data.dev, run.eval_batch_size, layout,
-                               run.model.symmetric_pairs)
+                               run.model.symmetric_pairs, progress="dev" if is_main else "")
 
     trainer = Trainer(run, workdir, loader, Stages(run, schedule, loader, model, params, pcgrad_key),
                       dropout_key, log, started, dev_metrics, bert_config)

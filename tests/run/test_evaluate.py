@@ -55,7 +55,9 @@ def trained_run(tiny_checkpoint, tiny_data_dir, tmp_path_factory):
 
 def test_end_to_end_with_predictions_reports_and_plots(trained_run, tiny_data_dir, capsys):
     assert evaluate.main(["--workdir", str(trained_run), "--split", "both"]) == 0
-    assert "overall" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "overall" in said.out
+    assert "sts: sts-dev.csv" in said.err and "record" in said.err  # a progress bar per file scored
     out = trained_run / "eval"
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["dev"]) == {"sst", "quora", "sts", "overall"}
