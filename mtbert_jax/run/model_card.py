@@ -77,8 +77,8 @@ def recorded_dev_metrics(workdir: Path, step: int, symmetric_pairs: bool = False
     found = next(({**r["dev"], "overall": r.get("dev_overall")} for r in reversed(records)
                   if isinstance(r, dict) and r.get("step") == step and "dev" in r), None)
     if found is None:
-        return None, f"{workdir / 'metrics.jsonl'} holds no dev record of step {step}"
-    return found, f"the training log {workdir / 'metrics.jsonl'}, the dev record of step {step}"
+        return None, f"{log} holds no dev record of step {step}"
+    return found, f"the training log {log}, the dev record of step {step}"
 
 
 def _flag(key: str, value) -> list[str]:
