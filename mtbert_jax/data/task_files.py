@@ -98,14 +98,10 @@ def _fields(reader, path: Path) -> Iterator[list[str]]:
         yield fields
 
 
-def iter_task_file(path: str | Path, task: str, lenient: bool = False,
-                   chunk_size: int = 10_000) -> Iterator[TaskRecords]:
-    """Reads a task file in chunks of at most `chunk_size` records (bounded memory).
-
-    `lenient` (training files): skip and count bad records. Labels are read when the header
-    has the label column (train and dev files); the test-student files have none.
-    """
-    path, spec = Path(path), TASKS[task]
+def _open_with_header(path: Path, task: str):
+    """(csv reader, its records after the header, header, text column indices, label column
+    index or None): a file's header read and checked, its records not yet."""
+    spec = TASKS[task]
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     csv_reader = csv.reader(text_lines(path), delimiter="\t")
@@ -120,6 +116,25 @@ def iter_task_file(path: str | Path, task: str, lenient: bool = False,
                         f"a {task} file has columns {list(wanted) + [spec.label_column]}")
     columns = [header.index(c) for c in wanted]
     label_at = header.index(spec.label_column) if spec.label_column in header else None
+    return csv_reader, reader, header, columns, label_at
+
+
+def is_labelled(path: str | Path, task: str) -> bool:
+    """Whether a task file's header has the label column; reads the header alone (checked as
+    iter_task_file checks it), so a caller can refuse a file before any work on the others."""
+    *_, label_at = _open_with_header(Path(path), task)  # the file closes as its reader is dropped
+    return label_at is not None
+
+
+def iter_task_file(path: str | Path, task: str, lenient: bool = False,
+                   chunk_size: int = 10_000) -> Iterator[TaskRecords]:
+    """Reads a task file in chunks of at most `chunk_size` records (bounded memory).
+
+    `lenient` (training files): skip and count bad records. Labels are read when the header
+    has the label column (train and dev files); the test-student files have none.
+    """
+    path, spec = Path(path), TASKS[task]
+    csv_reader, reader, header, columns, label_at = _open_with_header(path, task)
 
     def empty():
         return [], [[] for _ in spec.text_columns], [], []

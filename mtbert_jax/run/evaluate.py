@@ -239,9 +239,6 @@ def _evaluate_splits(members: list[TrainedModel], workdirs: list[Path], which: s
                      task_files: dict, out_dir: Path, batch_size: int, chunk_size: int,
                      weights: Optional[Sequence[float]]) -> dict:
     """Every task on every split: the results; predictions and plots written into `out_dir`."""
-    from mtbert_jax.data.task_files import resolve_data_dir
-
-    data_dir = None
     first = members[0]
     results: dict = {"workdir": str(workdirs[0]), "checkpoint": which, "step": first.step,
                      "symmetric_pairs": first.run.model.symmetric_pairs}
@@ -249,25 +246,13 @@ def _evaluate_splits(members: list[TrainedModel], workdirs: list[Path], which: s
         results |= {"workdir": [str(w) for w in workdirs], "step": [m.step for m in members],
                     "symmetric_pairs": [m.run.model.symmetric_pairs for m in members],
                     "weights": list(weights) if weights is not None else [1 / len(members)] * len(members)}
+    planned = _planned_files(first, splits, task_files)
     for split in splits:
         split_results = {}
-        for task in first.run.model.tasks:
-            path = task_files.get(split, {}).get(task)
-            if path is None:
-                data_dir = data_dir or resolve_data_dir(first.run.data_dir or None)
-                path = data_dir / TASKS[task].file_name(split)
-                if not path.exists() and split == "dev":  # the run's score needs every task's
-                    raise DataError(f"{path}: no such file, needed for the {task} dev metrics (give one with "
-                                    f"--task-file dev:{task}=PATH)")
-                if not path.exists():
-                    print(f"{task} {split}: no file {path}; no {task} {split} predictions")
-                    continue
+        for task, path in planned[split].items():
             out_file = out_dir / "predictions" / f"{prediction_file.FILE_PREFIXES[task]}-{split}-output.csv"
             outputs, gold = predict_file(members, task, Path(path), batch_size, chunk_size, out_file, weights)
             if gold is None:
-                if split == "dev":  # a dev file is there to be scored: never drop it silently
-                    raise DataError(f"{path}: no {TASKS[task].label_column!r} column, which a dev file needs "
-                                    "for its metrics (unlabelled files: --split test, predictions only)")
                 continue  # unlabelled (test) files: predictions only
             spec = TASKS[task]
             predicted = spec.kind.labels(outputs)
@@ -285,6 +270,35 @@ def _evaluate_splits(members: list[TrainedModel], workdirs: list[Path], which: s
                 {t: {k: v for k, v in m.items() if k in ("accuracy", "pearson")} for t, m in split_results.items()})
         results[split] = split_results
     return results
+
+
+def _planned_files(first: TrainedModel, splits: Sequence[str], task_files: dict) -> dict[str, dict[str, Path]]:
+    """{split: {task: file}} to evaluate, every file found and its header checked before any
+    model runs: a dev file that cannot be scored is refused at once, not after minutes of
+    predicting the tasks before it."""
+    from mtbert_jax.data.task_files import is_labelled, resolve_data_dir
+
+    data_dir = None
+    planned: dict[str, dict[str, Path]] = {}
+    for split in splits:
+        planned[split] = {}
+        for task in first.run.model.tasks:
+            path = task_files.get(split, {}).get(task)
+            if path is None:
+                data_dir = data_dir or resolve_data_dir(first.run.data_dir or None)
+                path = data_dir / TASKS[task].file_name(split)
+                if not path.exists() and split == "dev":  # the run's score needs every task's
+                    raise DataError(f"{path}: no such file, needed for the {task} dev metrics (give one with "
+                                    f"--task-file dev:{task}=PATH)")
+                if not path.exists():
+                    print(f"{task} {split}: no file {path}; no {task} {split} predictions")
+                    continue
+            # A dev file is there to be scored: never dropped silently from the overall score.
+            if split == "dev" and not is_labelled(path, task):
+                raise DataError(f"{path}: no {TASKS[task].label_column!r} column, which a dev file needs "
+                                "for its metrics (unlabelled files: --split test, predictions only)")
+            planned[split][task] = Path(path)
+    return planned
 
 
 def format_table(results: dict) -> str:
