@@ -19,6 +19,8 @@ and per example slot (a padded batch's rows are its slots):
   TEXT_KEY_B   [slots, 2] int32 (packed, MNRL's tasks): a hash of each second text
   TARGETS      [slots] or [slots, classes] float32 (distillation): the teachers' probabilities
                or score for the example
+  GOLD         [slots] float32 (distillation with altered copies): 1 where LABELS is gold, 0
+               where the example learns its TARGETS alone
 
 A batch is packed exactly when it has TOKEN_EXAMPLE.
 """
@@ -31,6 +33,7 @@ INPUT_IDS, TOKEN_TYPE_IDS, ATTENTION_MASK = "input_ids", "token_type_ids", "atte
 POSITION_IDS, TOKEN_EXAMPLE, EXAMPLE_START = "position_ids", "token_example", "example_start"
 LABELS, WEIGHTS, EXAMPLE_IDS, INDEX, TEXT_KEY_B = "labels", "weights", "example_ids", "index", "text_key_b"
 TARGETS = "targets"
+GOLD = "gold"
 
 SIDES = ("", "_b")
 SECOND = SIDES[1]
@@ -80,6 +83,6 @@ def check(batch: Mapping[str, Any]) -> None:
                              f"expected ({slots},): one per example slot")
         if not packed and slots is not None and tokens[0] != slots:
             raise ValueError(f"batch field {INPUT_IDS + side!r} has {tokens[0]} rows, {WEIGHTS!r} {slots}")
-    for name in (LABELS, EXAMPLE_IDS, INDEX, TARGETS):
+    for name in (LABELS, EXAMPLE_IDS, INDEX, TARGETS, GOLD):
         if name in batch and slots is not None and batch[name].shape[0] != slots:
             raise ValueError(f"batch field {name!r} has {batch[name].shape[0]} entries, {WEIGHTS!r} {slots}")

@@ -18,6 +18,7 @@ import numpy as np
 from mtbert_jax.batch import (
     ATTENTION_MASK,
     EXAMPLE_IDS,
+    GOLD,
     INDEX,
     INPUT_IDS,
     LABELS,
@@ -95,6 +96,9 @@ class TaskBatcher:
         if self.data.targets is not None:
             fields[TARGETS] = np.zeros((slots,) + self.data.targets.shape[1:], np.float32)
             fields[TARGETS][:n] = self.data.targets[indices]
+        if self.data.gold is not None:
+            fields[GOLD] = np.zeros(slots, np.float32)
+            fields[GOLD][:n] = self.data.gold[indices]
         fields[WEIGHTS] = (np.arange(slots) < n).astype(np.float32)
         fields[INDEX] = np.full(slots, -1, np.int32)
         fields[INDEX][:n] = indices

@@ -96,6 +96,11 @@ class Segments:
         types = np.where(swap, j >= b + 2, self.types).astype(self.types.dtype)
         return Segments(self.ids[tokens], types, self.offsets.copy())
 
+    def followed_by(self, other: "Segments") -> "Segments":
+        """These sequences, then `other`'s."""
+        return Segments(np.concatenate([self.ids, other.ids]), np.concatenate([self.types, other.types]),
+                        np.concatenate([self.offsets, other.offsets[1:] + self.offsets[-1]]))
+
     def get(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = self.offsets[i], self.offsets[i + 1]
         return self.ids[lo:hi], self.types[lo:hi]
@@ -117,6 +122,9 @@ class TaskData:
     # Separator tokens between a cross-encoded pair's sentences, as the tokenizer's encoder family
     # lays pairs out (BERT 1, MPNet 2): what swapping them inside the tokens needs.
     pair_separators: int = 1
+    # [n] bool: False for records that only the teachers' targets teach (distillation's altered
+    # copies, whose `labels` entries are placeholders); None: every label is gold.
+    gold: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.record_ids)
@@ -152,8 +160,27 @@ class TaskData:
         segments = tuple(s.subset(keep) for s in self.segments)
         labels = None if self.labels is None else self.labels[keep]
         targets = None if self.targets is None else self.targets[keep]
+        gold = None if self.gold is None else self.gold[keep]
         return dataclasses.replace(self, record_ids=self.record_ids[keep], labels=labels, segments=segments,
-                                   targets=targets)
+                                   targets=targets, gold=gold)
+
+    def followed_by_unlabelled(self, other: "TaskData") -> "TaskData":
+        """These labelled records, then `other`'s unlabelled ones, which train on their teacher
+        targets alone (`gold` says which are which). Both need targets, and the same segments."""
+        if self.labels is None or other.labels is not None:
+            raise ValueError("followed_by_unlabelled: labelled records first, then unlabelled ones")
+        if self.targets is None or other.targets is None:
+            raise ValueError("followed_by_unlabelled: both parts need teacher targets")
+        if len(self.segments) != len(other.segments):
+            raise ValueError(f"followed_by_unlabelled: {len(self.segments)} segments against {len(other.segments)}")
+        gold = np.ones(len(self), bool) if self.gold is None else self.gold
+        return dataclasses.replace(
+            self, record_ids=np.concatenate([self.record_ids, other.record_ids]),
+            labels=np.concatenate([self.labels, np.zeros(len(other), self.labels.dtype)]),
+            segments=tuple(a.followed_by(b) for a, b in zip(self.segments, other.segments)),
+            num_truncated=self.num_truncated + other.num_truncated,
+            targets=np.concatenate([self.targets, other.targets]).astype(np.float32),
+            gold=np.concatenate([gold, np.zeros(len(other), bool)]))
 
 
 def default_cache_dir() -> Path:

@@ -26,8 +26,9 @@ import numpy as np
 from mtbert_jax.caches import cached_arrays
 from mtbert_jax.checkpoints.hf import resolve_checkpoint_dir
 from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
-from mtbert_jax.data.task_files import resolve_data_dir, task_file_paths
-from mtbert_jax.data.tokenized import TaskData, load_task_data
+from mtbert_jax.data.augment import RULES_VERSION, altered_copies
+from mtbert_jax.data.task_files import TaskRecords, read_task_file, resolve_data_dir, task_file_paths
+from mtbert_jax.data.tokenized import TaskData, load_task_data, tokenize_records
 from mtbert_jax.errors import ConfigError, DataError
 from mtbert_jax.evaluation.predict import predict
 from mtbert_jax.run.config import RunConfig
@@ -36,6 +37,7 @@ from mtbert_jax.run.trained import TrainedModel
 from mtbert_jax.tasks import TASKS
 
 TARGETS_FILE = "teacher_targets.npz"
+ALTERED_TARGETS_FILE = "teacher_targets_altered.npz"
 
 
 def _records_key(data: TaskData) -> str:
@@ -108,7 +110,7 @@ def aligned_positions(whole: TaskData, part: TaskData, path: Path) -> np.ndarray
     a record of `part` has no match: it was not read from this file."""
     if len(whole) == len(part) and np.array_equal(whole.record_ids, part.record_ids):
         return np.arange(len(part))
-    ids, part_ids = whole.record_ids.tolist(), part.record_ids.tolist()
+    ids, part_ids = np.asarray(whole.record_ids).tolist(), np.asarray(part.record_ids).tolist()
     labelled = whole.labels is not None and part.labels is not None
     labels = whole.labels.tolist() if labelled else [None] * len(whole)
     part_labels = part.labels.tolist() if labelled else [None] * len(part)
@@ -142,3 +144,64 @@ def with_teacher_targets(run: RunConfig, train: dict[str, TaskData], workdir: Pa
     if not scored:
         log(f"distillation: the teachers' targets read from {path}")
     return {t: dataclasses.replace(d, targets=targets[f"{t}/targets"]) for t, d in train.items()}
+
+
+def with_altered_copies(run: RunConfig, train: dict[str, TaskData], workdir: Path, batch_size: int,
+                        write: bool, log: Callable = print) -> dict[str, TaskData]:
+    """Each task's training data (with its teacher targets) followed by
+    `objective.distillation.altered_copies` altered copies of its records (data/augment.py),
+    labelled by the teachers alone, each teacher reading the altered texts its own way. The
+    targets are read from the workdir's ALTERED_TARGETS_FILE when it holds them for these very
+    texts, else computed and (`write`) kept there."""
+    d = run.objective.distillation
+    student_tokenizer = BertTextTokenizer(resolve_checkpoint_dir(run.checkpoint))
+    data_dir = resolve_data_dir(run.data_dir or None)
+    altered: dict[str, TaskRecords] = {}
+    for task, data in sorted(train.items()):
+        path = task_file_paths(data_dir, [task], "train")[task]
+        records = read_task_file(path, task, lenient=True)
+        altered[task] = altered_copies(_records_at(records, aligned_positions(records, data, path)),
+                                       d.altered_copies, run.seed)
+    student = {task: _tokenized(records, student_tokenizer, run, task) for task, records in altered.items()}
+    texts = hashlib.sha256(json.dumps({t: r.texts for t, r in altered.items()}).encode()).hexdigest()
+    key = json.dumps({"teachers": _describe(run), "altered_texts": texts, "rules": RULES_VERSION})
+    scored = []
+
+    def score() -> dict[str, np.ndarray]:
+        scored.append(True)
+        log(f"distillation: scoring {sum(len(r) for r in altered.values())} altered copies of the training "
+            f"records with {len(d.teachers)} teacher run(s) (once)")
+        members = load_members(list(d.teachers), d.checkpoint)
+        targets = {}
+        for task, records in altered.items():
+            kind, each = TASKS[task].kind, []
+            for workdir, m in zip(d.teachers, members):
+                same = _reading(m.tokenizer.fingerprint, m.run, task) == \
+                    _reading(student_tokenizer.fingerprint, run, task)
+                read = student[task] if same else _tokenized(records, m.tokenizer, m.run, task)
+                each.append(kind.probabilities(predict(m.predict_fn, m.params, read, batch_size, m.layout,
+                                                       m.run.model.symmetric_pairs,
+                                                       progress=f"distillation: {workdir} scores altered {task}")))
+            targets[f"{task}/targets"] = (sum(each) / len(each)).astype(np.float32)
+        return targets
+
+    targets = cached_arrays(Path(workdir) / ALTERED_TARGETS_FILE, key, score, store=write,
+                            warn=lambda m: log(f"warning: {m}"))
+    if not scored:
+        log(f"distillation: the teachers' targets of the altered copies read from {Path(workdir) / ALTERED_TARGETS_FILE}")
+    return {t: data.followed_by_unlabelled(dataclasses.replace(student[t], targets=targets[f"{t}/targets"]))
+            for t, data in train.items()}
+
+
+def _records_at(records: TaskRecords, keep: np.ndarray) -> TaskRecords:
+    return TaskRecords(records.task, records.path, [records.record_ids[i] for i in keep],
+                       [[column[i] for i in keep] for column in records.texts],
+                       None if records.labels is None else records.labels[keep], [])
+
+
+def _tokenized(records: TaskRecords, tokenizer: BertTextTokenizer, run: RunConfig, task: str) -> TaskData:
+    """Unlabelled records as `run` (its max_length and pair encoding) reads them with `tokenizer`."""
+    encoding = run.model.pair_encoding(task)
+    segments, truncated = tokenize_records(records, tokenizer, run.max_length, encoding)
+    return TaskData(task, "train", np.asarray(records.record_ids, dtype=str), None, segments, truncated, [],
+                    pair_separators=tokenizer.family.pair_separators)

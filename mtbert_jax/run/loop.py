@@ -102,8 +102,10 @@ def _train(run: RunConfig, workdir: Path, data: Optional[RunData], checkpoint_di
         atomic.write_text(workdir / "config.json", json.dumps(dataclasses.asdict(run), indent=2) + "\n")
     train_data = {t: run.objective.training_subset(d) for t, d in data.train.items()}
     if run.objective.distillation.on:
-        from mtbert_jax.run.distillation import with_teacher_targets
+        from mtbert_jax.run.distillation import with_altered_copies, with_teacher_targets
         train_data = with_teacher_targets(run, train_data, workdir, run.eval_batch_size, is_main, log)
+        if run.objective.distillation.altered_copies:
+            train_data = with_altered_copies(run, train_data, workdir, run.eval_batch_size, is_main, log)
     for d in [*train_data.values(), *data.dev.values()]:
         log(d.summary())
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mtbert_jax.batch import EXAMPLE_IDS, INPUT_IDS, LABELS, SECOND, TARGETS, TEXT_KEY_B, TOKEN_EXAMPLE, WEIGHTS
+from mtbert_jax.batch import EXAMPLE_IDS, GOLD, INPUT_IDS, LABELS, SECOND, TARGETS, TEXT_KEY_B, TOKEN_EXAMPLE, WEIGHTS
 from mtbert_jax.data.tokenized import TaskData
 from mtbert_jax.errors import ConfigError
 from mtbert_jax.model.config import ModelConfig
@@ -72,6 +72,10 @@ class DistillationConfig:
     weight: float = 0.5
     # Softens both distributions of the classification tasks (the loss is scaled by T^2).
     temperature: float = 2.0
+    # Altered copies of each training record (mtbert_jax/data/augment.py: words dropped, short
+    # phrases) that the teachers label and the student learns with no gold loss; 0: none. Each
+    # copy adds the training set's size again to an epoch.
+    altered_copies: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "teachers", tuple(str(t) for t in self.teachers))
@@ -79,6 +83,10 @@ class DistillationConfig:
             raise ConfigError(f"objective.distillation.weight={self.weight}: expected a number in [0, 1]")
         if not self.temperature > 0:
             raise ConfigError(f"objective.distillation.temperature={self.temperature}: expected a number > 0")
+        if isinstance(self.altered_copies, bool) or not isinstance(self.altered_copies, int) \
+                or self.altered_copies < 0:
+            raise ConfigError(f"objective.distillation.altered_copies={self.altered_copies!r}: expected a whole "
+                              "number >= 0")
 
     @property
     def on(self) -> bool:
@@ -190,6 +198,18 @@ def check_objective(config: ObjectiveConfig, model: ModelConfig) -> None:
         raise ConfigError("objective.sts_loss='cosine_embedding' trains the two sentence vectors only, "
                           "so STS must be scored from them: set model.pair_heads.sts='bi_cosine', "
                           f"not {model.pair_head('sts')!r} (its parameters would never train)")
+    copies = config.distillation.altered_copies
+    if copies and not config.distillation.on:
+        raise ConfigError(f"objective.distillation.altered_copies={copies}: altered copies learn the teachers' "
+                          "targets alone, so they need objective.distillation.teachers and a weight > 0")
+    if copies and config.sts_loss == "cosine_embedding" and "sts" in model.tasks:
+        raise ConfigError(f"objective.distillation.altered_copies={copies}: objective.sts_loss='cosine_embedding' "
+                          "does not learn the teachers' STS scores, so STS's altered copies would have nothing "
+                          "to learn; use sts_loss='mse' or no altered copies")
+    if copies and config.mnrl.only and config.mnrl.tasks:
+        raise ConfigError(f"objective.distillation.altered_copies={copies}: objective.mnrl.only trains "
+                          f"{', '.join(config.mnrl.tasks)} on gold positive pairs alone, where altered copies "
+                          "have no gold; turn one of them off")
 
 
 class Objective:
@@ -219,8 +239,9 @@ class Objective:
         return self.forward(params, batch, key).embeddings
 
     def positive_rows(self, batch) -> Array:
-        """[rows] 1.0 for the real rows whose pair is positive: MNRL's rows."""
-        return positives(self.task, batch[LABELS], self.config.mnrl.sts_threshold) * batch[WEIGHTS]
+        """[rows] 1.0 for the real rows whose pair is positive: MNRL's rows (gold labels only)."""
+        rows = positives(self.task, batch[LABELS], self.config.mnrl.sts_threshold) * batch[WEIGHTS]
+        return rows * batch[GOLD] if GOLD in batch else rows
 
     @staticmethod
     def second_texts(batch) -> Array:
@@ -256,7 +277,10 @@ class Objective:
             if not (config.distillation.on and TARGETS in batch):
                 return gold
             soft = kind.soft_loss(out.prediction, batch[TARGETS], config.distillation.temperature)
-            return (1 - config.distillation.weight) * gold + config.distillation.weight * soft
+            weight = config.distillation.weight
+            if GOLD in batch:  # an altered copy has no gold label: its targets alone teach it
+                weight = jnp.where(batch[GOLD] > 0, weight, 1.0)
+            return (1 - weight) * gold + weight * soft
 
         per_example = task_loss(out)
         if self.rdrop_on:  # the same batch again under other dropout masks

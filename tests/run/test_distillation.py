@@ -4,6 +4,7 @@ architecture and tokenizer (MPNet) scoring their own reading of the training rec
 
 from __future__ import annotations
 
+import csv
 import json
 
 import jax
@@ -12,17 +13,25 @@ import numpy as np
 import pytest
 
 from conftest import tiny_training_config
-from mtbert_jax.batch import LABELS, TARGETS
+from mtbert_jax.batch import GOLD, LABELS, TARGETS
+from mtbert_jax.data.augment import altered_copies
+from mtbert_jax.data.task_files import read_task_file
 from mtbert_jax.data.tokenized import Segments, TaskData
 from mtbert_jax.errors import ConfigError, DataError
 from mtbert_jax.model.config import ModelConfig
 from mtbert_jax.model.multitask import init_model
-from mtbert_jax.run.distillation import TARGETS_FILE, aligned_positions
+from mtbert_jax.run.distillation import ALTERED_TARGETS_FILE, TARGETS_FILE, aligned_positions
 from mtbert_jax.run.evaluate import load_trained, predict_file
 from mtbert_jax.run.loop import train_and_evaluate
 from mtbert_jax.synthetic import synthetic_batch, tiny_bert_config
 from mtbert_jax.tasks import TASKS
-from mtbert_jax.training.objectives import DistillationConfig, ObjectiveConfig, make_objective
+from mtbert_jax.training.objectives import (
+    DistillationConfig,
+    MnrlConfig,
+    ObjectiveConfig,
+    check_objective,
+    make_objective,
+)
 
 
 def test_soft_losses_by_hand():
@@ -65,10 +74,47 @@ def test_the_objective_mixes_gold_and_teacher_losses(weight):
     assert (float(mixed) == pytest.approx(float(plain), rel=1e-6)) == (weight == 0.0)
 
 
-@pytest.mark.parametrize("field, value, message", [("weight", 1.5, r"in \[0, 1\]"), ("temperature", 0.0, "> 0")])
+def test_an_altered_copy_learns_its_targets_alone():
+    """Per example (1 - a) gold + a soft, with a = the weight where the label is gold and 1 where
+    the example is an altered copy, whose placeholder label must not count."""
+    model, params = init_model(tiny_bert_config(), ModelConfig(tasks=("sst",)), jax.random.PRNGKey(0))
+    batch = synthetic_batch("sst", 4, 8, np.random.default_rng(0), varied_lengths=False)
+    targets = np.random.default_rng(1).dirichlet(np.ones(5), 4).astype(np.float32)
+    gold = np.array([1, 0, 1, 0], np.float32)
+    config = ObjectiveConfig(distillation=DistillationConfig(teachers=("runs/x",), weight=0.3, temperature=2.0))
+    objective = make_objective(model, "sst", config, deterministic=True)
+    loss = objective(params, None, batch | {TARGETS: targets, GOLD: gold}, jax.random.PRNGKey(1))[0]
+    logits = model.apply({"params": params}, "sst", batch).prediction
+    kind = TASKS["sst"].kind
+    a = np.where(gold > 0, 0.3, 1.0)
+    expected = np.sum((1 - a) * kind.loss(logits, batch[LABELS]) + a * kind.soft_loss(logits, targets, 2.0))
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    # Another placeholder label changes nothing.
+    relabelled = batch | {LABELS: np.where(gold > 0, batch[LABELS], 4 - batch[LABELS])}
+    assert float(objective(params, None, relabelled | {TARGETS: targets, GOLD: gold}, jax.random.PRNGKey(1))[0]) \
+        == pytest.approx(float(loss), rel=1e-6)
+
+
+@pytest.mark.parametrize("field, value, message", [("weight", 1.5, r"in \[0, 1\]"), ("temperature", 0.0, "> 0"),
+                                                   ("altered_copies", -1, "whole number"),
+                                                   ("altered_copies", 1.5, "whole number")])
 def test_bad_settings_are_refused(field, value, message):
     with pytest.raises(ConfigError, match=message):
         DistillationConfig(**{field: value})
+
+
+@pytest.mark.parametrize("objective, message", [
+    (ObjectiveConfig(distillation=DistillationConfig(altered_copies=1)), "need objective.distillation.teachers"),
+    (ObjectiveConfig(distillation=DistillationConfig(teachers=("t",), weight=0.0, altered_copies=1)), "a weight > 0"),
+    (ObjectiveConfig(sts_loss="cosine_embedding", distillation=DistillationConfig(teachers=("t",), altered_copies=1)),
+     "does not learn the teachers' STS scores"),
+    (ObjectiveConfig(mnrl=MnrlConfig(tasks=("quora",), only=True),
+                     distillation=DistillationConfig(teachers=("t",), altered_copies=1)), "gold positive pairs alone"),
+])
+def test_altered_copies_that_could_not_learn_are_refused(objective, message):
+    model = ModelConfig(tasks=("sst", "quora", "sts"), pair_heads={"quora": "bi_concat", "sts": "bi_cosine"})
+    with pytest.raises(ConfigError, match=message):
+        check_objective(objective, model)
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +229,41 @@ def test_an_mpnet_teacher_distils_into_a_bert_student(tiny_checkpoint, tiny_data
         for task in ("sst", "quora", "sts"):
             np.testing.assert_allclose(saved[f"{task}/targets"], teacher_scores(teacher, tiny_data_dir, task),
                                        atol=1e-5, err_msg=task)
+
+
+def write_task_file(records, task: str, path):
+    """Records in the task files' format (a header, tab-separated): read back by evaluate.py."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, delimiter="\t")
+        writer.writerow(("id",) + TASKS[task].text_columns)
+        writer.writerows(zip(records.record_ids, *records.texts))
+    return path
+
+
+def test_a_student_learns_altered_copies_that_the_teacher_labels(teacher, tiny_checkpoint, tiny_data_dir, tmp_path,
+                                                                  capsys):
+    config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache", num_epochs=1, seed=2,
+                                  objective__distillation__teachers=(str(teacher),),
+                                  objective__distillation__altered_copies=2)
+    result = train_and_evaluate(config, tmp_path / "student")
+    out = capsys.readouterr().out
+    assert "altered copies of the training records with 1 teacher run(s) (once)" in out
+    assert np.isfinite(result["best_score"])
+    trained = load_trained(teacher)
+    with np.load(tmp_path / "student" / ALTERED_TARGETS_FILE) as saved:
+        for task in ("sst", "quora", "sts"):
+            records = read_task_file(tiny_data_dir / TASKS[task].file_name("train"), task, lenient=True)
+            # Every training record three times in an epoch: as it is, and its two altered copies.
+            assert f"{task} train: {3 * len(records)} records" in out
+            # The kept targets are the teacher's own scores of the altered texts, read back from
+            # a task file through evaluate.py's path.
+            altered = altered_copies(records, 2, seed=2)
+            path = write_task_file(altered, task, tmp_path / f"{task}-altered.csv")
+            outputs, _ = predict_file(trained, task, path, 16)
+            np.testing.assert_allclose(saved[f"{task}/targets"], TASKS[task].kind.probabilities(outputs), atol=1e-5,
+                                       err_msg=task)
+    # Resumed longer, the student reads both targets back.
+    config.num_epochs = 2
+    train_and_evaluate(config, tmp_path / "student")
+    out = capsys.readouterr().out
+    assert "targets of the altered copies read from" in out and "scoring" not in out
