@@ -132,6 +132,8 @@ class TaskData:
     def summary(self, first: int = 5) -> str:
         """One line for the run's log: records, skipped records (first lines), truncated records."""
         text = f"{self.task} {self.split}: {len(self)} records, {self.num_truncated} truncated"
+        if self.gold is not None:
+            text += f" ({int(self.gold.sum())} labelled, {int((~self.gold).sum())} altered copies)"
         if self.skipped:
             shown = "; ".join(f"line {line}: {why}" for line, why in self.skipped[:first])
             more = f"; and {len(self.skipped) - first} more" if len(self.skipped) > first else ""
