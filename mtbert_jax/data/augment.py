@@ -14,8 +14,9 @@ Their rules, kept where they need no other model:
   is about).
 
 Their part-of-speech substitution needs a tagger and is left out. Copies are drawn from
-(seed, copy) alone, so a resumed run alters alike. Words are what str.split finds; a copy keeps
-at least one word of every sentence that had one.
+(seed, copy) alone, so a resumed run alters alike; every task draws from the same stream, which
+ties nothing a step sees together, since a step trains one task. Words are what str.split finds;
+a copy keeps at least one word of every sentence that had one.
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ from mtbert_jax.data.task_files import TaskRecords
 WORD_DROP = 0.1
 PHRASE_SHARE = 0.25
 PHRASE_WORDS = 5
-# Part of the teacher targets' cache key: raise it whenever these rules change.
-RULES_VERSION = 1
 
 
 def _altered(sentence: str, rng: np.random.Generator, phrase: bool) -> str:

@@ -173,8 +173,11 @@ class TaskData:
             raise ValueError("followed_by_unlabelled: labelled records first, then unlabelled ones")
         if self.targets is None or other.targets is None:
             raise ValueError("followed_by_unlabelled: both parts need teacher targets")
-        if len(self.segments) != len(other.segments):
-            raise ValueError(f"followed_by_unlabelled: {len(self.segments)} segments against {len(other.segments)}")
+        if len(self.segments) != len(other.segments) or self.pair_separators != other.pair_separators:
+            raise ValueError(f"followed_by_unlabelled: {len(self.segments)} segments with {self.pair_separators} "
+                             f"pair separator(s) against {len(other.segments)} with {other.pair_separators}")
+        if other.gold is not None:
+            raise ValueError("followed_by_unlabelled: the records to append are already a mix")
         gold = np.ones(len(self), bool) if self.gold is None else self.gold
         return dataclasses.replace(
             self, record_ids=np.concatenate([self.record_ids, other.record_ids]),

@@ -26,7 +26,7 @@ import numpy as np
 from mtbert_jax.caches import cached_arrays
 from mtbert_jax.checkpoints.hf import resolve_checkpoint_dir
 from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
-from mtbert_jax.data.augment import RULES_VERSION, altered_copies
+from mtbert_jax.data.augment import altered_copies
 from mtbert_jax.data.task_files import TaskRecords, read_task_file, resolve_data_dir, task_file_paths
 from mtbert_jax.data.tokenized import TaskData, load_task_data, tokenize_records
 from mtbert_jax.errors import ConfigError, DataError
@@ -152,7 +152,8 @@ def with_altered_copies(run: RunConfig, train: dict[str, TaskData], workdir: Pat
     `objective.distillation.altered_copies` altered copies of its records (data/augment.py),
     labelled by the teachers alone, each teacher reading the altered texts its own way. The
     targets are read from the workdir's ALTERED_TARGETS_FILE when it holds them for these very
-    texts, else computed and (`write`) kept there."""
+    texts, else computed and (`write`) kept there. The texts are the data directory's training
+    files, matched to `train` record by record (as a teacher's own reading is)."""
     d = run.objective.distillation
     student_tokenizer = BertTextTokenizer(resolve_checkpoint_dir(run.checkpoint))
     data_dir = resolve_data_dir(run.data_dir or None)
@@ -164,7 +165,7 @@ def with_altered_copies(run: RunConfig, train: dict[str, TaskData], workdir: Pat
                                        d.altered_copies, run.seed)
     student = {task: _tokenized(records, student_tokenizer, run, task) for task, records in altered.items()}
     texts = hashlib.sha256(json.dumps({t: r.texts for t, r in altered.items()}).encode()).hexdigest()
-    key = json.dumps({"teachers": _describe(run), "altered_texts": texts, "rules": RULES_VERSION})
+    key = json.dumps({"teachers": _describe(run), "altered_texts": texts})  # the texts themselves, whatever made them
     scored = []
 
     def score() -> dict[str, np.ndarray]:
@@ -175,10 +176,12 @@ def with_altered_copies(run: RunConfig, train: dict[str, TaskData], workdir: Pat
         targets = {}
         for task, records in altered.items():
             kind, each = TASKS[task].kind, []
+            readings = {_reading(student_tokenizer.fingerprint, run, task): student[task]}  # one per way of reading
             for workdir, m in zip(d.teachers, members):
-                same = _reading(m.tokenizer.fingerprint, m.run, task) == \
-                    _reading(student_tokenizer.fingerprint, run, task)
-                read = student[task] if same else _tokenized(records, m.tokenizer, m.run, task)
+                reading = _reading(m.tokenizer.fingerprint, m.run, task)
+                if reading not in readings:
+                    readings[reading] = _tokenized(records, m.tokenizer, m.run, task)
+                read = readings[reading]
                 each.append(kind.probabilities(predict(m.predict_fn, m.params, read, batch_size, m.layout,
                                                        m.run.model.symmetric_pairs,
                                                        progress=f"distillation: {workdir} scores altered {task}")))

@@ -293,8 +293,9 @@ def _planned_files(first: TrainedModel, splits: Sequence[str], task_files: dict)
                 if not path.exists():
                     print(f"{task} {split}: no file {path}; no {task} {split} predictions")
                     continue
+            labelled = is_labelled(path, task)  # every file's header read now, test files' too
             # A dev file is there to be scored: never dropped silently from the overall score.
-            if split == "dev" and not is_labelled(path, task):
+            if split == "dev" and not labelled:
                 raise DataError(f"{path}: no {TASKS[task].label_column!r} column, which a dev file needs "
                                 "for its metrics (unlabelled files: --split test, predictions only)")
             planned[split][task] = Path(path)

@@ -270,6 +270,12 @@ class Objective:
         out = self.forward(params, batch, key)
 
         def task_loss(out):
+            if GOLD in batch and not (config.distillation.on and TARGETS in batch
+                                      and not (TASKS[task].kind is REGRESSION
+                                               and config.sts_loss == "cosine_embedding")):
+                # Its placeholder labels would train as gold (check_objective refuses such configs).
+                raise ValueError(f"{task}: a batch with altered copies ({GOLD!r}) needs the teachers' targets "
+                                 "and a loss that learns them")
             if TASKS[task].kind is REGRESSION and config.sts_loss == "cosine_embedding":
                 return cosine_embedding_loss(*out.embeddings, batch[LABELS])
             kind = TASKS[task].kind

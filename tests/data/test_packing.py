@@ -100,6 +100,30 @@ def test_shards_are_packed_on_their_own_with_equal_rows():
             np.testing.assert_array_equal(unpacked[slot][0], data.segments[0].get(indices[k * 8 + slot])[0])
 
 
+def test_distillation_fields_follow_their_examples_through_packing_and_shards():
+    """A student's altered copies: each slot's targets and gold mark are its own record's,
+    whatever row and shard packing put it in; filler slots are neither."""
+    labelled, altered = _data(n=32), _data(n=32, seed=1)
+    rng = np.random.default_rng(2)
+    labelled.targets, altered.targets = rng.random(32, np.float32), rng.random(32, np.float32)
+    altered.labels = None
+    data = labelled.followed_by_unlabelled(altered)
+    indices = np.random.default_rng(3).permutation(64)[:22]  # a last batch: 2 filler slots
+    batch = PackedBatcher(data, 24, 64, shards=2).make_batch(indices)
+    real = batch["index"] >= 0
+    assert real.sum() == 22 and (batch["weights"] == real).all()
+    np.testing.assert_array_equal(batch["gold"][real], data.gold[batch["index"][real]])
+    np.testing.assert_array_equal(batch["targets"][real], data.targets[batch["index"][real]])
+    assert (batch["gold"][~real] == 0).all() and set(batch["gold"][real]) == {0.0, 1.0}
+    rows = batch["input_ids"].shape[0] // 2
+    for k in range(2):  # and the tokens in each slot are that record's, shard by shard
+        part = {key: batch[key][k * rows:(k + 1) * rows] for key in ("input_ids", "token_type_ids", "position_ids",
+                                                                    "token_example")}
+        part["example_start"] = batch["example_start"][k * 12:(k + 1) * 12]
+        for slot, (ids, _) in _unpack(part, "", 12).items():
+            np.testing.assert_array_equal(ids, data.segments[0].get(batch["index"][k * 12 + slot])[0])
+
+
 def test_balanced_groups_hold_every_record_once_with_nearly_equal_tokens(monkeypatch):
     rng = np.random.default_rng(0)
     lengths, order = rng.integers(2, 61, size=1000), rng.permutation(1000)

@@ -89,6 +89,9 @@ def test_an_altered_copy_learns_its_targets_alone():
     a = np.where(gold > 0, 0.3, 1.0)
     expected = np.sum((1 - a) * kind.loss(logits, batch[LABELS]) + a * kind.soft_loss(logits, targets, 2.0))
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    # Without the teachers' targets such a batch is refused: its placeholder labels would train as gold.
+    with pytest.raises(ValueError, match="altered copies"):
+        objective(params, None, batch | {GOLD: gold}, jax.random.PRNGKey(1))
     # Another placeholder label changes nothing.
     relabelled = batch | {LABELS: np.where(gold > 0, batch[LABELS], 4 - batch[LABELS])}
     assert float(objective(params, None, relabelled | {TARGETS: targets, GOLD: gold}, jax.random.PRNGKey(1))[0]) \

@@ -11,6 +11,7 @@ import pytest
 from scipy import stats
 
 import evaluate
+import mtbert_jax.run.evaluate as run_evaluate
 from conftest import tiny_training_config, write_tsv
 from mtbert_jax.evaluation.metrics import classification_report, overall_score
 from mtbert_jax.run.checkpointing import write_digest
@@ -123,15 +124,29 @@ def test_a_task_file_that_would_not_be_used_is_refused(trained_run, tiny_data_di
     assert not (out / "metrics.json").exists()
 
 
-def test_a_dev_file_without_labels_is_an_error_not_a_missing_task(trained_run, tiny_data_dir, tmp_path, capsys):
-    """Before, the task vanished from the table and the overall score averaged the other two."""
+def test_a_dev_file_without_labels_is_an_error_not_a_missing_task(trained_run, tiny_data_dir, tmp_path, capsys,
+                                                                  monkeypatch):
+    """Before, the task vanished from the table and the overall score averaged the other two.
+    Refused before any prediction: STS comes last, and the tasks before it are not scored first."""
     rows = (tiny_data_dir / "sts-dev.csv").read_text().splitlines()
     unlabelled = tmp_path / "sts-unlabelled.csv"
     unlabelled.write_text("".join("\t".join(line.split("\t")[:4]) + "\n" for line in rows))
+    predicted = []
+    real_predict_file = run_evaluate.predict_file
+    monkeypatch.setattr(run_evaluate, "predict_file", lambda *a, **k: predicted.append(a[1]) or real_predict_file(*a, **k))
     assert evaluate.main(["--workdir", str(trained_run), "--task-file", f"dev:sts={unlabelled}",
                           "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "sts-unlabelled.csv: no 'similarity' column" in err and len(err.strip().splitlines()) == 1
+    assert predicted == []
+    # So is a test file that lacks a text column, before the dev files are scored.
+    broken = tmp_path / "sts-broken.csv"
+    broken.write_text("".join("\t".join(line.split("\t")[:3]) + "\n" for line in rows))
+    assert evaluate.main(["--workdir", str(trained_run), "--split", "both", "--task-file",
+                          f"test:sts={broken}", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "sts-broken.csv: line 1: header" in err and "lacks column(s) ['sentence2']" in err, err
+    assert predicted == []
     # Unlabelled files as the test split: predictions, and no overall score over a part of the tasks.
     assert evaluate.main(["--workdir", str(trained_run), "--split", "test", "--task-file", f"test:sts={unlabelled}",
                           "--out", str(tmp_path / "test")]) == 0
