@@ -129,33 +129,47 @@ def teacher(tiny_checkpoint, tiny_data_dir, tmp_path_factory):
 
 
 def test_a_student_learns_from_targets_computed_once(teacher, tiny_checkpoint, tiny_data_dir, tmp_path, capsys):
-    config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache", num_epochs=2, seed=3,
+    """The teacher's targets of the training records and of one altered copy of each, scored once
+    and kept; the altered copies train on their targets alone, in the same epochs."""
+    config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache", num_epochs=1, seed=3,
                                   objective__distillation__teachers=(str(teacher),),
-                                  objective__distillation__weight=0.7)
+                                  objective__distillation__weight=0.7,
+                                  objective__distillation__altered_copies=1)
     train_and_evaluate(config, tmp_path / "student")
     out = capsys.readouterr().out
     assert "scoring" in out and "teacher run(s) (once)" in out
+    assert "altered copies of the training records with 1 teacher run(s) (once)" in out
     assert "its own way" not in out  # a teacher that reads as the student scores the student's own tokens
-    # The kept targets are the teacher's own probabilities (scores) of each training record, in file order.
+    # The kept targets are the teacher's own probabilities (scores) of each training record, in
+    # file order, and of each altered copy, as evaluate.py scores them read back from a task file.
     trained = load_trained(teacher)
-    with np.load(tmp_path / "student" / TARGETS_FILE) as saved:
+    with np.load(tmp_path / "student" / TARGETS_FILE) as saved, \
+            np.load(tmp_path / "student" / ALTERED_TARGETS_FILE) as saved_altered:
         for task in ("sst", "quora", "sts"):
-            outputs, _ = predict_file(trained, task, tiny_data_dir / TASKS[task].file_name("train"), 16)
+            path = tiny_data_dir / TASKS[task].file_name("train")
+            outputs, _ = predict_file(trained, task, path, 16)
             assert np.allclose(saved[f"{task}/targets"], TASKS[task].kind.probabilities(outputs), atol=1e-5)
+            records = read_task_file(path, task, lenient=True)
+            assert f"{task} train: {2 * len(records)} records" in out  # every record, then its altered copy
+            altered = write_task_file(altered_copies(records, 1, seed=3), task, tmp_path / f"{task}-altered.csv")
+            outputs, _ = predict_file(trained, task, altered, 16)
+            np.testing.assert_allclose(saved_altered[f"{task}/targets"], TASKS[task].kind.probabilities(outputs),
+                                       atol=1e-5, err_msg=task)
     saved_config = json.loads((tmp_path / "student" / "config.json").read_text())
     assert saved_config["objective"]["distillation"]["teachers"] == [str(teacher)]
     # A longer run of the same student resumes and reads the targets back instead of scoring again.
-    config.num_epochs = 3
+    config.num_epochs = 2
     train_and_evaluate(config, tmp_path / "student")
     out = capsys.readouterr().out
-    assert "the teachers' targets read from" in out and "scoring" not in out and "warning" not in out
+    assert "the teachers' targets read from" in out and "targets of the altered copies read from" in out
+    assert "scoring" not in out and "warning" not in out
     # A damaged targets file (a flipped byte) is said in one line and scored again, to the same targets.
     with np.load(tmp_path / "student" / TARGETS_FILE) as saved:
         before = {k: saved[k] for k in saved.files}
     damaged = bytearray((tmp_path / "student" / TARGETS_FILE).read_bytes())
     damaged[len(damaged) // 2] ^= 0xFF
     (tmp_path / "student" / TARGETS_FILE).write_bytes(bytes(damaged))
-    config.num_epochs = 4
+    config.num_epochs = 3
     train_and_evaluate(config, tmp_path / "student")
     out = capsys.readouterr().out
     warnings = [line for line in out.splitlines() if line.startswith("warning:")]
@@ -241,32 +255,3 @@ def write_task_file(records, task: str, path):
         writer.writerow(("id",) + TASKS[task].text_columns)
         writer.writerows(zip(records.record_ids, *records.texts))
     return path
-
-
-def test_a_student_learns_altered_copies_that_the_teacher_labels(teacher, tiny_checkpoint, tiny_data_dir, tmp_path,
-                                                                  capsys):
-    config = tiny_training_config(tiny_checkpoint, tiny_data_dir, tmp_path / "cache", num_epochs=1, seed=2,
-                                  objective__distillation__teachers=(str(teacher),),
-                                  objective__distillation__altered_copies=2)
-    result = train_and_evaluate(config, tmp_path / "student")
-    out = capsys.readouterr().out
-    assert "altered copies of the training records with 1 teacher run(s) (once)" in out
-    assert np.isfinite(result["best_score"])
-    trained = load_trained(teacher)
-    with np.load(tmp_path / "student" / ALTERED_TARGETS_FILE) as saved:
-        for task in ("sst", "quora", "sts"):
-            records = read_task_file(tiny_data_dir / TASKS[task].file_name("train"), task, lenient=True)
-            # Every training record three times in an epoch: as it is, and its two altered copies.
-            assert f"{task} train: {3 * len(records)} records" in out
-            # The kept targets are the teacher's own scores of the altered texts, read back from
-            # a task file through evaluate.py's path.
-            altered = altered_copies(records, 2, seed=2)
-            path = write_task_file(altered, task, tmp_path / f"{task}-altered.csv")
-            outputs, _ = predict_file(trained, task, path, 16)
-            np.testing.assert_allclose(saved[f"{task}/targets"], TASKS[task].kind.probabilities(outputs), atol=1e-5,
-                                       err_msg=task)
-    # Resumed longer, the student reads both targets back.
-    config.num_epochs = 2
-    train_and_evaluate(config, tmp_path / "student")
-    out = capsys.readouterr().out
-    assert "targets of the altered copies read from" in out and "scoring" not in out
