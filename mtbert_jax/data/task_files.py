@@ -40,6 +40,12 @@ class TaskRecords:
     def __len__(self) -> int:
         return len(self.record_ids)
 
+    def subset(self, keep: Sequence[int]) -> "TaskRecords":
+        """The records at indices `keep`, in that order."""
+        return TaskRecords(self.task, self.path, [self.record_ids[i] for i in keep],
+                           [[column[i] for i in keep] for column in self.texts],
+                           None if self.labels is None else self.labels[np.asarray(keep, np.int64)], [])
+
 
 def resolve_data_dir(data_dir: Optional[str] = None) -> Path:
     """The `data_dir` config field if set, else $MTBERT_DATA_DIR, else ../shared/data."""

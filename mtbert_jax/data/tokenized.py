@@ -18,7 +18,7 @@ import numpy as np
 
 from mtbert_jax.caches import cached_arrays
 from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
-from mtbert_jax.data.task_files import read_task_file, task_file_paths
+from mtbert_jax.data.task_files import TaskRecords, read_task_file, task_file_paths
 from mtbert_jax.errors import DataError
 from mtbert_jax.tasks import TASKS
 
@@ -234,12 +234,17 @@ def load_task_data(task: str, split: str, data_dir: str | Path, tokenizer: BertT
             skipped = f" ({len(records.skipped)} skipped as malformed, the first at line {records.skipped[0][0]})" \
                 if records.skipped else ""
             raise DataError(f"{path}: no {task} records after the header{skipped}")
-        segments, num_truncated = tokenize_records(records, tokenizer, max_length, pair_encoding)
-        return _as_arrays(TaskData(task, split, np.asarray(records.record_ids, dtype=str), records.labels,
-                                   segments, num_truncated, records.skipped,
-                                   pair_separators=tokenizer.family.pair_separators))
+        return _as_arrays(records_data(records, split, tokenizer, max_length, pair_encoding))
 
     return _from_arrays(cached_arrays(cache_file, key, tokenize), task, split)
+
+
+def records_data(records: TaskRecords, split: str, tokenizer: BertTextTokenizer, max_length: int,
+                 pair_encoding: str = "cross") -> TaskData:
+    """Records read from a file or made (distillation's altered copies), tokenized."""
+    segments, num_truncated = tokenize_records(records, tokenizer, max_length, pair_encoding)
+    return TaskData(records.task, split, np.asarray(records.record_ids, dtype=str), records.labels, segments,
+                    num_truncated, records.skipped, pair_separators=tokenizer.family.pair_separators)
 
 
 def _as_arrays(data: TaskData) -> dict[str, np.ndarray]:

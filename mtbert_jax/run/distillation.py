@@ -28,11 +28,11 @@ from mtbert_jax.checkpoints.hf import resolve_checkpoint_dir
 from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
 from mtbert_jax.data.augment import altered_copies
 from mtbert_jax.data.task_files import TaskRecords, read_task_file, resolve_data_dir, task_file_paths
-from mtbert_jax.data.tokenized import TaskData, load_task_data, tokenize_records
+from mtbert_jax.data.tokenized import TaskData, load_task_data, records_data
 from mtbert_jax.errors import ConfigError, DataError
 from mtbert_jax.evaluation.predict import predict
 from mtbert_jax.run.config import RunConfig
-from mtbert_jax.run.evaluate import load_members
+from mtbert_jax.run.evaluate import load_members, predict_records, reading
 from mtbert_jax.run.trained import TrainedModel
 from mtbert_jax.tasks import TASKS
 
@@ -60,7 +60,7 @@ def teacher_targets(run: RunConfig, train: dict[str, TaskData], batch_size: int,
         missing = [t for t in run.model.tasks if t not in teacher.run.model.tasks]
         if missing:
             raise ConfigError(f"objective.distillation.teachers: {workdir} has no {', '.join(missing)} head")
-    student = BertTextTokenizer(resolve_checkpoint_dir(run.checkpoint)).fingerprint
+    student = BertTextTokenizer(resolve_checkpoint_dir(run.checkpoint))
     targets = {}
     for task, data in train.items():
         kind = TASKS[task].kind
@@ -75,29 +75,24 @@ def teacher_targets(run: RunConfig, train: dict[str, TaskData], batch_size: int,
     return targets
 
 
-def _reading(tokenizer_fingerprint: str, run: RunConfig, task: str) -> tuple:
-    """What decides a run's tokens for `task`: vocabulary and pair layout, length, pair encoding."""
-    return tokenizer_fingerprint, run.max_length, run.model.pair_encoding(task)
-
-
 def _as_read_by(teacher: TrainedModel, workdir: str, run: RunConfig, task: str, data: TaskData,
-                student_fingerprint: str, readings: dict, log: Callable) -> TaskData:
+                student_tokenizer: BertTextTokenizer, readings: dict, log: Callable) -> TaskData:
     """The student's training records `data` as `teacher` reads them: the student's own tokens
     when it reads alike, else its own tokenization of the student's training file, aligned with
     `data` record by record."""
-    reading = _reading(teacher.tokenizer.fingerprint, teacher.run, task)
-    if reading == _reading(student_fingerprint, run, task):
+    teacher_reading = reading(teacher.tokenizer, teacher.run, task)
+    if teacher_reading == reading(student_tokenizer, run, task):
         return data
-    if reading not in readings:
+    if teacher_reading not in readings:
         data_dir = resolve_data_dir(run.data_dir or None)
         path = task_file_paths(data_dir, [task], "train")[task]
-        pairs = f", {reading[2]}-encoded pairs" if TASKS[task].is_pair else ""
+        pairs = f", {teacher_reading[2]}-encoded pairs" if TASKS[task].is_pair else ""
         log(f"distillation: {workdir} reads {task} its own way ({teacher.tokenizer.family.model_type} tokenizer, "
             f"max_length={teacher.run.max_length}{pairs}): scoring its tokenization of {path}")
-        own = load_task_data(task, "train", data_dir, teacher.tokenizer, teacher.run.max_length, reading[2],
+        own = load_task_data(task, "train", data_dir, teacher.tokenizer, teacher.run.max_length, teacher_reading[2],
                              cache_dir=run.cache_dir or None)
-        readings[reading] = own.subset(aligned_positions(own, data, path))
-    return readings[reading]
+        readings[teacher_reading] = own.subset(aligned_positions(own, data, path))
+    return readings[teacher_reading]
 
 
 def aligned_positions(whole: TaskData, part: TaskData, path: Path) -> np.ndarray:
@@ -161,9 +156,10 @@ def with_altered_copies(run: RunConfig, train: dict[str, TaskData], workdir: Pat
     for task, data in sorted(train.items()):
         path = task_file_paths(data_dir, [task], "train")[task]
         records = read_task_file(path, task, lenient=True)
-        altered[task] = altered_copies(_records_at(records, aligned_positions(records, data, path)),
-                                       d.altered_copies, run.seed)
-    student = {task: _tokenized(records, student_tokenizer, run, task) for task, records in altered.items()}
+        altered[task] = altered_copies(records.subset(aligned_positions(records, data, path)), d.altered_copies,
+                                       run.seed)
+    student = {task: records_data(records, "train", student_tokenizer, run.max_length, run.model.pair_encoding(task))
+               for task, records in altered.items()}
     texts = hashlib.sha256(json.dumps({t: r.texts for t, r in altered.items()}).encode()).hexdigest()
     key = json.dumps({"teachers": _describe(run), "altered_texts": texts})  # the texts themselves, whatever made them
     scored = []
@@ -175,16 +171,11 @@ def with_altered_copies(run: RunConfig, train: dict[str, TaskData], workdir: Pat
         members = load_members(list(d.teachers), d.checkpoint)
         targets = {}
         for task, records in altered.items():
-            kind, each = TASKS[task].kind, []
-            readings = {_reading(student_tokenizer.fingerprint, run, task): student[task]}  # one per way of reading
-            for workdir, m in zip(d.teachers, members):
-                reading = _reading(m.tokenizer.fingerprint, m.run, task)
-                if reading not in readings:
-                    readings[reading] = _tokenized(records, m.tokenizer, m.run, task)
-                read = readings[reading]
-                each.append(kind.probabilities(predict(m.predict_fn, m.params, read, batch_size, m.layout,
-                                                       m.run.model.symmetric_pairs,
-                                                       progress=f"distillation: {workdir} scores altered {task}")))
+            # One tokenization per way of reading; a teacher that reads as the student takes its tokens.
+            shared = {reading(student_tokenizer, run, task): student[task]}
+            each = [TASKS[task].kind.probabilities(predict_records(
+                        m, records, batch_size, shared=shared, progress=f"distillation: {workdir} scores altered {task}"))
+                    for workdir, m in zip(d.teachers, members)]
             targets[f"{task}/targets"] = (sum(each) / len(each)).astype(np.float32)
         return targets
 
@@ -194,17 +185,3 @@ def with_altered_copies(run: RunConfig, train: dict[str, TaskData], workdir: Pat
         log(f"distillation: the teachers' targets of the altered copies read from {Path(workdir) / ALTERED_TARGETS_FILE}")
     return {t: data.followed_by_unlabelled(dataclasses.replace(student[t], targets=targets[f"{t}/targets"]))
             for t, data in train.items()}
-
-
-def _records_at(records: TaskRecords, keep: np.ndarray) -> TaskRecords:
-    return TaskRecords(records.task, records.path, [records.record_ids[i] for i in keep],
-                       [[column[i] for i in keep] for column in records.texts],
-                       None if records.labels is None else records.labels[keep], [])
-
-
-def _tokenized(records: TaskRecords, tokenizer: BertTextTokenizer, run: RunConfig, task: str) -> TaskData:
-    """Unlabelled records as `run` (its max_length and pair encoding) reads them with `tokenizer`."""
-    encoding = run.model.pair_encoding(task)
-    segments, truncated = tokenize_records(records, tokenizer, run.max_length, encoding)
-    return TaskData(task, "train", np.asarray(records.record_ids, dtype=str), None, segments, truncated, [],
-                    pair_separators=tokenizer.family.pair_separators)

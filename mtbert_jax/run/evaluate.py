@@ -17,14 +17,16 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from mtbert_jax.checkpoints.tokenizer import BertTextTokenizer
 from mtbert_jax.data.task_files import TaskRecords, iter_task_file
-from mtbert_jax.data.tokenized import TaskData, tokenize_records
+from mtbert_jax.data.tokenized import TaskData, records_data
 from mtbert_jax.errors import ConfigError, DataError
 from mtbert_jax.evaluation import prediction_file
 from mtbert_jax.evaluation.metrics import classification_report, overall_score
 from mtbert_jax.evaluation.plots import plot_confusion_matrix, plot_scatter
 from mtbert_jax.evaluation.predict import predict
 from mtbert_jax.run import atomic
+from mtbert_jax.run.config import RunConfig
 from mtbert_jax.run.trained import TrainedModel, load_trained
 from mtbert_jax.tasks import TASKS
 
@@ -35,16 +37,19 @@ def as_members(models: Models) -> list[TrainedModel]:
     return [models] if isinstance(models, TrainedModel) else list(models)
 
 
+def reading(tokenizer: BertTextTokenizer, run: RunConfig, task: str) -> tuple:
+    """What decides a run's tokens for `task`: vocabulary and pair layout, length, pair encoding."""
+    return tokenizer.fingerprint, run.max_length, run.model.pair_encoding(task)
+
+
 def tokenized(trained: TrainedModel, records: TaskRecords, shared: Optional[dict] = None) -> TaskData:
     """`records` tokenized as `trained` reads them (its tokenizer, max_length, pair encoding);
-    `shared` keeps one tokenization for members that read alike (an ensemble of seeds)."""
-    encoding = trained.run.model.pair_encoding(records.task)
-    key = (trained.run.checkpoint, trained.run.max_length, encoding)
+    `shared` ({reading: TaskData}) keeps one tokenization for members that read alike (an
+    ensemble of seeds, teachers of one recipe)."""
+    key = reading(trained.tokenizer, trained.run, records.task)
     if shared is not None and key in shared:
         return shared[key]
-    segments, truncated = tokenize_records(records, trained.tokenizer, trained.run.max_length, encoding)
-    data = TaskData(records.task, "eval", np.asarray(records.record_ids), records.labels, segments, truncated, [],
-                    pair_separators=trained.tokenizer.family.pair_separators)
+    data = records_data(records, "eval", trained.tokenizer, trained.run.max_length, key[2])
     if shared is not None:
         shared[key] = data
     return data

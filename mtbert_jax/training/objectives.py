@@ -270,17 +270,16 @@ class Objective:
         out = self.forward(params, batch, key)
 
         def task_loss(out):
-            if GOLD in batch and not (config.distillation.on and TARGETS in batch
-                                      and not (TASKS[task].kind is REGRESSION
-                                               and config.sts_loss == "cosine_embedding")):
-                # Its placeholder labels would train as gold (check_objective refuses such configs).
-                raise ValueError(f"{task}: a batch with altered copies ({GOLD!r}) needs the teachers' targets "
-                                 "and a loss that learns them")
-            if TASKS[task].kind is REGRESSION and config.sts_loss == "cosine_embedding":
-                return cosine_embedding_loss(*out.embeddings, batch[LABELS])
             kind = TASKS[task].kind
+            cosine = kind is REGRESSION and config.sts_loss == "cosine_embedding"
+            distilled = config.distillation.on and TARGETS in batch and not cosine
+            if GOLD in batch and not distilled:  # its placeholder labels would train as gold
+                raise ValueError(f"{task}: a batch with altered copies ({GOLD!r}) needs the teachers' targets "
+                                 "and a loss that learns them (check_objective refuses such configs)")
+            if cosine:
+                return cosine_embedding_loss(*out.embeddings, batch[LABELS])
             gold = kind.loss(out.prediction, batch[LABELS])
-            if not (config.distillation.on and TARGETS in batch):
+            if not distilled:
                 return gold
             soft = kind.soft_loss(out.prediction, batch[TARGETS], config.distillation.temperature)
             weight = config.distillation.weight
